@@ -1,0 +1,189 @@
+"""Where the memory looks: content and subspace scores, sparse softmax, usage and allocation, temporal links.
+
+Each function is one DNC addressing mechanism, batch-first and differentiable, in pure torch.
+Shapes: ``B`` batch, ``R`` read heads, ``N`` slots, ``W`` word size, ``r`` stored rank of a slot.
+
+Content addressing of SDAPM slots (the slot's own key set, not its centroid)
+----------------------------------------------------------------------------
+A slot stores the centroid ``b`` of its member keys and a factor ``X (r, W)`` of their centred scatter
+``S = Xᵀ X = Σ_j a_j (k_j − b)ᵀ(k_j − b)`` with ``G = (X Xᵀ + λA I)⁻¹`` cached (``A`` the slot's mass).
+For a query ``x`` with ``z = x − b``::
+
+    residual(z) = λA · z (S + λA I)⁻¹ zᵀ = ‖z‖² − (X zᵀ)ᵀ G (X zᵀ)      (≈ part of z outside the key span)
+    novelty(z)  = residual(z) + max(0, ‖z‖ − ρ)²                          (ρ² = tr S / A, the member radius)
+    fit(x)      = 1 − novelty(z) / 4
+
+A raw slot (one pair, ``X = 0``) has ``residual = ‖z‖²`` and ``ρ = 0``, so for a unit query and a unit key
+``fit = cos(x, b)``: plain DNC cosine addressing is the special case. A consolidated slot scores
+``fit ≈ 1`` for every query inside the hull of its member keys, however far from the centroid, which is what
+makes a merged slot findable by each of its members (centroid cosine loses 10–47% of them, see the design study).
+
+Content weights: ``c_r = softmax_n(β_r · fit_rn)`` over occupied slots, optionally only over the top-K.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Score given to empty slots: finite (so gradients stay finite), and exp(EMPTY − max) underflows to exactly 0.
+EMPTY_SCORE = -1.0e9
+
+
+def subspace_fit(
+    words: torch.Tensor,
+    keys: torch.Tensor,
+    key_factors: torch.Tensor,
+    gram_inv: torch.Tensor,
+    radius: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """How well each query fits each slot's key set.
+
+    Args:
+        words: (B, R, W) queries (unit norm).
+        keys: (B, N, W) slot centroids ``b``.
+        key_factors: (B, N, r, W) factors ``X`` of the centred key scatter.
+        gram_inv: (B, N, r, r) ``G = (X Xᵀ + λA I)⁻¹``.
+        radius: (B, N) RMS member radius ``ρ``.
+
+    Returns:
+        fit (B, R, N) as in the module docstring; projections ``p = X zᵀ`` (B, R, N, r) and ``q = G p``
+        (B, R, N, r), reused by the read so the slot factors are streamed once.
+    """
+    # z = x − b without materialising (B, R, N, W): X zᵀ = X xᵀ − X bᵀ, ‖z‖² = ‖x‖² − 2 x·b + ‖b‖².
+    p = torch.einsum("bnkw,brw->brnk", key_factors, words) - torch.einsum("bnkw,bnw->bnk", key_factors, keys)[:, None]
+    q = torch.einsum("bnkl,brnl->brnk", gram_inv, p)
+    z2 = (
+        words.pow(2).sum(-1, keepdim=True)
+        - 2.0 * torch.einsum("brw,bnw->brn", words, keys)
+        + keys.pow(2).sum(-1)[:, None]
+    ).clamp_min(0.0)
+    residual = (z2 - (p * q).sum(-1)).clamp_min(0.0)
+    excess = (z2.clamp_min(1e-12).sqrt() - radius[:, None]).clamp_min(0.0)
+    return 1.0 - 0.25 * (residual + excess.pow(2)), p, q
+
+
+def content_weights(
+    fit: torch.Tensor,
+    strengths: torch.Tensor,
+    occupied: torch.Tensor,
+    top_k: int | None = None,
+) -> torch.Tensor:
+    """Softmax over occupied slots of ``β · fit``, optionally sparse.
+
+    Args:
+        fit: (B, R, N) scores in about [−1, 1].
+        strengths: (B, R) sharpness ``β ≥ 0``.
+        occupied: (B, N) bool, slots that hold something.
+        top_k: keep only the K best slots per head (gradient reaches only those, as in SAM).
+
+    Returns:
+        (B, R, N) weights; each row sums to 1, or is all zeros when the memory is empty.
+    """
+    scores = (strengths.unsqueeze(-1) * fit).masked_fill(~occupied[:, None, :], EMPTY_SCORE)
+    if top_k is not None and top_k < scores.shape[-1]:
+        best, idx = scores.topk(top_k, dim=-1)
+        sparse = torch.softmax(best, dim=-1)
+        weights = torch.zeros_like(scores).scatter(-1, idx, sparse)
+    else:
+        weights = torch.softmax(scores, dim=-1)
+    return weights * occupied.any(-1).to(weights.dtype)[:, None, None]
+
+
+def allocation_weighting(usage: torch.Tensor) -> torch.Tensor:
+    """DNC allocation: ``a[φ_j] = (1 − u[φ_j]) Π_{i<j} u[φ_i]`` with φ the slots sorted by ascending usage.
+
+    Args:
+        usage: (B, N) in [0, 1].
+
+    Returns:
+        (B, N) allocation weights (sum ≤ 1). Ties are broken by slot index, so the result does not depend on
+        how many empty slots follow the used ones.
+    """
+    sorted_usage, order = torch.sort(usage, dim=-1, stable=True)
+    shifted = torch.cat([torch.ones_like(sorted_usage[:, :1]), sorted_usage[:, :-1]], dim=-1)
+    sorted_alloc = (1.0 - sorted_usage) * torch.cumprod(shifted, dim=-1)
+    return torch.zeros_like(usage).scatter(-1, order, sorted_alloc)
+
+
+def retention(free_gates: torch.Tensor, read_weights: torch.Tensor) -> torch.Tensor:
+    """DNC memory retention ``ψ = Π_r (1 − f_r w_r^read)``.
+
+    Args:
+        free_gates: (B, R) in [0, 1].
+        read_weights: (B, R, N) the previous step's read weights.
+
+    Returns:
+        (B, N) factor applied to usage before allocation.
+    """
+    return torch.prod(1.0 - free_gates.unsqueeze(-1) * read_weights, dim=1)
+
+
+def updated_usage(usage: torch.Tensor, write_weights: torch.Tensor) -> torch.Tensor:
+    """DNC usage after a write: ``u + w − u ⊙ w``. Shapes (B, N)."""
+    return usage + write_weights - usage * write_weights
+
+
+def updated_links(
+    link: torch.Tensor, precedence: torch.Tensor, write_weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DNC temporal linkage after a write.
+
+    ``L[i, j] ← (1 − w_i − w_j) L[i, j] + w_i p_j`` (slot i written right after slot j), zero diagonal;
+    ``p ← (1 − Σ w) p + w``.
+
+    Args:
+        link: (B, N, N); precedence: (B, N); write_weights: (B, N).
+    """
+    w_i = write_weights.unsqueeze(-1)
+    w_j = write_weights.unsqueeze(-2)
+    link = (1.0 - w_i - w_j) * link + w_i * precedence.unsqueeze(-2)
+    link = link * (1.0 - torch.eye(link.shape[-1], dtype=link.dtype, device=link.device))
+    precedence = (1.0 - write_weights.sum(-1, keepdim=True)) * precedence + write_weights
+    return link, precedence
+
+
+def directional_weights(link: torch.Tensor, prev_read_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward ``f = L w`` and backward ``b = Lᵀ w`` weights from the previous read weights.
+
+    Args:
+        link: (B, N, N); prev_read_weights: (B, R, N).
+
+    Returns:
+        forward, backward, each (B, R, N).
+    """
+    forward = torch.einsum("bij,brj->bri", link, prev_read_weights)
+    backward = torch.einsum("bji,brj->bri", link, prev_read_weights)
+    return forward, backward
+
+
+def mix_read_modes(
+    content: torch.Tensor, forward: torch.Tensor, backward: torch.Tensor, modes: torch.Tensor
+) -> torch.Tensor:
+    """DNC read weights ``w = π_b b + π_c c + π_f f``.
+
+    Args:
+        content, forward, backward: (B, R, N); modes: (B, R, 3), a distribution over (backward, content, forward).
+    """
+    return modes[..., 0:1] * backward + modes[..., 1:2] * content + modes[..., 2:3] * forward
+
+
+def merged_links(
+    link: torch.Tensor, precedence: torch.Tensor, group: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold the links of a consolidated group into its target slot and clear the freed slots.
+
+    Args:
+        link: (B, N, N); precedence: (B, N).
+        group: (B, N) 1 for every slot of the group (target included), else 0.
+        target: (B, N) one-hot of the slot that keeps the merged content.
+    """
+    freed = group - target
+    keep = 1.0 - freed
+    rows = (link * group.unsqueeze(-1)).sum(1, keepdim=True) * keep.unsqueeze(-2)  # (B, 1, N): out of the group
+    cols = (link * group.unsqueeze(-2)).sum(2, keepdim=True) * keep.unsqueeze(-1)  # (B, N, 1): into the group
+    link = link * keep.unsqueeze(-1) * keep.unsqueeze(-2)
+    link = link * (1.0 - target).unsqueeze(-1) * (1.0 - target).unsqueeze(-2)
+    link = link + target.unsqueeze(-1) * rows.clamp(max=1.0) + target.unsqueeze(-2) * cols.clamp(max=1.0)
+    link = link * (1.0 - torch.eye(link.shape[-1], dtype=link.dtype, device=link.device))
+    precedence = precedence * keep + target * (precedence * group).sum(-1, keepdim=True)
+    return link.clamp(0.0, 1.0), precedence

@@ -1,0 +1,774 @@
+"""The SDAPM memory: N slots, each an affine map, written exactly and consolidated by ridge least squares.
+
+Pure torch, batch-first, differentiable. ``B`` batch, ``R`` read heads, ``N`` slots, ``W`` word size,
+``r`` the largest rank a slot stores (``max_rank``).
+
+What a slot is
+--------------
+Slot ``n`` is the affine map ``f_n(x) = (x − Bv_n) M_n + Bw_n`` with ``M_n = I + X_nᵀ G_n Y_n``:
+
+* ``key`` ``Bv (N, W)``: pre-bias, the centroid ``b`` of the member keys;
+* ``value`` ``Bw (N, W)``: post-bias, the mean ``c`` of the member values (``f(b) = c``);
+* ``mass`` ``A (N)``: total weight of the members (0 = empty slot, 1 = one written pair);
+* ``key_factors`` ``X (N, r, W)`` and ``value_factors`` ``Y (N, r, W)``: factors of the slot's sufficient
+  statistics, ``S = XᵀX = Σ_j a_j (k_j − b)ᵀ(k_j − b)`` and ``T = XᵀY = Σ_j a_j (k_j − b)ᵀ e_j`` with
+  ``e_j = (v_j − c) − (k_j − b)`` the residual that the identity leaves;
+* ``gram_inv`` ``G = (X Xᵀ + λA I)⁻¹ (N, r, r)``, cached; ``radius`` ``ρ = (tr S / A)^½``; ``rank``.
+
+So ``M − I = (S + λA I)⁻¹ T`` is the ridge solution of
+``min_M Σ_j a_j ‖(k_j − b) M + c − v_j‖² + λA ‖M − I‖²_F``: the identity prior of a written pair, corrected by
+least squares on every member. A written pair ``(k, v)`` is a slot with ``b = k``, ``c = v``, ``A = 1``, rank 0:
+``f(x) = x − k + v``, so ``f(k) = v`` exactly.
+
+Consolidation (merge a group into one slot)
+-------------------------------------------
+Statistics of a union add exactly (parallel-axis rule), so merging needs no member list. For slots ``i`` with
+soft weights ``a_i ∈ (0, 1]`` and masses ``w_i = a_i A_i``, the merged slot has ``A = Σ w_i``, ``b``, ``c`` the
+``w``-weighted means, and factor rows ``√a_i X_i``, ``√a_i Y_i`` plus, for ``m = 1 … g−1`` (Chan's update,
+``W_m``/``B_m``/``C_m`` prefix mass/centroid/value mean of slots ``1 … m``)::
+
+    x_m = √(W_m w_{m+1} / W_{m+1}) (B_m − b_{m+1})
+    y_m = √(W_m w_{m+1} / W_{m+1}) ((C_m − c_{m+1}) − (B_m − b_{m+1}))
+
+These g − 1 rows carry the between-slot scatter with no null direction, so ``X Xᵀ`` is non-singular for
+affinely independent keys and the fit is exact as ``λ → 0`` (for g ≤ W + 1 members). When the rows exceed ``r``,
+the slot keeps the top-``r`` principal directions of its key scatter (an eigendecomposition of the small row
+Gram, whose rotation is treated as a constant by autograd): exact while the true rank fits, least-squares
+beyond. Merging a raw pair with weight 1 is the seed's "add a slot"; consolidating a group is its
+"Penrose–Moore" step, made exact for the affine map with pre- and post-bias.
+
+Reading
+-------
+Head ``r`` scores every occupied slot by how well its query fits the slot's key set (``addressing.subspace_fit``:
+the subspace/hull residual; plain cosine for raw slots), takes ``a_r = softmax(β_r · fit)`` (optionally the top-K
+only, optionally mixed with the temporal forward/backward modes) and returns the **mixture of maps**
+``y_r = Σ_n a_rn f_n(x_r)``. The seed's parameter-averaged form ``(x − Σ a Bv)(Σ a M) + Σ a Bw`` is available as
+``read_form="averaged"``.
+
+Why these choices (measured; the commands are in ``docs/benchmarks.md``)
+-------------------------------------------------------------------------
+* Representation: identity plus low rank with factored sufficient statistics. A fixed dense ``(Bv, M, Bw)``
+  slot cannot absorb new pairs without forgetting the old ones (the design study measured 0.50 recall at 16
+  pairs per slot for a dense map merged pairwise); the statistics merge exactly, so our capacity test recalls
+  ≥ 0.99 of 256 pairs in 16 slots. A raw slot costs nothing beyond its key and value (rank 0), and a read
+  costs ``O(B R N r W)`` instead of ``O(B R N W²)`` for dense maps; ``max_rank`` trades exactness for speed.
+* Read form: the mixture. It is a convex combination of the slots' own predictions, so the stability bound on
+  every ``f_n`` holds for the read, and a member key of a consolidated slot is recalled to float precision
+  once its slot wins the softmax; ``scripts/bench_memory.py --forms`` measures both forms' error and cost.
+* Addressing by the slot's key subspace rather than its centroid: member keys sit at cosine ≈ 1/√g from
+  their centroid, below random raw keys, so centroid routing loses members (design study §2.5, §3).
+
+Stability invariant ("bigness")
+-------------------------------
+With ``normalize_words`` (keys and read words unit), ``value_max = V`` (written values clipped to ``‖v‖ ≤ V``),
+``ridge = λ > 0``, ``gain_max = γ`` (``σ_max(M − I) ≤ γ``, enforced at consolidation) and ``mass_max = A_max``
+(statistics rescaled so ``A ≤ A_max``; this leaves ``b``, ``c`` and ``M`` unchanged and forgets old members
+geometrically in later merges), every stored quantity is bounded for all time:
+
+* ``‖Bv‖ ≤ 1`` and ``‖Bw‖ ≤ V`` (convex combinations of unit keys and clipped values);
+* ``‖M‖₂ ≤ 1 + γ``, hence ``‖f_n(x)‖ ≤ 2(1 + γ) + V`` for a unit ``x``, and the mixture read obeys the same bound;
+* ``A ≤ A_max``, ``‖X‖²_F = A ρ² ≤ 4 A_max``, ``‖Y‖_F ≤ √A_max (2 + 2V)`` and ``‖G‖₂ ≤ 1/(λ A)``.
+
+``stability_bound(settings)`` returns ``2(1 + γ) + V``; the tests run a 10,000-step self-feeding stream and
+check it, and check that the same stream with the rules off exceeds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .addressing import (
+    allocation_weighting,
+    content_weights,
+    directional_weights,
+    merged_links,
+    mix_read_modes,
+    retention,
+    subspace_fit,
+    updated_links,
+    updated_usage,
+)
+
+
+@dataclass(frozen=True)
+class SDAPMSettings:
+    """Sizes and stability rules of an SDAPM memory.
+
+    Attributes:
+        slots: N, number of slots (fixed; consolidation frees slots, nothing grows).
+        word_size: W, size of keys, values and read words.
+        read_heads: R.
+        max_rank: r, largest rank a consolidated slot stores (default W: exact up to W + 1 members).
+        ridge: λ in the consolidation (0 uses the pseudo-inverse, without the stability it brings).
+        value_max: V, written values are clipped to this norm (None: no clip).
+        gain_max: γ, bound on the spectral norm of ``M − I`` (None: no bound).
+        mass_max: A_max, bound on a slot's mass (None: no bound).
+        normalize_words: keys and read words are scaled to unit norm.
+        top_k: sparse reads over the K best slots per head (None: dense softmax).
+        temporal_links: keep the DNC link matrix for forward/backward read modes.
+        read_form: "mixture" (Σ a f(x)) or "averaged" (the seed's averaged parameters).
+    """
+
+    slots: int
+    word_size: int
+    read_heads: int = 1
+    max_rank: int | None = None
+    ridge: float = 1e-4
+    value_max: float | None = 1.0
+    gain_max: float | None = 8.0
+    mass_max: float | None = 256.0
+    normalize_words: bool = True
+    top_k: int | None = None
+    temporal_links: bool = False
+    read_form: str = "mixture"
+
+    def __post_init__(self) -> None:
+        for name in ("slots", "word_size", "read_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"SDAPMSettings.{name} must be an integer >= 1, got {value!r}")
+        if self.max_rank is not None and not 1 <= self.max_rank <= self.word_size:
+            raise ValueError(f"SDAPMSettings.max_rank must be in [1, word_size={self.word_size}], got {self.max_rank}")
+        if self.ridge < 0:
+            raise ValueError(f"SDAPMSettings.ridge must be >= 0, got {self.ridge}")
+        for name in ("value_max", "gain_max", "mass_max"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"SDAPMSettings.{name} must be > 0 or None, got {value}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"SDAPMSettings.top_k must be >= 1 or None, got {self.top_k}")
+        if self.read_form not in ("mixture", "averaged"):
+            raise ValueError(f"SDAPMSettings.read_form must be 'mixture' or 'averaged', got {self.read_form!r}")
+
+    @property
+    def rank(self) -> int:
+        return self.max_rank or self.word_size
+
+
+def stability_bound(settings: SDAPMSettings) -> float:
+    """Bound on ‖Bw‖, ‖f_n(x)‖ and every read output under the stability rules (module docstring)."""
+    if not (settings.normalize_words and settings.value_max and settings.gain_max and settings.ridge > 0):
+        return float("inf")
+    return 2.0 * (1.0 + settings.gain_max) + settings.value_max
+
+
+@dataclass(frozen=True)
+class MemoryState:
+    """The memory of a batch: every field is batch-first; ``as_dict``/``from_dict`` give a plain dict."""
+
+    key: torch.Tensor  # (B, N, W) pre-bias Bv = member centroid
+    value: torch.Tensor  # (B, N, W) post-bias Bw = member value mean
+    mass: torch.Tensor  # (B, N) 0 = empty
+    radius: torch.Tensor  # (B, N) RMS member distance from the centroid
+    key_factors: torch.Tensor  # (B, N, r, W) X
+    value_factors: torch.Tensor  # (B, N, r, W) Y
+    gram_inv: torch.Tensor  # (B, N, r, r) G = (X Xᵀ + λA)⁻¹ on the used rows, 0 elsewhere
+    rank: torch.Tensor  # (B, N) int64, used rows of X and Y
+    usage: torch.Tensor  # (B, N) DNC usage
+    age: torch.Tensor  # (B, N) writes since the slot's newest member
+    read_weights: torch.Tensor  # (B, R, N) last read weights
+    write_weights: torch.Tensor  # (B, N) last write weights
+    link: torch.Tensor | None = None  # (B, N, N) temporal links: link[i, j] = i written right after j
+    precedence: torch.Tensor | None = None  # (B, N)
+
+    @property
+    def occupied(self) -> torch.Tensor:
+        """(B, N) bool: slots holding something."""
+        return self.mass > 0
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_dict(cls, tensors: dict[str, torch.Tensor]) -> MemoryState:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(tensors) - names
+        required = names - {"link", "precedence"}
+        missing = required - set(tensors)
+        if unknown or missing:
+            raise ValueError(
+                f"not a memory state: missing {sorted(missing)}, unknown {sorted(unknown)}"
+            )
+        return cls(**tensors)
+
+    def map(self, fn) -> MemoryState:
+        """Apply ``fn`` to every tensor field."""
+        return MemoryState(**{name: fn(t) for name, t in self.as_dict().items()})
+
+    def detach(self) -> MemoryState:
+        return self.map(torch.Tensor.detach)
+
+    def index_select(self, index: torch.Tensor) -> MemoryState:
+        """Reorder or repeat along the batch (beam search)."""
+        return self.map(lambda t: t.index_select(0, index.to(t.device)))
+
+    @property
+    def batch_size(self) -> int:
+        return self.key.shape[0]
+
+
+def init_state(
+    settings: SDAPMSettings,
+    batch_size: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> MemoryState:
+    """An empty memory for ``batch_size`` independent sequences."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not dtype.is_floating_point:
+        raise TypeError(f"memory dtype must be floating point, got {dtype}")
+    n, w, r, heads = settings.slots, settings.word_size, settings.rank, settings.read_heads
+    opts = {"dtype": dtype, "device": device}
+    links = settings.temporal_links
+    return MemoryState(
+        key=torch.zeros(batch_size, n, w, **opts),
+        value=torch.zeros(batch_size, n, w, **opts),
+        mass=torch.zeros(batch_size, n, **opts),
+        radius=torch.zeros(batch_size, n, **opts),
+        key_factors=torch.zeros(batch_size, n, r, w, **opts),
+        value_factors=torch.zeros(batch_size, n, r, w, **opts),
+        gram_inv=torch.zeros(batch_size, n, r, r, **opts),
+        rank=torch.zeros(batch_size, n, dtype=torch.long, device=device),
+        usage=torch.zeros(batch_size, n, **opts),
+        age=torch.zeros(batch_size, n, **opts),
+        read_weights=torch.zeros(batch_size, heads, n, **opts),
+        write_weights=torch.zeros(batch_size, n, **opts),
+        link=torch.zeros(batch_size, n, n, **opts) if links else None,
+        precedence=torch.zeros(batch_size, n, **opts) if links else None,
+    )
+
+
+def reset_state(state: MemoryState, done: torch.Tensor) -> MemoryState:
+    """Empty the memory of the batch elements where ``done`` (B,) is True; the others are untouched."""
+    _check_mask("done", done, state)
+    return _select(done, init_like(state), state)
+
+
+def init_like(state: MemoryState) -> MemoryState:
+    """An empty state with the same shapes, dtype and device as ``state``."""
+    return state.map(torch.zeros_like)
+
+
+def save_state(state: MemoryState, path: str | Path) -> None:
+    """Write a state to a safetensors file (atomically: a temporary file is renamed into place)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.as_dict().items()}, str(tmp))
+    tmp.replace(path)
+
+
+def load_state(path: str | Path, device: torch.device | str | None = None) -> MemoryState:
+    """Read a state written by ``save_state``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path), device=str(device) if device is not None else "cpu")
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"cannot read memory state from {path}: {err}") from err
+    return MemoryState.from_dict(tensors)
+
+
+# --------------------------------------------------------------------------------------------- checks
+
+
+def check_state(state: MemoryState, settings: SDAPMSettings) -> None:
+    """Raise ValueError if ``state`` does not belong to memories with ``settings``."""
+    b = state.batch_size
+    expected = {
+        "key": (b, settings.slots, settings.word_size),
+        "key_factors": (b, settings.slots, settings.rank, settings.word_size),
+        "read_weights": (b, settings.read_heads, settings.slots),
+    }
+    for name, shape in expected.items():
+        got = tuple(getattr(state, name).shape)
+        if got != shape:
+            raise ValueError(f"memory state field {name!r} has shape {got}, settings expect {shape}")
+    if settings.temporal_links != (state.link is not None):
+        raise ValueError(
+            f"memory state {'has' if state.link is not None else 'lacks'} temporal links but "
+            f"settings.temporal_links={settings.temporal_links}"
+        )
+
+
+def _check_tensor(name: str, tensor: torch.Tensor, shape: tuple[int, ...], state: MemoryState) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype != state.key.dtype:
+        raise TypeError(f"{name} has dtype {tensor.dtype}, the memory holds {state.key.dtype}")
+    if tensor.device != state.key.device:
+        raise ValueError(f"{name} is on {tensor.device}, the memory is on {state.key.device}")
+    if tuple(tensor.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {shape}")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def _check_mask(name: str, mask: torch.Tensor, state: MemoryState) -> None:
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor of shape ({state.batch_size},)")
+    if tuple(mask.shape) != (state.batch_size,):
+        raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected ({state.batch_size},)")
+    if mask.device != state.key.device:
+        raise ValueError(f"{name} is on {mask.device}, the memory is on {state.key.device}")
+
+
+def _gate(name: str, gate: torch.Tensor | None, state: MemoryState, check: bool) -> torch.Tensor:
+    if gate is None:
+        return torch.ones(state.batch_size, dtype=state.key.dtype, device=state.key.device)
+    if check:
+        _check_tensor(name, gate, (state.batch_size,), state)
+    return gate
+
+
+def slot_maps(state: MemoryState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every slot as the seed's dense triple ``(Bv (B, N, W), M (B, N, W, W), Bw (B, N, W))``.
+
+    ``f_n(x) = (x − Bv_n) M_n + Bw_n`` with ``M_n = I + X_nᵀ G_n Y_n``; for inspection and plots (reads never
+    materialise ``M``).
+    """
+    w = state.key.shape[-1]
+    eye = torch.eye(w, dtype=state.key.dtype, device=state.key.device)
+    maps = eye + state.key_factors.transpose(-1, -2) @ (state.gram_inv @ state.value_factors)
+    return state.key, maps * state.occupied[..., None, None].to(maps.dtype), state.value
+
+
+# --------------------------------------------------------------------------------------------- read
+
+
+def read(
+    state: MemoryState,
+    words: torch.Tensor,
+    strengths: torch.Tensor,
+    settings: SDAPMSettings,
+    modes: torch.Tensor | None = None,
+    check: bool = True,
+) -> tuple[torch.Tensor, MemoryState]:
+    """Apply the addressed slots' maps to the read words.
+
+    Args:
+        state: the memory.
+        words: (B, R, W) read words; each is both the query and the input of the maps (unit-normalised if
+            ``settings.normalize_words``).
+        strengths: (B, R) content sharpness β ≥ 0.
+        settings: the memory's settings.
+        modes: (B, R, 3) distribution over (backward, content, forward); needs ``temporal_links``.
+        check: validate shapes, dtypes, devices and finiteness.
+
+    Returns:
+        outputs (B, R, W) and the state with the new ``read_weights``.
+    """
+    b, heads, w = state.batch_size, settings.read_heads, settings.word_size
+    if check:
+        check_state(state, settings)
+        _check_tensor("read words", words, (b, heads, w), state)
+        _check_tensor("read strengths", strengths, (b, heads), state)
+        if modes is not None:
+            if state.link is None:
+                raise ValueError("read modes need settings.temporal_links=True")
+            _check_tensor("read modes", modes, (b, heads, 3), state)
+    x = F.normalize(words, dim=-1) if settings.normalize_words else words
+    fit, p, q = subspace_fit(x, state.key, state.key_factors, state.gram_inv, state.radius)
+    weights = content_weights(fit, strengths, state.occupied, settings.top_k)
+    if modes is not None:
+        forward, backward = directional_weights(state.link, state.read_weights)
+        weights = mix_read_modes(weights, forward, backward, modes)
+    if settings.read_form == "averaged":
+        outputs = _read_averaged(state, x, weights)
+    else:
+        outputs = _read_mixture(state, x, weights, q)
+    return outputs, dataclasses.replace(state, read_weights=weights)
+
+
+def _read_mixture(state: MemoryState, x: torch.Tensor, weights: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``y = Σ_n a_n [(x − b_n) + c_n + (G_n X_n (x − b_n)ᵀ)ᵀ Y_n]``; q (B, R, N, r) = G X (x − b)ᵀ."""
+    total = weights.sum(-1, keepdim=True)
+    correction = torch.einsum("brn,brnk,bnkw->brw", weights, q, state.value_factors)
+    return x * total - weights @ state.key + weights @ state.value + correction
+
+
+def _read_averaged(state: MemoryState, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The seed's form ``y = (x − Σ a b)(Σ a M) + Σ a c`` with ``M_n = I + X_nᵀ G_n Y_n``."""
+    z = x - weights @ state.key
+    p = torch.einsum("bnkw,brw->brnk", state.key_factors, z)
+    q = torch.einsum("bnkl,brnl->brnk", state.gram_inv, p)
+    correction = torch.einsum("brn,brnk,bnkw->brw", weights, q, state.value_factors)
+    return z * weights.sum(-1, keepdim=True) + correction + weights @ state.value
+
+
+# --------------------------------------------------------------------------------------------- write
+
+
+def write(
+    state: MemoryState,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    settings: SDAPMSettings,
+    gate: torch.Tensor | None = None,
+    free_gates: torch.Tensor | None = None,
+    allocation_gate: torch.Tensor | None = None,
+    write_strength: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    check: bool = True,
+) -> MemoryState:
+    """Store the pair (key, value) as a raw slot ``(Bv = k, M = I, Bw = v)``, so that ``f(k) = v`` exactly.
+
+    The slot is the DNC write location: ``g_a · allocation + (1 − g_a) · content(key)``; the forward pass
+    writes the single best slot (hard, exact), the backward pass sees the soft weights (straight-through).
+    The write happens where ``gate ≥ 0.5`` and ``mask``; elsewhere the state is bit-identical.
+
+    Args:
+        key, value: (B, W).
+        gate: (B,) write gate in [0, 1] (default 1).
+        free_gates: (B, R) DNC free gates applied to usage with the last read weights before allocating.
+        allocation_gate: (B,) g_a; None writes by allocation only.
+        write_strength: (B,) β of the content write location (default 1) when ``allocation_gate`` is given.
+        mask: (B,) bool, False where this batch element must not change (padding, finished sequences).
+    """
+    b, w = state.batch_size, settings.word_size
+    if check:
+        check_state(state, settings)
+        _check_tensor("write key", key, (b, w), state)
+        _check_tensor("write value", value, (b, w), state)
+        if free_gates is not None:
+            _check_tensor("free gates", free_gates, (b, settings.read_heads), state)
+        if mask is not None:
+            _check_mask("write mask", mask, state)
+    gate = _gate("write gate", gate, state, check)
+    k = F.normalize(key, dim=-1) if settings.normalize_words else key
+    v = _clip_norm(value, settings.value_max)
+
+    usage = state.usage
+    if free_gates is not None:
+        usage = usage * retention(free_gates, state.read_weights)
+    location = allocation_weighting(usage)
+    if allocation_gate is not None:
+        g_a = _gate("allocation gate", allocation_gate, state, check)
+        beta = _gate("write strength", write_strength, state, check)
+        fit, _, _ = subspace_fit(k[:, None], state.key, state.key_factors, state.gram_inv, state.radius)
+        content = content_weights(fit, beta[:, None], state.occupied)[:, 0]
+        location = g_a[:, None] * location + (1.0 - g_a[:, None]) * content
+    do = gate >= 0.5
+    if mask is not None:
+        do = do & mask
+        location = location * mask[:, None].to(location.dtype)
+    soft = gate[:, None] * location
+    slot = location.argmax(-1)
+    hard = F.one_hot(slot, settings.slots).to(soft.dtype) * do[:, None].to(soft.dtype)
+    weights = hard + (soft - soft.detach())
+
+    raw = {name: t.unsqueeze(1) for name, t in _raw_slot(k, v, state).items()}
+    new = _put_slots(state, raw, slot[:, None], do[:, None], soft if soft.requires_grad else None)
+    link, precedence = state.link, state.precedence
+    if link is not None:
+        link, precedence = updated_links(link, precedence, weights)
+    new = dataclasses.replace(
+        new,
+        usage=updated_usage(usage, weights),
+        age=(state.age + 1.0) * (1.0 - hard),
+        write_weights=weights,
+        link=link,
+        precedence=precedence,
+    )
+    if mask is None:
+        return new
+    return _select(mask, new, state, fields=("usage", "age", "write_weights", "link", "precedence"))
+
+
+def _clip_norm(v: torch.Tensor, max_norm: float | None) -> torch.Tensor:
+    if max_norm is None:
+        return v
+    return v * (max_norm / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+
+
+def _raw_slot(k: torch.Tensor, v: torch.Tensor, state: MemoryState) -> dict[str, torch.Tensor]:
+    """Per-batch contents of a freshly written slot (no slot dimension)."""
+    b = state.batch_size
+    one = torch.ones(b, dtype=k.dtype, device=k.device)
+    return {
+        "key": k,
+        "value": v,
+        "mass": one,
+        "radius": torch.zeros_like(one),
+        "key_factors": torch.zeros_like(state.key_factors[:, 0]),
+        "value_factors": torch.zeros_like(state.value_factors[:, 0]),
+        "gram_inv": torch.zeros_like(state.gram_inv[:, 0]),
+        "rank": torch.zeros(b, dtype=torch.long, device=k.device),
+    }
+
+
+SLOT_FIELDS = ("key", "value", "mass", "radius", "key_factors", "value_factors", "gram_inv", "rank")
+
+
+def _put_slots(
+    state: MemoryState,
+    contents: dict[str, torch.Tensor],
+    index: torch.Tensor,
+    active: torch.Tensor,
+    soft: torch.Tensor | None = None,
+) -> MemoryState:
+    """Put ``contents`` (each (B, k, ...)) into slots ``index`` (B, k) where ``active`` (B, k); other slots
+    and inactive entries keep their exact values.
+
+    With ``soft`` (B, N) (only for k = 1), ``(soft − stop_gradient(soft)) · (new − old)``, zero in the forward
+    pass, lets gradients reach the weights that chose the slot, as if the overwrite were convex
+    (straight-through).
+    """
+    bsz, k = index.shape
+    rows = torch.arange(bsz, device=index.device)[:, None].expand(bsz, k)
+    st = soft - soft.detach() if soft is not None else None
+    fields = {}
+    for name in SLOT_FIELDS:
+        old = getattr(state, name)
+        new = contents[name]
+        extra = (1,) * (old.dim() - 2)
+        values = torch.where(active.view(bsz, k, *extra), new, old[rows, index])
+        out = old.index_put((rows, index), values)
+        if st is not None and old.is_floating_point():
+            out = out + st.view(*st.shape, *extra) * (new[:, :1] - old)
+        fields[name] = out
+    return dataclasses.replace(state, **fields)
+
+
+def _select(
+    mask: torch.Tensor, new: MemoryState, old: MemoryState, fields: tuple[str, ...] | None = None
+) -> MemoryState:
+    """``new`` where mask (B,) is True, ``old`` elsewhere, bit for bit (only ``fields`` if given)."""
+    picked = {}
+    for name, t in new.as_dict().items():
+        if fields is None or name in fields:
+            t = torch.where(mask.view(-1, *(1,) * (t.dim() - 1)), t, getattr(old, name))
+        picked[name] = t
+    return MemoryState(**picked)
+
+
+# --------------------------------------------------------------------------------------------- consolidate
+
+
+def consolidate(
+    state: MemoryState,
+    selection: torch.Tensor,
+    settings: SDAPMSettings,
+    group_size: int = 2,
+    gate: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    check: bool = True,
+) -> MemoryState:
+    """Merge the ``group_size`` best-selected occupied slots into one, freeing the others.
+
+    The group is the top-g of ``selection`` (B, N) ≥ 0 among occupied slots; member ``j`` enters the fit with
+    soft weight ``a_j = selection_j / max selection`` (a slot with weight 0 is not a member), so the result is
+    differentiable in ``selection`` and in the slots' contents. The merged slot replaces the group's best slot.
+    Nothing happens where fewer than two slots are selected, where ``gate < 0.5`` (straight-through in the
+    gate) or where ``mask`` is False.
+    """
+    b, n = state.batch_size, settings.slots
+    if check:
+        check_state(state, settings)
+        _check_tensor("consolidation selection", selection, (b, n), state)
+        if mask is not None:
+            _check_mask("consolidation mask", mask, state)
+    if not isinstance(group_size, int) or not 2 <= group_size <= n:
+        raise ValueError(f"group_size must be an integer in [2, slots={n}], got {group_size!r}")
+    gate = _gate("consolidation gate", gate, state, check)
+
+    scores = selection.clamp_min(0.0) * state.occupied.to(selection.dtype)
+    top, idx = scores.topk(group_size, dim=-1)  # (B, g), descending
+    member = top > 0
+    do = (member.sum(-1) >= 2) & (gate >= 0.5)
+    if mask is not None:
+        do = do & mask
+    if not gate.requires_grad and not bool(do.any()):
+        return state
+    weights = top / top[:, :1].clamp_min(torch.finfo(top.dtype).tiny) * member.to(top.dtype)
+
+    def gather(t: torch.Tensor) -> torch.Tensor:
+        return t.gather(1, idx.view(b, group_size, *(1,) * (t.dim() - 2)).expand(-1, -1, *t.shape[2:]))
+
+    merged = merge_slots({name: gather(getattr(state, name)) for name in SLOT_FIELDS}, weights, member, settings)
+    contents = {
+        name: torch.cat([t.unsqueeze(1), torch.zeros_like(t).unsqueeze(1).expand(-1, group_size - 1, *t.shape[1:])], 1)
+        for name, t in merged.items()
+    }
+    new = _put_slots(state, contents, idx, member & do[:, None])
+
+    target = F.one_hot(idx[:, 0], n).to(state.key.dtype)
+    group = torch.zeros_like(target).scatter(1, idx, member.to(target.dtype))
+    freed = group - target
+    keep = 1.0 - freed
+    link, precedence = state.link, state.precedence
+    if link is not None:
+        link, precedence = merged_links(link, precedence, group, target)
+    group_age = (state.age * group + (1.0 - group) * torch.finfo(state.age.dtype).max).amin(-1, keepdim=True)
+    new = dataclasses.replace(
+        new,
+        usage=state.usage * keep * (1.0 - target) + target * (state.usage * group).amax(-1, keepdim=True),
+        age=state.age * keep * (1.0 - target) + target * group_age,
+        read_weights=state.read_weights * keep[:, None]
+        + target[:, None] * (state.read_weights * group[:, None]).sum(-1, keepdim=True),
+        write_weights=state.write_weights * keep,
+        link=link,
+        precedence=precedence,
+    )
+    result = _select(do, new, state, fields=("usage", "age", "read_weights", "write_weights", "link", "precedence"))
+    if gate.requires_grad:
+        would = _put_slots(state, contents, idx, member)
+        result = _blend_gradient(result, would, state, gate - gate.detach())
+    return result
+
+
+def _blend_gradient(result: MemoryState, new: MemoryState, old: MemoryState, st: torch.Tensor) -> MemoryState:
+    """Add ``st · (new − old)`` (zero in the forward pass) so a hard gate gets a straight-through gradient."""
+    fields = {}
+    for name, t in result.as_dict().items():
+        if t.is_floating_point():
+            t = t + st.view(-1, *(1,) * (t.dim() - 1)) * (getattr(new, name) - getattr(old, name))
+        fields[name] = t
+    return MemoryState(**fields)
+
+
+def merge_slots(
+    slots: dict[str, torch.Tensor], weights: torch.Tensor, member: torch.Tensor, settings: SDAPMSettings
+) -> dict[str, torch.Tensor]:
+    """Ridge least-squares merge of g slots into one (module docstring, "Consolidation").
+
+    Args:
+        slots: the g slots' fields, each with a leading (B, g) (see ``SLOT_FIELDS``).
+        weights: (B, g) soft membership a ∈ [0, 1]; the first slot has weight 1.
+        member: (B, g) bool, a > 0.
+        settings: rank, ridge and stability rules.
+
+    Returns:
+        The merged slot's fields, each with a leading (B,).
+    """
+    mass, key, value = slots["mass"], slots["key"], slots["value"]
+    xf, yf, rank = slots["key_factors"], slots["value_factors"], slots["rank"]
+    bsz, g, r, w = xf.shape
+    dtype = key.dtype
+    tiny = torch.finfo(dtype).tiny
+    a = weights * member.to(dtype)
+    wm = a * mass  # (B, g) member masses
+    total = wm.sum(-1).clamp_min(tiny)  # > 0 wherever a merge happens; clamped so skipped rows stay finite
+    b = (wm.unsqueeze(-1) * key).sum(1) / total.unsqueeze(-1)
+    c = (wm.unsqueeze(-1) * value).sum(1) / total.unsqueeze(-1)
+
+    # Between-slot scatter as g − 1 rows (Chan's pairwise update over the prefix 1..m and slot m+1).
+    cum = wm.cumsum(1).clamp_min(tiny)
+    prefix_key = (wm.unsqueeze(-1) * key).cumsum(1) / cum.unsqueeze(-1)
+    prefix_value = (wm.unsqueeze(-1) * value).cumsum(1) / cum.unsqueeze(-1)
+    coef = (cum[:, :-1] * wm[:, 1:] / cum[:, 1:]).clamp_min(0.0)
+    coef = torch.where(member[:, 1:], coef.clamp_min(tiny).sqrt(), torch.zeros_like(coef))
+    dk = prefix_key[:, :-1] - key[:, 1:]
+    dv = prefix_value[:, :-1] - value[:, 1:]
+    shift_x = coef.unsqueeze(-1) * dk
+    shift_y = coef.unsqueeze(-1) * (dv - dk)
+
+    # Members' own rows, scaled by √a.
+    root = torch.where(member, a.clamp_min(tiny).sqrt(), torch.zeros_like(a))
+    own_x = (root[..., None, None] * xf).reshape(bsz, g * r, w)
+    own_y = (root[..., None, None] * yf).reshape(bsz, g * r, w)
+    used = (torch.arange(r, device=rank.device) < rank.unsqueeze(-1)) & member.unsqueeze(-1)
+    rows_x = torch.cat([own_x, shift_x], 1)
+    rows_y = torch.cat([own_y, shift_y], 1)
+    used = torch.cat([used.reshape(bsz, g * r), member[:, 1:]], 1)
+    count = used.sum(-1)
+    rows_x = rows_x * used.unsqueeze(-1).to(dtype)
+    rows_y = rows_y * used.unsqueeze(-1).to(dtype)
+
+    # Pack the used rows first, then keep at most r of them.
+    order = torch.argsort((~used).to(torch.int8), dim=1, stable=True)
+    rows_x = rows_x.gather(1, order.unsqueeze(-1).expand_as(rows_x))
+    rows_y = rows_y.gather(1, order.unsqueeze(-1).expand_as(rows_y))
+    k = max(int(count.max()), 1)
+    rows_x, rows_y = rows_x[:, :k], rows_y[:, :k]
+    if k > r:
+        # Principal directions of the key scatter: X' = Uᵀ X with U the top-r eigenvectors of X Xᵀ
+        # (solved in float64 on the trace-normalised Gram, so that large or clustered rows converge).
+        gram = (rows_x @ rows_x.transpose(1, 2)).detach().double()
+        gram = gram / gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-300)[:, None, None]
+        _, vecs = torch.linalg.eigh(gram)
+        top = vecs.flip(-1)[..., :r].to(dtype)
+        rows_x = top.transpose(1, 2) @ rows_x
+        rows_y = top.transpose(1, 2) @ rows_y
+        count = count.clamp(max=r)
+    else:
+        pad = r - k
+        rows_x = F.pad(rows_x, (0, 0, 0, pad))
+        rows_y = F.pad(rows_y, (0, 0, 0, pad))
+    live = (torch.arange(r, device=count.device) < count.unsqueeze(-1)).to(dtype)
+    rows_x = rows_x * live.unsqueeze(-1)
+    rows_y = rows_y * live.unsqueeze(-1)
+
+    if settings.mass_max is not None:
+        scale = (settings.mass_max / total).clamp(max=1.0)
+        total = total * scale
+        rows_x = rows_x * scale.sqrt()[:, None, None]
+        rows_y = rows_y * scale.sqrt()[:, None, None]
+    gram_inv = _gram_inverse(rows_x, total, live, settings.ridge)
+    if settings.gain_max is not None:
+        rows_y = rows_y * _gain_scale(rows_x, rows_y, gram_inv, settings.gain_max)[:, None, None]
+    radius = (rows_x.pow(2).sum((1, 2)) / total).clamp_min(tiny).sqrt()
+    return {
+        "key": b,
+        "value": c,
+        "mass": total,
+        "radius": radius,
+        "key_factors": rows_x,
+        "value_factors": rows_y,
+        "gram_inv": gram_inv,
+        "rank": count,
+    }
+
+
+def _gram_inverse(rows_x: torch.Tensor, mass: torch.Tensor, live: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``(X Xᵀ + λA I)⁻¹`` on the used rows, zero on the padding (pseudo-inverse when λ = 0)."""
+    gram = rows_x @ rows_x.transpose(1, 2)
+    if ridge == 0:
+        return torch.linalg.pinv(gram.double()).to(gram.dtype)
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    inv = torch.linalg.inv(gram + (ridge * mass)[:, None, None] * eye)
+    return inv * live.unsqueeze(-1) * live.unsqueeze(-2)
+
+
+def _gain_scale(rows_x: torch.Tensor, rows_y: torch.Tensor, gram_inv: torch.Tensor, gain_max: float) -> torch.Tensor:
+    """Factor in (0, 1] that brings ``σ_max(Xᵀ G Y)`` down to ``gain_max``."""
+    correction = rows_x.transpose(1, 2) @ (gram_inv @ rows_y)  # (B, W, W) = M − I
+    sigma = torch.linalg.matrix_norm(correction, ord=2)
+    return (gain_max / sigma.clamp_min(1e-12)).clamp(max=1.0)
+
+
+# --------------------------------------------------------------------------------------------- policies
+
+
+def is_full(state: MemoryState, threshold: float = 0.99) -> torch.Tensor:
+    """(B,) bool: no slot is free (every slot occupied and in use)."""
+    return (state.occupied & (state.usage >= threshold)).all(-1)
+
+
+def closest_pair_selection(state: MemoryState) -> torch.Tensor:
+    """Consolidate-when-full policy: select the pair of occupied slots with the smallest
+    ``mass_i + mass_j − cos(Bv_i, Bv_j)`` (similar and small, so groups stay balanced).
+
+    Returns:
+        (B, N) selection with 1 on the two chosen slots (use with ``group_size=2``).
+    """
+    bsz, n = state.mass.shape
+    unit = F.normalize(state.key, dim=-1)
+    cost = state.mass[:, :, None] + state.mass[:, None, :] - unit @ unit.transpose(1, 2)
+    forbidden = ~(state.occupied[:, :, None] & state.occupied[:, None, :]) | torch.eye(
+        n, dtype=torch.bool, device=cost.device
+    )
+    cost = cost.masked_fill(forbidden, float("inf"))
+    best = cost.flatten(1).argmin(-1)
+    selection = torch.zeros_like(state.mass)
+    selection.scatter_(1, (best // n).unsqueeze(-1), 1.0)
+    selection.scatter_(1, (best % n).unsqueeze(-1), 1.0)
+    return selection
