@@ -83,6 +83,7 @@ import torch
 import torch.nn.functional as F
 
 from .addressing import (
+    EMPTY_SCORE,
     allocation_weighting,
     content_weights,
     directional_weights,
@@ -110,6 +111,8 @@ class SDAPMSettings:
         mass_max: A_max, bound on a slot's mass (None: no bound).
         normalize_words: keys and read words are scaled to unit norm.
         top_k: sparse reads over the K best slots per head (None: dense softmax).
+        candidates: with top_k, shortlist this many slots per head by centroid cosine and score only those
+            (approximate, ``O(N W)`` instead of ``O(N r W)`` per head; None: score every slot exactly).
         temporal_links: keep the DNC link matrix for forward/backward read modes.
         read_form: "mixture" (Σ a f(x)) or "averaged" (the seed's averaged parameters).
     """
@@ -124,6 +127,7 @@ class SDAPMSettings:
     mass_max: float | None = 256.0
     normalize_words: bool = True
     top_k: int | None = None
+    candidates: int | None = None
     temporal_links: bool = False
     read_form: str = "mixture"
 
@@ -142,6 +146,8 @@ class SDAPMSettings:
                 raise ValueError(f"SDAPMSettings.{name} must be > 0 or None, got {value}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"SDAPMSettings.top_k must be >= 1 or None, got {self.top_k}")
+        if self.candidates is not None and (self.top_k is None or self.candidates < self.top_k):
+            raise ValueError(f"SDAPMSettings.candidates needs top_k and must be >= top_k, got {self.candidates}")
         if self.read_form not in ("mixture", "averaged"):
             raise ValueError(f"SDAPMSettings.read_form must be 'mixture' or 'averaged', got {self.read_form!r}")
 
@@ -376,32 +382,75 @@ def read(
                 raise ValueError("read modes need settings.temporal_links=True")
             _check_tensor("read modes", modes, (b, heads, 3), state)
     x = F.normalize(words, dim=-1) if settings.normalize_words else words
+    if settings.candidates is not None and settings.candidates < settings.slots and modes is None:
+        outputs, weights = _read_shortlist(state, x, strengths, settings)
+        return outputs, dataclasses.replace(state, read_weights=weights)
+    slots = (state.key, state.value, state.key_factors, state.value_factors, state.gram_inv)
     fit, p, q = subspace_fit(x, state.key, state.key_factors, state.gram_inv, state.radius)
     weights = content_weights(fit, strengths, state.occupied, settings.top_k)
     if modes is not None:
         forward, backward = directional_weights(state.link, state.read_weights)
         weights = mix_read_modes(weights, forward, backward, modes)
     if settings.read_form == "averaged":
-        outputs = _read_averaged(state, x, weights)
+        outputs = _read_averaged(slots, x, weights)
     else:
-        outputs = _read_mixture(state, x, weights, q)
+        outputs = _read_mixture(slots, x, weights, q)
     return outputs, dataclasses.replace(state, read_weights=weights)
 
 
-def _read_mixture(state: MemoryState, x: torch.Tensor, weights: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``y = Σ_n a_n [(x − b_n) + c_n + (G_n X_n (x − b_n)ᵀ)ᵀ Y_n]``; q (B, R, N, r) = G X (x − b)ᵀ."""
+def _read_shortlist(
+    state: MemoryState, x: torch.Tensor, strengths: torch.Tensor, settings: SDAPMSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two-stage sparse read: shortlist ``candidates`` slots per head by centroid cosine (``O(N W)``), then
+    score only those by subspace fit and read from the ``top_k`` best of them. Approximate: a consolidated
+    slot whose centroid is far from the query can miss the shortlist (``scripts/bench_memory.py`` measures
+    the recall this costs)."""
+    b, heads, w = x.shape
+    n, k = settings.slots, settings.candidates
+    coarse = torch.einsum("brw,bnw->brn", x, F.normalize(state.key, dim=-1))
+    idx = coarse.masked_fill(~state.occupied[:, None], EMPTY_SCORE).topk(k, dim=-1).indices  # (B, R, k)
+
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        expanded = t.unsqueeze(1).expand(b, heads, *t.shape[1:])
+        index = idx.view(b, heads, k, *(1,) * (t.dim() - 2)).expand(b, heads, k, *t.shape[2:])
+        return expanded.gather(2, index).reshape(b * heads, k, *t.shape[2:])
+
+    key, value, xf, yf, gram_inv = (
+        pick(t) for t in (state.key, state.value, state.key_factors, state.value_factors, state.gram_inv)
+    )
+    flat_x = x.reshape(b * heads, 1, w)
+    fit, _, q = subspace_fit(flat_x, key, xf, gram_inv, pick(state.radius))
+    weights = content_weights(fit, strengths.reshape(b * heads, 1), pick(state.occupied), settings.top_k)
+    slots = (key, value, xf, yf, gram_inv)
+    if settings.read_form == "averaged":
+        outputs = _read_averaged(slots, flat_x, weights)
+    else:
+        outputs = _read_mixture(slots, flat_x, weights, q)
+    full = torch.zeros(b, heads, n, dtype=x.dtype, device=x.device).scatter(-1, idx, weights.view(b, heads, k))
+    return outputs.view(b, heads, w), full
+
+
+SlotTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _read_mixture(slots: SlotTensors, x: torch.Tensor, weights: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``y = Σ_n a_n [(x − b_n) + c_n + (G_n X_n (x − b_n)ᵀ)ᵀ Y_n]``; q (B, R, N, r) = G X (x − b)ᵀ.
+
+    ``slots`` = (key, value, key_factors, value_factors, gram_inv), each (B, N, ...)."""
+    key, value, _, value_factors, _ = slots
     total = weights.sum(-1, keepdim=True)
-    correction = torch.einsum("brn,brnk,bnkw->brw", weights, q, state.value_factors)
-    return x * total - weights @ state.key + weights @ state.value + correction
+    correction = torch.einsum("brn,brnk,bnkw->brw", weights, q, value_factors)
+    return x * total - weights @ key + weights @ value + correction
 
 
-def _read_averaged(state: MemoryState, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def _read_averaged(slots: SlotTensors, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The seed's form ``y = (x − Σ a b)(Σ a M) + Σ a c`` with ``M_n = I + X_nᵀ G_n Y_n``."""
-    z = x - weights @ state.key
-    p = torch.einsum("bnkw,brw->brnk", state.key_factors, z)
-    q = torch.einsum("bnkl,brnl->brnk", state.gram_inv, p)
-    correction = torch.einsum("brn,brnk,bnkw->brw", weights, q, state.value_factors)
-    return z * weights.sum(-1, keepdim=True) + correction + weights @ state.value
+    key, value, key_factors, value_factors, gram_inv = slots
+    z = x - weights @ key
+    p = torch.einsum("bnkw,brw->brnk", key_factors, z)
+    q = torch.einsum("bnkl,brnl->brnk", gram_inv, p)
+    correction = torch.einsum("brn,brnk,bnkw->brw", weights, q, value_factors)
+    return z * weights.sum(-1, keepdim=True) + correction + weights @ value
 
 
 # --------------------------------------------------------------------------------------------- write
@@ -418,6 +467,7 @@ def write(
     write_strength: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     check: bool = True,
+    inplace: bool = False,
 ) -> MemoryState:
     """Store the pair (key, value) as a raw slot ``(Bv = k, M = I, Bw = v)``, so that ``f(k) = v`` exactly.
 
@@ -432,6 +482,8 @@ def write(
         allocation_gate: (B,) g_a; None writes by allocation only.
         write_strength: (B,) β of the content write location (default 1) when ``allocation_gate`` is given.
         mask: (B,) bool, False where this batch element must not change (padding, finished sequences).
+        inplace: update the slot tensors of ``state`` in place (streaming inference without autograd: a write
+            then costs O(r W) instead of a copy of the memory).
     """
     b, w = state.batch_size, settings.word_size
     if check:
@@ -466,7 +518,7 @@ def write(
     weights = hard + (soft - soft.detach())
 
     raw = {name: t.unsqueeze(1) for name, t in _raw_slot(k, v, state).items()}
-    new = _put_slots(state, raw, slot[:, None], do[:, None], soft if soft.requires_grad else None)
+    new = _put_slots(state, raw, slot[:, None], do[:, None], soft if soft.requires_grad else None, inplace)
     link, precedence = state.link, state.precedence
     if link is not None:
         link, precedence = updated_links(link, precedence, weights)
@@ -514,15 +566,20 @@ def _put_slots(
     index: torch.Tensor,
     active: torch.Tensor,
     soft: torch.Tensor | None = None,
+    inplace: bool = False,
 ) -> MemoryState:
     """Put ``contents`` (each (B, k, ...)) into slots ``index`` (B, k) where ``active`` (B, k); other slots
     and inactive entries keep their exact values.
 
     With ``soft`` (B, N) (only for k = 1), ``(soft − stop_gradient(soft)) · (new − old)``, zero in the forward
     pass, lets gradients reach the weights that chose the slot, as if the overwrite were convex
-    (straight-through).
+    (straight-through). ``inplace`` writes into the state's own tensors (no autograd graph allowed).
     """
     bsz, k = index.shape
+    if inplace and torch.is_grad_enabled() and any(
+        t.requires_grad for t in (*contents.values(), *(getattr(state, name) for name in SLOT_FIELDS))
+    ):
+        raise ValueError("in-place memory updates cannot be recorded by autograd: use torch.no_grad()")
     rows = torch.arange(bsz, device=index.device)[:, None].expand(bsz, k)
     st = soft - soft.detach() if soft is not None else None
     fields = {}
@@ -531,7 +588,7 @@ def _put_slots(
         new = contents[name]
         extra = (1,) * (old.dim() - 2)
         values = torch.where(active.view(bsz, k, *extra), new, old[rows, index])
-        out = old.index_put((rows, index), values)
+        out = old.index_put_((rows, index), values) if inplace else old.index_put((rows, index), values)
         if st is not None and old.is_floating_point():
             out = out + st.view(*st.shape, *extra) * (new[:, :1] - old)
         fields[name] = out
@@ -561,6 +618,7 @@ def consolidate(
     gate: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     check: bool = True,
+    inplace: bool = False,
 ) -> MemoryState:
     """Merge the ``group_size`` best-selected occupied slots into one, freeing the others.
 
@@ -568,7 +626,7 @@ def consolidate(
     soft weight ``a_j = selection_j / max selection`` (a slot with weight 0 is not a member), so the result is
     differentiable in ``selection`` and in the slots' contents. The merged slot replaces the group's best slot.
     Nothing happens where fewer than two slots are selected, where ``gate < 0.5`` (straight-through in the
-    gate) or where ``mask`` is False.
+    gate) or where ``mask`` is False. ``inplace`` as in ``write``.
     """
     b, n = state.batch_size, settings.slots
     if check:
@@ -598,7 +656,7 @@ def consolidate(
         name: torch.cat([t.unsqueeze(1), torch.zeros_like(t).unsqueeze(1).expand(-1, group_size - 1, *t.shape[1:])], 1)
         for name, t in merged.items()
     }
-    new = _put_slots(state, contents, idx, member & do[:, None])
+    new = _put_slots(state, contents, idx, member & do[:, None], inplace=inplace)
 
     target = F.one_hot(idx[:, 0], n).to(state.key.dtype)
     group = torch.zeros_like(target).scatter(1, idx, member.to(target.dtype))

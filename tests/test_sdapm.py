@@ -366,3 +366,35 @@ def test_bad_settings_name_the_field(field, value, message):
     kwargs = {"slots": 4, "word_size": 8, field: value}
     with pytest.raises(ValueError, match=message):
         SDAPMSettings(**kwargs)
+
+
+def test_inplace_updates_match_functional_ones():
+    settings = SDAPMSettings(slots=6, word_size=8, temporal_links=True)
+    keys, values = unit(2, 9, 8, seed=27), unit(2, 9, 8, seed=28)
+    functional = sdapm.init_state(settings, 2)
+    streaming = sdapm.init_state(settings, 2)
+    with torch.no_grad():
+        for i in range(9):
+            for name, st in (("functional", functional), ("streaming", streaming)):
+                inplace = name == "streaming"
+                full = sdapm.is_full(st)
+                st = sdapm.consolidate(st, sdapm.closest_pair_selection(st), settings, 2, mask=full, inplace=inplace)
+                st = sdapm.write(st, keys[:, i], values[:, i], settings, inplace=inplace)
+                functional, streaming = (st, streaming) if not inplace else (functional, st)
+    for name, t in functional.as_dict().items():
+        assert torch.equal(t, getattr(streaming, name)), name
+    with pytest.raises(ValueError, match="no_grad"):
+        sdapm.write(functional, keys[:, 0].requires_grad_(), values[:, 0], settings, inplace=True)
+
+
+def test_shortlisted_sparse_read_matches_exact_top_k_on_raw_slots():
+    exact = SDAPMSettings(slots=64, word_size=16, read_heads=3, top_k=4)
+    shortlist = dataclasses.replace(exact, candidates=16)
+    state = fill(exact, unit(2, 40, 16, seed=29), unit(2, 40, 16, seed=30))
+    words, strengths = unit(2, 3, 16, seed=31), torch.full((2, 3), 5.0)
+    a, sa = sdapm.read(state, words, strengths, exact)
+    b, sb = sdapm.read(state, words, strengths, shortlist)
+    # Raw slots: the centroid cosine is the exact score, so the shortlist holds the exact top-4.
+    assert torch.allclose(a, b, atol=1e-6) and torch.allclose(sa.read_weights, sb.read_weights, atol=1e-6)
+    with pytest.raises(ValueError, match="candidates"):
+        SDAPMSettings(slots=8, word_size=8, candidates=4)
