@@ -33,33 +33,49 @@ def subspace_fit(
     words: torch.Tensor,
     keys: torch.Tensor,
     key_factors: torch.Tensor,
+    key_offsets: torch.Tensor,
     gram_inv: torch.Tensor,
     radius: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """How well each query fits each slot's key set.
 
     Args:
         words: (B, R, W) queries (unit norm).
         keys: (B, N, W) slot centroids ``b``.
         key_factors: (B, N, r, W) factors ``X`` of the centred key scatter.
+        key_offsets: (B, N, r) ``X bᵀ``, cached per slot.
         gram_inv: (B, N, r, r) ``G = (X Xᵀ + λA I)⁻¹``.
         radius: (B, N) RMS member radius ``ρ``.
 
     Returns:
-        fit (B, R, N) as in the module docstring; projections ``p = X zᵀ`` (B, R, N, r) and ``q = G p``
-        (B, R, N, r), reused by the read so the slot factors are streamed once.
+        fit (B, R, N) as in the module docstring, and ``q = G X (x − b)ᵀ`` (B, R, N, r), which the read reuses
+        so that the slot factors are streamed once.
     """
+    b, heads, w = words.shape
+    n, r = key_factors.shape[1], key_factors.shape[2]
     # z = x − b without materialising (B, R, N, W): X zᵀ = X xᵀ − X bᵀ, ‖z‖² = ‖x‖² − 2 x·b + ‖b‖².
-    p = torch.einsum("bnkw,brw->brnk", key_factors, words) - torch.einsum("bnkw,bnw->bnk", key_factors, keys)[:, None]
-    q = torch.einsum("bnkl,brnl->brnk", gram_inv, p)
+    p = (words @ key_factors.reshape(b, n * r, w).transpose(1, 2)).view(b, heads, n, r) - key_offsets[:, None]
+    q = (gram_inv[:, None] @ p.unsqueeze(-1)).squeeze(-1)
     z2 = (
-        words.pow(2).sum(-1, keepdim=True)
-        - 2.0 * torch.einsum("brw,bnw->brn", words, keys)
-        + keys.pow(2).sum(-1)[:, None]
+        words.pow(2).sum(-1, keepdim=True) - 2.0 * words @ keys.transpose(1, 2) + keys.pow(2).sum(-1)[:, None]
     ).clamp_min(0.0)
     residual = (z2 - (p * q).sum(-1)).clamp_min(0.0)
     excess = (z2.clamp_min(1e-12).sqrt() - radius[:, None]).clamp_min(0.0)
-    return 1.0 - 0.25 * (residual + excess.pow(2)), p, q
+    return 1.0 - 0.25 * (residual + excess.pow(2)), q
+
+
+def cosine_similarity(words: torch.Tensor, rows: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """DNC content similarity ``x · m / (‖x‖ ‖m‖)``, with ε in the norms so that empty rows score 0.
+
+    Args:
+        words: (B, R, W); rows: (B, N, W).
+
+    Returns:
+        (B, R, N).
+    """
+    dots = torch.einsum("brw,bnw->brn", words, rows)
+    norms = words.norm(dim=-1).unsqueeze(-1) * rows.norm(dim=-1).unsqueeze(-2)
+    return dots / (norms + eps)
 
 
 def content_weights(

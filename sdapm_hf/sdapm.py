@@ -13,7 +13,8 @@ Slot ``n`` is the affine map ``f_n(x) = (x − Bv_n) M_n + Bw_n`` with ``M_n = I
 * ``key_factors`` ``X (N, r, W)`` and ``value_factors`` ``Y (N, r, W)``: factors of the slot's sufficient
   statistics, ``S = XᵀX = Σ_j a_j (k_j − b)ᵀ(k_j − b)`` and ``T = XᵀY = Σ_j a_j (k_j − b)ᵀ e_j`` with
   ``e_j = (v_j − c) − (k_j − b)`` the residual that the identity leaves;
-* ``gram_inv`` ``G = (X Xᵀ + λA I)⁻¹ (N, r, r)``, cached; ``radius`` ``ρ = (tr S / A)^½``; ``rank``.
+* ``gram_inv`` ``G = (X Xᵀ + λA I)⁻¹ (N, r, r)`` and ``key_offsets`` ``X bᵀ (N, r)``, cached;
+  ``radius`` ``ρ = (tr S / A)^½``; ``rank``.
 
 So ``M − I = (S + λA I)⁻¹ T`` is the ridge solution of
 ``min_M Σ_j a_j ‖(k_j − b) M + c − v_j‖² + λA ‖M − I‖²_F``: the identity prior of a written pair, corrected by
@@ -94,6 +95,7 @@ from .addressing import (
     updated_links,
     updated_usage,
 )
+from .tensor_state import TensorState
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,7 @@ def stability_bound(settings: SDAPMSettings) -> float:
 
 
 @dataclass(frozen=True)
-class MemoryState:
+class MemoryState(TensorState):
     """The memory of a batch: every field is batch-first; ``as_dict``/``from_dict`` give a plain dict."""
 
     key: torch.Tensor  # (B, N, W) pre-bias Bv = member centroid
@@ -174,6 +176,7 @@ class MemoryState:
     key_factors: torch.Tensor  # (B, N, r, W) X
     value_factors: torch.Tensor  # (B, N, r, W) Y
     gram_inv: torch.Tensor  # (B, N, r, r) G = (X Xᵀ + λA)⁻¹ on the used rows, 0 elsewhere
+    key_offsets: torch.Tensor  # (B, N, r) X bᵀ
     rank: torch.Tensor  # (B, N) int64, used rows of X and Y
     usage: torch.Tensor  # (B, N) DNC usage
     age: torch.Tensor  # (B, N) writes since the slot's newest member
@@ -186,32 +189,6 @@ class MemoryState:
     def occupied(self) -> torch.Tensor:
         """(B, N) bool: slots holding something."""
         return self.mass > 0
-
-    def as_dict(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
-
-    @classmethod
-    def from_dict(cls, tensors: dict[str, torch.Tensor]) -> MemoryState:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(tensors) - names
-        required = names - {"link", "precedence"}
-        missing = required - set(tensors)
-        if unknown or missing:
-            raise ValueError(
-                f"not a memory state: missing {sorted(missing)}, unknown {sorted(unknown)}"
-            )
-        return cls(**tensors)
-
-    def map(self, fn) -> MemoryState:
-        """Apply ``fn`` to every tensor field."""
-        return MemoryState(**{name: fn(t) for name, t in self.as_dict().items()})
-
-    def detach(self) -> MemoryState:
-        return self.map(torch.Tensor.detach)
-
-    def index_select(self, index: torch.Tensor) -> MemoryState:
-        """Reorder or repeat along the batch (beam search)."""
-        return self.map(lambda t: t.index_select(0, index.to(t.device)))
 
     @property
     def batch_size(self) -> int:
@@ -240,6 +217,7 @@ def init_state(
         key_factors=torch.zeros(batch_size, n, r, w, **opts),
         value_factors=torch.zeros(batch_size, n, r, w, **opts),
         gram_inv=torch.zeros(batch_size, n, r, r, **opts),
+        key_offsets=torch.zeros(batch_size, n, r, **opts),
         rank=torch.zeros(batch_size, n, dtype=torch.long, device=device),
         usage=torch.zeros(batch_size, n, **opts),
         age=torch.zeros(batch_size, n, **opts),
@@ -253,7 +231,7 @@ def init_state(
 def reset_state(state: MemoryState, done: torch.Tensor) -> MemoryState:
     """Empty the memory of the batch elements where ``done`` (B,) is True; the others are untouched."""
     _check_mask("done", done, state)
-    return _select(done, init_like(state), state)
+    return init_like(state).where(done, state)
 
 
 def init_like(state: MemoryState) -> MemoryState:
@@ -385,8 +363,8 @@ def read(
     if settings.candidates is not None and settings.candidates < settings.slots and modes is None:
         outputs, weights = _read_shortlist(state, x, strengths, settings)
         return outputs, dataclasses.replace(state, read_weights=weights)
-    slots = (state.key, state.value, state.key_factors, state.value_factors, state.gram_inv)
-    fit, p, q = subspace_fit(x, state.key, state.key_factors, state.gram_inv, state.radius)
+    slots = _slots(state)
+    fit, q = subspace_fit(x, *slots[:5])
     weights = content_weights(fit, strengths, state.occupied, settings.top_k)
     if modes is not None:
         forward, backward = directional_weights(state.link, state.read_weights)
@@ -398,6 +376,17 @@ def read(
     return outputs, dataclasses.replace(state, read_weights=weights)
 
 
+# What reads stream, each (B, N, ...): the first five are ``subspace_fit``'s slot arguments.
+SlotTensors = tuple[torch.Tensor, ...]  # key, key_factors, key_offsets, gram_inv, radius, value, value_factors
+
+
+def _slots(state: MemoryState) -> SlotTensors:
+    return (
+        state.key, state.key_factors, state.key_offsets, state.gram_inv, state.radius, state.value,
+        state.value_factors,
+    )
+
+
 def _read_shortlist(
     state: MemoryState, x: torch.Tensor, strengths: torch.Tensor, settings: SDAPMSettings
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -407,21 +396,17 @@ def _read_shortlist(
     the recall this costs)."""
     b, heads, w = x.shape
     n, k = settings.slots, settings.candidates
-    coarse = torch.einsum("brw,bnw->brn", x, F.normalize(state.key, dim=-1))
+    coarse = (x @ state.key.transpose(1, 2)) / state.key.norm(dim=-1).clamp_min(1e-12)[:, None]
     idx = coarse.masked_fill(~state.occupied[:, None], EMPTY_SCORE).topk(k, dim=-1).indices  # (B, R, k)
+    flat = (idx + n * torch.arange(b, device=idx.device)[:, None, None]).flatten()
 
     def pick(t: torch.Tensor) -> torch.Tensor:
-        expanded = t.unsqueeze(1).expand(b, heads, *t.shape[1:])
-        index = idx.view(b, heads, k, *(1,) * (t.dim() - 2)).expand(b, heads, k, *t.shape[2:])
-        return expanded.gather(2, index).reshape(b * heads, k, *t.shape[2:])
+        return t.flatten(0, 1).index_select(0, flat).view(b * heads, k, *t.shape[2:])
 
-    key, value, xf, yf, gram_inv = (
-        pick(t) for t in (state.key, state.value, state.key_factors, state.value_factors, state.gram_inv)
-    )
+    slots = tuple(pick(t) for t in _slots(state))
     flat_x = x.reshape(b * heads, 1, w)
-    fit, _, q = subspace_fit(flat_x, key, xf, gram_inv, pick(state.radius))
+    fit, q = subspace_fit(flat_x, *slots[:5])
     weights = content_weights(fit, strengths.reshape(b * heads, 1), pick(state.occupied), settings.top_k)
-    slots = (key, value, xf, yf, gram_inv)
     if settings.read_form == "averaged":
         outputs = _read_averaged(slots, flat_x, weights)
     else:
@@ -430,27 +415,28 @@ def _read_shortlist(
     return outputs.view(b, heads, w), full
 
 
-SlotTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+def _apply_corrections(weights: torch.Tensor, q: torch.Tensor, value_factors: torch.Tensor) -> torch.Tensor:
+    """``Σ_n a_n q_n Y_n``: weights (B, R, N), q (B, R, N, r), value_factors (B, N, r, W) → (B, R, W)."""
+    b, heads, n, r = q.shape
+    return (weights.unsqueeze(-1) * q).reshape(b, heads, n * r) @ value_factors.reshape(b, n * r, -1)
 
 
 def _read_mixture(slots: SlotTensors, x: torch.Tensor, weights: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``y = Σ_n a_n [(x − b_n) + c_n + (G_n X_n (x − b_n)ᵀ)ᵀ Y_n]``; q (B, R, N, r) = G X (x − b)ᵀ.
-
-    ``slots`` = (key, value, key_factors, value_factors, gram_inv), each (B, N, ...)."""
-    key, value, _, value_factors, _ = slots
+    """``y = Σ_n a_n [(x − b_n) + c_n + (G_n X_n (x − b_n)ᵀ)ᵀ Y_n]``; q (B, R, N, r) = G X (x − b)ᵀ."""
+    key, value, value_factors = slots[0], slots[5], slots[6]
     total = weights.sum(-1, keepdim=True)
-    correction = torch.einsum("brn,brnk,bnkw->brw", weights, q, value_factors)
-    return x * total - weights @ key + weights @ value + correction
+    return x * total - weights @ key + weights @ value + _apply_corrections(weights, q, value_factors)
 
 
 def _read_averaged(slots: SlotTensors, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The seed's form ``y = (x − Σ a b)(Σ a M) + Σ a c`` with ``M_n = I + X_nᵀ G_n Y_n``."""
-    key, value, key_factors, value_factors, gram_inv = slots
+    key, key_factors, _, gram_inv, _, value, value_factors = slots
+    b, heads, w = x.shape
+    n, r = key_factors.shape[1], key_factors.shape[2]
     z = x - weights @ key
-    p = torch.einsum("bnkw,brw->brnk", key_factors, z)
-    q = torch.einsum("bnkl,brnl->brnk", gram_inv, p)
-    correction = torch.einsum("brn,brnk,bnkw->brw", weights, q, value_factors)
-    return z * weights.sum(-1, keepdim=True) + correction + weights @ value
+    p = (z @ key_factors.reshape(b, n * r, w).transpose(1, 2)).view(b, heads, n, r)
+    q = (gram_inv[:, None] @ p.unsqueeze(-1)).squeeze(-1)
+    return z * weights.sum(-1, keepdim=True) + _apply_corrections(weights, q, value_factors) + weights @ value
 
 
 # --------------------------------------------------------------------------------------------- write
@@ -505,7 +491,7 @@ def write(
     if allocation_gate is not None:
         g_a = _gate("allocation gate", allocation_gate, state, check)
         beta = _gate("write strength", write_strength, state, check)
-        fit, _, _ = subspace_fit(k[:, None], state.key, state.key_factors, state.gram_inv, state.radius)
+        fit, _ = subspace_fit(k[:, None], *_slots(state)[:5])
         content = content_weights(fit, beta[:, None], state.occupied)[:, 0]
         location = g_a[:, None] * location + (1.0 - g_a[:, None]) * content
     do = gate >= 0.5
@@ -513,7 +499,8 @@ def write(
         do = do & mask
         location = location * mask[:, None].to(location.dtype)
     soft = gate[:, None] * location
-    slot = location.argmax(-1)
+    # The best location; when every slot is fully used (no free slot, no consolidation), the oldest.
+    slot = torch.where(location.amax(-1) > 0, location.argmax(-1), state.age.argmax(-1))
     hard = F.one_hot(slot, settings.slots).to(soft.dtype) * do[:, None].to(soft.dtype)
     weights = hard + (soft - soft.detach())
 
@@ -553,11 +540,12 @@ def _raw_slot(k: torch.Tensor, v: torch.Tensor, state: MemoryState) -> dict[str,
         "key_factors": torch.zeros_like(state.key_factors[:, 0]),
         "value_factors": torch.zeros_like(state.value_factors[:, 0]),
         "gram_inv": torch.zeros_like(state.gram_inv[:, 0]),
+        "key_offsets": torch.zeros_like(state.key_offsets[:, 0]),
         "rank": torch.zeros(b, dtype=torch.long, device=k.device),
     }
 
 
-SLOT_FIELDS = ("key", "value", "mass", "radius", "key_factors", "value_factors", "gram_inv", "rank")
+SLOT_FIELDS = ("key", "value", "mass", "radius", "key_factors", "value_factors", "gram_inv", "key_offsets", "rank")
 
 
 def _put_slots(
@@ -595,15 +583,12 @@ def _put_slots(
     return dataclasses.replace(state, **fields)
 
 
-def _select(
-    mask: torch.Tensor, new: MemoryState, old: MemoryState, fields: tuple[str, ...] | None = None
-) -> MemoryState:
-    """``new`` where mask (B,) is True, ``old`` elsewhere, bit for bit (only ``fields`` if given)."""
-    picked = {}
-    for name, t in new.as_dict().items():
-        if fields is None or name in fields:
-            t = torch.where(mask.view(-1, *(1,) * (t.dim() - 1)), t, getattr(old, name))
-        picked[name] = t
+def _select(mask: torch.Tensor, new: MemoryState, old: MemoryState, fields: tuple[str, ...]) -> MemoryState:
+    """``new`` where mask (B,) is True, ``old`` elsewhere, bit for bit, for ``fields``; other fields from ``new``."""
+    picked = {
+        name: torch.where(mask.view(-1, *(1,) * (t.dim() - 1)), t, getattr(old, name)) if name in fields else t
+        for name, t in new.as_dict().items()
+    }
     return MemoryState(**picked)
 
 
@@ -641,9 +626,12 @@ def consolidate(
     scores = selection.clamp_min(0.0) * state.occupied.to(selection.dtype)
     top, idx = scores.topk(group_size, dim=-1)  # (B, g), descending
     member = top > 0
-    do = (member.sum(-1) >= 2) & (gate >= 0.5)
+    eligible = member.sum(-1) >= 2
     if mask is not None:
-        do = do & mask
+        eligible = eligible & mask
+    if not bool(eligible.any()):
+        return state  # the gate changes nothing anywhere, so it gets no gradient either
+    do = eligible & (gate >= 0.5)
     if not gate.requires_grad and not bool(do.any()):
         return state
     weights = top / top[:, :1].clamp_min(torch.finfo(top.dtype).tiny) * member.to(top.dtype)
@@ -678,8 +666,8 @@ def consolidate(
     )
     result = _select(do, new, state, fields=("usage", "age", "read_weights", "write_weights", "link", "precedence"))
     if gate.requires_grad:
-        would = _put_slots(state, contents, idx, member)
-        result = _blend_gradient(result, would, state, gate - gate.detach())
+        would = _put_slots(state, contents, idx, member & eligible[:, None])
+        result = _blend_gradient(result, would, state, (gate - gate.detach()) * eligible.to(gate.dtype))
     return result
 
 
@@ -714,7 +702,8 @@ def merge_slots(
     tiny = torch.finfo(dtype).tiny
     a = weights * member.to(dtype)
     wm = a * mass  # (B, g) member masses
-    total = wm.sum(-1).clamp_min(tiny)  # > 0 wherever a merge happens; clamped so skipped rows stay finite
+    total = wm.sum(-1)
+    total = torch.where(total > 0, total, torch.ones_like(total))  # > 0 wherever a merge happens
     b = (wm.unsqueeze(-1) * key).sum(1) / total.unsqueeze(-1)
     c = (wm.unsqueeze(-1) * value).sum(1) / total.unsqueeze(-1)
 
@@ -782,6 +771,7 @@ def merge_slots(
         "key_factors": rows_x,
         "value_factors": rows_y,
         "gram_inv": gram_inv,
+        "key_offsets": (rows_x @ b.unsqueeze(-1)).squeeze(-1),
         "rank": count,
     }
 
@@ -797,36 +787,42 @@ def _gram_inverse(rows_x: torch.Tensor, mass: torch.Tensor, live: torch.Tensor, 
 
 
 def _gain_scale(rows_x: torch.Tensor, rows_y: torch.Tensor, gram_inv: torch.Tensor, gain_max: float) -> torch.Tensor:
-    """Factor in (0, 1] that brings ``σ_max(Xᵀ G Y)`` down to ``gain_max``."""
-    correction = rows_x.transpose(1, 2) @ (gram_inv @ rows_y)  # (B, W, W) = M − I
-    sigma = torch.linalg.matrix_norm(correction, ord=2)
-    return (gain_max / sigma.clamp_min(1e-12)).clamp(max=1.0)
+    """Factor in (0, 1] that brings ``σ_max(Xᵀ G Y)`` down to ``gain_max``; a constant for autograd.
+
+    ``σ(Xᵀ G Y) = σ(R_x G R_yᵀ)`` with ``Xᵀ = Q_x R_x`` and ``Yᵀ = Q_y R_y``, an r × r problem."""
+    with torch.no_grad():
+        r_x = torch.linalg.qr(rows_x.transpose(1, 2)).R
+        r_y = torch.linalg.qr(rows_y.transpose(1, 2)).R
+        sigma = torch.linalg.matrix_norm(r_x @ gram_inv @ r_y.transpose(1, 2), ord=2)
+        return (gain_max / sigma.clamp_min(1e-12)).clamp(max=1.0)
 
 
 # --------------------------------------------------------------------------------------------- policies
 
 
-def is_full(state: MemoryState, threshold: float = 0.99) -> torch.Tensor:
-    """(B,) bool: no slot is free (every slot occupied and in use)."""
-    return (state.occupied & (state.usage >= threshold)).all(-1)
+def is_full(state: MemoryState) -> torch.Tensor:
+    """(B,) bool: every slot holds something, so the next write would overwrite a stored pair unless a
+    consolidation frees a slot first."""
+    return state.occupied.all(-1)
 
 
 def closest_pair_selection(state: MemoryState) -> torch.Tensor:
-    """Consolidate-when-full policy: select the pair of occupied slots with the smallest
-    ``mass_i + mass_j − cos(Bv_i, Bv_j)`` (similar and small, so groups stay balanced).
+    """Consolidate-when-full policy in O(N W): the lightest occupied slot (the oldest among equals) and the
+    occupied slot that minimises ``mass_j − cos(Bv_i, Bv_j)`` (similar and small, so groups stay balanced).
 
     Returns:
         (B, N) selection with 1 on the two chosen slots (use with ``group_size=2``).
     """
-    bsz, n = state.mass.shape
+    n = state.mass.shape[1]
+    occupied = state.occupied
+    lightness = state.mass - state.age / (1.0 + state.age)  # ties in mass go to the oldest
+    first = lightness.masked_fill(~occupied, float("inf")).argmin(-1)
     unit = F.normalize(state.key, dim=-1)
-    cost = state.mass[:, :, None] + state.mass[:, None, :] - unit @ unit.transpose(1, 2)
-    forbidden = ~(state.occupied[:, :, None] & state.occupied[:, None, :]) | torch.eye(
-        n, dtype=torch.bool, device=cost.device
-    )
-    cost = cost.masked_fill(forbidden, float("inf"))
-    best = cost.flatten(1).argmin(-1)
+    anchor = unit.gather(1, first[:, None, None].expand(-1, 1, unit.shape[-1]))
+    cost = state.mass - (unit @ anchor.transpose(1, 2)).squeeze(-1)
+    forbidden = ~occupied | F.one_hot(first, n).bool()
+    second = cost.masked_fill(forbidden, float("inf")).argmin(-1)
     selection = torch.zeros_like(state.mass)
-    selection.scatter_(1, (best // n).unsqueeze(-1), 1.0)
-    selection.scatter_(1, (best % n).unsqueeze(-1), 1.0)
+    selection.scatter_(1, first[:, None], 1.0)
+    selection.scatter_(1, second[:, None], 1.0)
     return selection

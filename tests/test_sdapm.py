@@ -260,7 +260,7 @@ def test_state_detach_reorder_reset_and_save(tmp_path):
     (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="cannot read memory state"):
         sdapm.load_state(tmp_path / "broken.safetensors")
-    with pytest.raises(ValueError, match="not a memory state"):
+    with pytest.raises(ValueError, match="not a MemoryState: missing"):
         MemoryState.from_dict({"key": state.key})
 
 

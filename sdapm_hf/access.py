@@ -1,0 +1,175 @@
+"""Memory access for one time step: turn the controller's interface into memory operations.
+
+Order within a step (DNC: write, then read)::
+
+    κ_t   = clock(κ_{t−1}, reset)                               (clock_keys)
+    if the memory is full:  consolidate(selection, gate)         (SDAPM; learned, automatic or off)
+    write(key ⊕ κ, value, gates)                                 (masked where the token does not count)
+    words = read keys ⊕ κ  →  Ponder loop of reads              (act.py)
+
+The same controller drives either the SDAPM (``sdapm.py``) or the classic DNC memory (``dnc_memory.py``);
+``memory_type="none"`` has no access at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import dnc_memory, sdapm
+from .addressing import subspace_fit
+from .configuration_dnc_sdapm import DNCSDAPMConfig
+from .controller import Clock, ConsolidationHead, mix_keys
+from .tensor_state import TensorState
+
+
+def memory_settings(config: DNCSDAPMConfig) -> sdapm.SDAPMSettings | dnc_memory.DNCMemorySettings | None:
+    """The memory core's settings for a model config."""
+    if config.memory_type == "sdapm":
+        return sdapm.SDAPMSettings(
+            slots=config.memory_slots,
+            word_size=config.word_size,
+            read_heads=config.read_heads,
+            max_rank=config.max_rank,
+            ridge=config.ridge,
+            value_max=config.value_max,
+            gain_max=config.gain_max,
+            mass_max=config.mass_max,
+            top_k=config.top_k,
+            candidates=config.read_candidates,
+            temporal_links=config.temporal_links,
+            read_form=config.read_form,
+        )
+    if config.memory_type == "dnc":
+        return dnc_memory.DNCMemorySettings(
+            slots=config.memory_slots,
+            word_size=config.word_size,
+            read_heads=config.read_heads,
+            top_k=config.top_k,
+            temporal_links=config.temporal_links,
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class AccessState(TensorState):
+    """What the access carries from step to step: the memory (flattened as ``memory.<field>``) and the clock."""
+
+    memory: sdapm.MemoryState | dnc_memory.DNCMemoryState | None
+    clock: torch.Tensor | None = None  # (B, W)
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        out = {f"memory.{k}": v for k, v in self.memory.as_dict().items()} if self.memory is not None else {}
+        if self.clock is not None:
+            out["clock"] = self.clock
+        return out
+
+    def map(self, fn) -> AccessState:
+        return AccessState(None if self.memory is None else self.memory.map(fn), None if self.clock is None else fn(self.clock))
+
+    def where(self, mask: torch.Tensor, other: AccessState) -> AccessState:
+        memory = None if self.memory is None else self.memory.where(mask, other.memory)
+        clock = None if self.clock is None else torch.where(mask[:, None], self.clock, other.clock)
+        return AccessState(memory, clock)
+
+
+def slot_metadata(state: sdapm.MemoryState, ridge: float) -> torch.Tensor:
+    """(B, N, 5) per-slot features for the consolidation head: usage, age/(1+age), log(1+mass), rank/r and the
+    slot's ridge fit residual per unit mass ``‖λA · G Y‖²_F / A``."""
+    mass = state.mass
+    residual = (ridge * mass).pow(2) * (state.gram_inv @ state.value_factors).pow(2).sum((-1, -2))
+    residual = residual / mass.clamp_min(1e-6)
+    rank = state.rank.to(mass.dtype) / state.key_factors.shape[2]
+    return torch.stack([state.usage, state.age / (1.0 + state.age), torch.log1p(mass), rank, residual], dim=-1)
+
+
+class MemoryAccess(nn.Module):
+    """Write side and read side of one time step (module docstring)."""
+
+    def __init__(self, config: DNCSDAPMConfig) -> None:
+        super().__init__()
+        self.kind = config.memory_type
+        self.settings = memory_settings(config)
+        self.consolidation_mode = config.consolidation
+        self.group = config.consolidation_group
+        self.clock = Clock(config.word_size) if config.clock_keys and self.kind != "none" else None
+        learned = self.kind == "sdapm" and config.consolidation == "learned"
+        self.consolidation = ConsolidationHead() if learned else None
+
+    def init_state(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> AccessState:
+        if self.kind == "none":
+            return AccessState(None)
+        core = sdapm if self.kind == "sdapm" else dnc_memory
+        memory = core.init_state(self.settings, batch_size, dtype=dtype, device=device)
+        clock = self.clock.initial(batch_size, dtype) if self.clock is not None else None
+        return AccessState(memory, clock)
+
+    def state_from_dict(self, tensors: dict[str, torch.Tensor]) -> AccessState:
+        memory = {k[len("memory."):]: v for k, v in tensors.items() if k.startswith("memory.")}
+        cls = sdapm.MemoryState if self.kind == "sdapm" else dnc_memory.DNCMemoryState
+        return AccessState(cls.from_dict(memory) if self.kind != "none" else None, tensors.get("clock"))
+
+    def update(self, iface: dict[str, torch.Tensor], state: AccessState, mask: torch.Tensor) -> AccessState:
+        """Clock, consolidation and write for this step; iface from ``controller.Interface``, mask (B,) bool."""
+        if self.kind == "none":
+            return state
+        clock = state.clock
+        key = iface["write_key"]
+        if clock is not None:
+            clock = torch.where(mask[:, None], self.clock(clock, iface["clock_reset"]), clock)
+            key = mix_keys(key, clock, iface["write_clock"])
+        memory = state.memory
+        if self.kind == "dnc":
+            memory = dnc_memory.write(
+                memory, key, iface["write_value"], self.settings, iface["write_gate"], iface["free_gates"],
+                iface["allocation_gate"], iface["write_strength"], iface["erase"], mask,
+            )
+            return AccessState(memory, clock)
+        memory = self._consolidate(iface, memory, mask)
+        memory = sdapm.write(
+            memory, key, iface["write_value"], self.settings, gate=iface["write_gate"],
+            free_gates=iface["free_gates"], allocation_gate=iface["allocation_gate"],
+            write_strength=iface["write_strength"], mask=mask, check=False,
+        )
+        return AccessState(memory, clock)
+
+    def _consolidate(
+        self, iface: dict[str, torch.Tensor], memory: sdapm.MemoryState, mask: torch.Tensor
+    ) -> sdapm.MemoryState:
+        if self.consolidation_mode == "off":
+            return memory
+        full = sdapm.is_full(memory) & mask
+        if self.consolidation_mode == "auto":
+            selection = sdapm.closest_pair_selection(memory)
+            return sdapm.consolidate(memory, selection, self.settings, 2, mask=full, check=False)
+        query = iface["consolidation_key"][:, None]
+        fit, _ = subspace_fit(
+            query, memory.key, memory.key_factors, memory.key_offsets, memory.gram_inv, memory.radius
+        )
+        meta = slot_metadata(memory, self.settings.ridge)
+        selection, gate = self.consolidation(
+            fit[:, 0], iface["consolidation_strength"], iface["consolidation_gate"], meta, memory.occupied, full
+        )
+        return sdapm.consolidate(memory, selection, self.settings, self.group, gate=gate, mask=full, check=False)
+
+    def first_words(self, iface: dict[str, torch.Tensor], state: AccessState) -> torch.Tensor:
+        """(B, R, W) first read words: the read keys, mixed with the clock."""
+        keys = iface["read_key"]
+        if state.clock is None:
+            return keys
+        return mix_keys(keys, state.clock[:, None], iface["read_clock"])
+
+    def read(
+        self, iface: dict[str, torch.Tensor], words: torch.Tensor, state: AccessState, active: torch.Tensor
+    ) -> tuple[torch.Tensor, AccessState]:
+        """One read of every head; the read weights change only where ``active`` (B,)."""
+        modes = iface.get("read_mode")
+        if self.kind == "sdapm":
+            out, memory = sdapm.read(state.memory, words, iface["read_strength"], self.settings, modes, check=False)
+        else:
+            out, memory = dnc_memory.read(state.memory, words, iface["read_strength"], self.settings, modes)
+        weights = torch.where(active[:, None, None], memory.read_weights, state.memory.read_weights)
+        return out, dataclasses.replace(state, memory=dataclasses.replace(memory, read_weights=weights))

@@ -1,0 +1,179 @@
+"""The DNC controller and its interface to the memory.
+
+Per time step ``t`` (Graves et al. 2016)::
+
+    (h_t, c_t) = LSTM([x_t ; r_{t−1}], (h_{t−1}, c_{t−1})),   h_t clipped to ±clip
+    ξ_t        = LayerNorm(W_ξ h_t)                                   (the interface vector, ADNC's normalisation)
+
+``ξ_t`` is split into the named parts of ``Interface.parts`` (read keys, strengths and modes, write key, value
+and gates, free gates, allocation gate, erase vector for the classic memory, the consolidation gate, key and
+strength, and the clock's gates). Gates go through a sigmoid, read modes through a softmax over
+(backward, content, forward), strengths through ``exp(2 + 3 tanh(ξ/3))`` ∈ [e⁻¹, e⁵] (a log-scale
+parametrisation: sharp addressing needs β ≈ 20–100, far beyond what a clipped linear output reaches under
+``1 + softplus``).
+
+The clock (``clock_keys``) is an addressing mode for keys: ``κ_t = normalize(P ((1 − ρ_t) κ_{t−1} + ρ_t κ_0))``
+with ``P`` a fixed random rotation and ``ρ_t`` a learned reset gate. Replayed after a reset it produces the same
+sequence of keys, which are quasi-random unit vectors however long the sequence: position keys that a model can
+use to store and recall items in order (the DNC's temporal links play that role for unconsolidated slots).
+Write and read keys are ``normalize(g κ + (1 − g) k)`` with learned gates ``g``.
+
+The consolidation head sees slot metadata (the seed found this halved its loss): per slot ``[usage,
+age/(1+age), log(1+mass), rank/W, fit residual]``; the group is selected by
+``β_c fit(q_c, slot) + w · meta`` and the gate by the controller plus the memory's fullness.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration_dnc_sdapm import DNCSDAPMConfig
+
+
+class Controller(nn.Module):
+    """LSTM over the input and the previous reads; outputs are clipped (DNC)."""
+
+    def __init__(self, config: DNCSDAPMConfig, read_size: int) -> None:
+        super().__init__()
+        self.cell = nn.LSTMCell(config.hidden_size + read_size, config.controller_size)
+        self.clip = config.controller_clip
+
+    def forward(
+        self, x: torch.Tensor, reads: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x (B, D), reads (B, R·W), state (h, c) each (B, H) → output (B, H) and the new state."""
+        h, c = self.cell(torch.cat([x, reads], dim=-1), state)
+        return h.clamp(-self.clip, self.clip), (h, c)
+
+
+def interface_parts(config: DNCSDAPMConfig) -> dict[str, tuple[int, float]]:
+    """Name → (size, initial bias) of every part of the interface vector this config needs."""
+    r, w = config.read_heads, config.word_size
+    parts: dict[str, tuple[int, float]] = {}
+    if config.memory_type == "none":
+        return parts
+    parts["read_key"] = (r * w, 0.0)
+    parts["read_strength"] = (r, 1.0)
+    parts["write_key"] = (w, 0.0)
+    parts["write_value"] = (w, 0.0)
+    parts["write_gate"] = (1, 1.0)
+    parts["allocation_gate"] = (1, 1.0)
+    parts["write_strength"] = (1, 0.0)
+    parts["free_gates"] = (r, -1.0)
+    if config.temporal_links:
+        parts["read_mode"] = (r * 3, 0.0)
+    if config.memory_type == "dnc":
+        parts["erase"] = (w, 0.0)
+    if config.memory_type == "sdapm" and config.consolidation == "learned":
+        parts["consolidation_gate"] = (1, 0.0)
+        parts["consolidation_key"] = (w, 0.0)
+        parts["consolidation_strength"] = (1, 0.0)
+    if config.clock_keys:
+        parts["clock_reset"] = (1, 2.0)
+        parts["write_clock"] = (1, 3.0)  # keys start on the clock; the gates learn when content keys help
+        parts["read_clock"] = (r, 3.0)
+    return parts
+
+
+_SIGMOID = {"write_gate", "allocation_gate", "free_gates", "erase", "consolidation_gate", "clock_reset",
+            "write_clock", "read_clock"}
+_STRENGTH = {"read_strength", "write_strength", "consolidation_strength"}
+_PER_HEAD = {"read_strength", "free_gates", "read_clock"}  # (B, R)
+_SCALAR = {"write_gate", "allocation_gate", "write_strength", "consolidation_gate", "consolidation_strength",
+           "clock_reset", "write_clock"}  # (B,)
+
+
+def strength(raw: torch.Tensor) -> torch.Tensor:
+    """Addressing sharpness β = exp(2 + 3 tanh(raw / 3)) ∈ [e⁻¹, e⁵]."""
+    return torch.exp(2.0 + 3.0 * torch.tanh(raw / 3.0))
+
+
+class Interface(nn.Module):
+    """Controller output (B, H) → named interface tensors (module docstring)."""
+
+    def __init__(self, config: DNCSDAPMConfig) -> None:
+        super().__init__()
+        self.parts = interface_parts(config)
+        self.read_heads = config.read_heads
+        total = sum(size for size, _ in self.parts.values())
+        self.proj = nn.Linear(config.controller_size, total)
+        self.norm = nn.LayerNorm(total)
+        # Read by the model's weight initialisation: each gate starts at its part's bias (open or closed).
+        self.norm.init_bias = [bias for size, bias in self.parts.values() for _ in range(size)]
+
+    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        flat = self.norm(self.proj(h))
+        out = {}
+        for name, chunk in zip(self.parts, flat.split([size for size, _ in self.parts.values()], -1)):
+            if name in _SIGMOID:
+                chunk = torch.sigmoid(chunk)
+            elif name in _STRENGTH:
+                chunk = strength(chunk)
+            if name == "read_key":
+                chunk = chunk.view(h.shape[0], self.read_heads, -1)
+            elif name == "read_mode":
+                chunk = torch.softmax(chunk.view(h.shape[0], self.read_heads, 3), dim=-1)
+            elif name in _SCALAR:
+                chunk = chunk.squeeze(-1)
+            out[name] = chunk
+        return out
+
+
+class Clock(nn.Module):
+    """Position keys from a fixed random rotation with a learned reset (module docstring)."""
+
+    def __init__(self, word_size: int, seed: int = 0) -> None:
+        super().__init__()
+        self.register_buffer("rotation", torch.empty(word_size, word_size))
+        self.register_buffer("origin", torch.empty(word_size))
+        self.seed = seed
+
+    def default_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotation and origin this module starts with (seeded, independent of global RNG state)."""
+        g = torch.Generator().manual_seed(self.seed)
+        w = self.origin.shape[0]
+        q, r = torch.linalg.qr(torch.randn(w, w, generator=g, dtype=torch.float64))
+        rotation = q * torch.sign(torch.diagonal(r))
+        origin = F.normalize(torch.randn(w, generator=g, dtype=torch.float64), dim=0)
+        return rotation.float(), origin.float()
+
+    def initial(self, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
+        return self.origin.to(dtype).expand(batch_size, -1).clone()
+
+    def forward(self, clock: torch.Tensor, reset: torch.Tensor) -> torch.Tensor:
+        """clock (B, W), reset (B,) in [0, 1] → next clock (B, W)."""
+        mixed = (1.0 - reset[:, None]) * clock + reset[:, None] * self.origin.to(clock.dtype)
+        return F.normalize(mixed @ self.rotation.to(clock.dtype).T, dim=-1)
+
+
+def mix_keys(key: torch.Tensor, clock: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``normalize(g κ + (1 − g) normalize(k))``; key (B, ..., W), clock broadcastable, gate (B, ...)."""
+    return F.normalize(gate.unsqueeze(-1) * clock + (1.0 - gate.unsqueeze(-1)) * F.normalize(key, dim=-1), dim=-1)
+
+
+META_FEATURES = 5
+
+
+class ConsolidationHead(nn.Module):
+    """Which slots to merge and whether to, from the interface and slot metadata."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.meta_score = nn.Linear(META_FEATURES, 1)
+        self.meta_gate = nn.Linear(META_FEATURES + 1, 1)
+        self.meta_score.init_std = self.meta_gate.init_std = 0.0  # metadata starts with no say
+
+    def forward(
+        self, fit: torch.Tensor, strength_: torch.Tensor, gate: torch.Tensor, meta: torch.Tensor,
+        occupied: torch.Tensor, full: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """fit (B, N) of the consolidation key, strength (B,), gate (B,) in [0, 1], meta (B, N, F),
+        occupied (B, N), full (B,) → selection weights (B, N) and gate (B,)."""
+        scores = strength_[:, None] * fit + self.meta_score(meta).squeeze(-1)
+        scores = scores.masked_fill(~occupied, -1e9)
+        selection = torch.softmax(scores, dim=-1) * occupied.to(scores.dtype)
+        summary = torch.cat([(meta * occupied[..., None]).mean(1), full[:, None].to(meta.dtype)], dim=-1)
+        logit = torch.logit(gate.clamp(1e-6, 1 - 1e-6)) + self.meta_gate(summary).squeeze(-1)
+        return selection, torch.sigmoid(logit)

@@ -1,0 +1,47 @@
+"""A frozen dataclass of tensors that converts to and from a plain dict (the form models return)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, TypeVar
+
+import torch
+
+State = TypeVar("State", bound="TensorState")
+
+
+class TensorState:
+    """Mixin for frozen dataclasses whose fields are batch-first tensors (optional fields may be None)."""
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_dict(cls: type[State], tensors: dict[str, torch.Tensor]) -> State:
+        fields = dataclasses.fields(cls)
+        names = {f.name for f in fields}
+        required = {f.name for f in fields if f.default is dataclasses.MISSING}
+        unknown, missing = set(tensors) - names, required - set(tensors)
+        if unknown or missing:
+            raise ValueError(f"not a {cls.__name__}: missing {sorted(missing)}, unknown {sorted(unknown)}")
+        return cls(**tensors)
+
+    def map(self: State, fn: Callable[[torch.Tensor], torch.Tensor]) -> State:
+        """Apply ``fn`` to every tensor field."""
+        return type(self)(**{name: fn(t) for name, t in self.as_dict().items()})
+
+    def detach(self: State) -> State:
+        return self.map(torch.Tensor.detach)
+
+    def index_select(self: State, index: torch.Tensor) -> State:
+        """Reorder or repeat along the batch (beam search)."""
+        return self.map(lambda t: t.index_select(0, index.to(t.device)))
+
+    def where(self: State, mask: torch.Tensor, other: State) -> State:
+        """``self`` where mask (B,) is True, ``other`` elsewhere, bit for bit."""
+        return type(self)(
+            **{
+                name: torch.where(mask.view(-1, *(1,) * (t.dim() - 1)), t, getattr(other, name))
+                for name, t in self.as_dict().items()
+            }
+        )
