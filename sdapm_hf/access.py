@@ -1,11 +1,14 @@
 """Memory access for one time step: turn the controller's interface into memory operations.
 
-Order within a step (DNC: write, then read)::
+Order within a step::
 
     κ_t   = clock(κ_{t−1}, reset)                               (clock_keys)
+    words = read keys ⊕ κ  →  Ponder loop of reads              (act.py)
     if the memory is full:  consolidate(selection, gate)         (SDAPM; learned, automatic or off)
     write(key ⊕ κ, value, gates)                                 (masked where the token does not count)
-    words = read keys ⊕ κ  →  Ponder loop of reads              (act.py)
+
+Reads come before the write, so the memory's output at position t depends on positions < t only (the token
+itself reaches the model through the controller), and a write cannot disturb the read of its own step.
 
 The same controller drives either the SDAPM (``sdapm.py``) or the classic DNC memory (``dnc_memory.py``);
 ``memory_type="none"`` has no access at all.
@@ -19,17 +22,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import dnc_memory, sdapm
 from .addressing import subspace_fit
+from .dnc_memory import DNCMemorySettings, DNCMemoryState
+from .dnc_memory import init_state as dnc_init_state
+from .dnc_memory import read as dnc_read
+from .dnc_memory import write as dnc_write
+from .sdapm import MemoryState, SDAPMSettings, closest_pair_selection, consolidate, is_full
+from .sdapm import init_state as sdapm_init_state
+from .sdapm import read as sdapm_read
+from .sdapm import write as sdapm_write
 from .configuration_dnc_sdapm import DNCSDAPMConfig
 from .controller import Clock, ConsolidationHead, mix_keys
 from .tensor_state import TensorState
 
 
-def memory_settings(config: DNCSDAPMConfig) -> sdapm.SDAPMSettings | dnc_memory.DNCMemorySettings | None:
+def memory_settings(config: DNCSDAPMConfig) -> SDAPMSettings | DNCMemorySettings | None:
     """The memory core's settings for a model config."""
     if config.memory_type == "sdapm":
-        return sdapm.SDAPMSettings(
+        return SDAPMSettings(
             slots=config.memory_slots,
             word_size=config.word_size,
             read_heads=config.read_heads,
@@ -44,7 +54,7 @@ def memory_settings(config: DNCSDAPMConfig) -> sdapm.SDAPMSettings | dnc_memory.
             read_form=config.read_form,
         )
     if config.memory_type == "dnc":
-        return dnc_memory.DNCMemorySettings(
+        return DNCMemorySettings(
             slots=config.memory_slots,
             word_size=config.word_size,
             read_heads=config.read_heads,
@@ -58,7 +68,7 @@ def memory_settings(config: DNCSDAPMConfig) -> sdapm.SDAPMSettings | dnc_memory.
 class AccessState(TensorState):
     """What the access carries from step to step: the memory (flattened as ``memory.<field>``) and the clock."""
 
-    memory: sdapm.MemoryState | dnc_memory.DNCMemoryState | None
+    memory: MemoryState | DNCMemoryState | None
     clock: torch.Tensor | None = None  # (B, W)
 
     def as_dict(self) -> dict[str, torch.Tensor]:
@@ -76,7 +86,7 @@ class AccessState(TensorState):
         return AccessState(memory, clock)
 
 
-def slot_metadata(state: sdapm.MemoryState, ridge: float) -> torch.Tensor:
+def slot_metadata(state: MemoryState, ridge: float) -> torch.Tensor:
     """(B, N, 5) per-slot features for the consolidation head: usage, age/(1+age), log(1+mass), rank/r and the
     slot's ridge fit residual per unit mass ``‖λA · G Y‖²_F / A``."""
     mass = state.mass
@@ -102,34 +112,38 @@ class MemoryAccess(nn.Module):
     def init_state(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> AccessState:
         if self.kind == "none":
             return AccessState(None)
-        core = sdapm if self.kind == "sdapm" else dnc_memory
-        memory = core.init_state(self.settings, batch_size, dtype=dtype, device=device)
+        init_state = sdapm_init_state if self.kind == "sdapm" else dnc_init_state
+        memory = init_state(self.settings, batch_size, dtype=dtype, device=device)
         clock = self.clock.initial(batch_size, dtype) if self.clock is not None else None
         return AccessState(memory, clock)
 
     def state_from_dict(self, tensors: dict[str, torch.Tensor]) -> AccessState:
         memory = {k[len("memory."):]: v for k, v in tensors.items() if k.startswith("memory.")}
-        cls = sdapm.MemoryState if self.kind == "sdapm" else dnc_memory.DNCMemoryState
+        cls = MemoryState if self.kind == "sdapm" else DNCMemoryState
         return AccessState(cls.from_dict(memory) if self.kind != "none" else None, tensors.get("clock"))
 
+    def advance_clock(self, iface: dict[str, torch.Tensor], state: AccessState, mask: torch.Tensor) -> AccessState:
+        """Step the clock where ``mask`` (B,) (no-op without clock keys)."""
+        if state.clock is None:
+            return state
+        clock = torch.where(mask[:, None], self.clock(state.clock, iface["clock_reset"]), state.clock)
+        return dataclasses.replace(state, clock=clock)
+
     def update(self, iface: dict[str, torch.Tensor], state: AccessState, mask: torch.Tensor) -> AccessState:
-        """Clock, consolidation and write for this step; iface from ``controller.Interface``, mask (B,) bool."""
+        """Consolidation and write for this step; iface from ``controller.Interface``, mask (B,) bool."""
         if self.kind == "none":
             return state
         clock = state.clock
-        key = iface["write_key"]
-        if clock is not None:
-            clock = torch.where(mask[:, None], self.clock(clock, iface["clock_reset"]), clock)
-            key = mix_keys(key, clock, iface["write_clock"])
+        key = iface["write_key"] if clock is None else mix_keys(iface["write_key"], clock, iface["write_clock"])
         memory = state.memory
         if self.kind == "dnc":
-            memory = dnc_memory.write(
+            memory = dnc_write(
                 memory, key, iface["write_value"], self.settings, iface["write_gate"], iface["free_gates"],
                 iface["allocation_gate"], iface["write_strength"], iface["erase"], mask,
             )
             return AccessState(memory, clock)
         memory = self._consolidate(iface, memory, mask)
-        memory = sdapm.write(
+        memory = sdapm_write(
             memory, key, iface["write_value"], self.settings, gate=iface["write_gate"],
             free_gates=iface["free_gates"], allocation_gate=iface["allocation_gate"],
             write_strength=iface["write_strength"], mask=mask, check=False,
@@ -137,14 +151,14 @@ class MemoryAccess(nn.Module):
         return AccessState(memory, clock)
 
     def _consolidate(
-        self, iface: dict[str, torch.Tensor], memory: sdapm.MemoryState, mask: torch.Tensor
-    ) -> sdapm.MemoryState:
+        self, iface: dict[str, torch.Tensor], memory: MemoryState, mask: torch.Tensor
+    ) -> MemoryState:
         if self.consolidation_mode == "off":
             return memory
-        full = sdapm.is_full(memory) & mask
+        full = is_full(memory) & mask
         if self.consolidation_mode == "auto":
-            selection = sdapm.closest_pair_selection(memory)
-            return sdapm.consolidate(memory, selection, self.settings, 2, mask=full, check=False)
+            selection = closest_pair_selection(memory)
+            return consolidate(memory, selection, self.settings, 2, mask=full, check=False)
         query = iface["consolidation_key"][:, None]
         fit, _ = subspace_fit(
             query, memory.key, memory.key_factors, memory.key_offsets, memory.gram_inv, memory.radius
@@ -153,7 +167,7 @@ class MemoryAccess(nn.Module):
         selection, gate = self.consolidation(
             fit[:, 0], iface["consolidation_strength"], iface["consolidation_gate"], meta, memory.occupied, full
         )
-        return sdapm.consolidate(memory, selection, self.settings, self.group, gate=gate, mask=full, check=False)
+        return consolidate(memory, selection, self.settings, self.group, gate=gate, mask=full, check=False)
 
     def first_words(self, iface: dict[str, torch.Tensor], state: AccessState) -> torch.Tensor:
         """(B, R, W) first read words: the read keys, mixed with the clock."""
@@ -168,8 +182,8 @@ class MemoryAccess(nn.Module):
         """One read of every head; the read weights change only where ``active`` (B,)."""
         modes = iface.get("read_mode")
         if self.kind == "sdapm":
-            out, memory = sdapm.read(state.memory, words, iface["read_strength"], self.settings, modes, check=False)
+            out, memory = sdapm_read(state.memory, words, iface["read_strength"], self.settings, modes, check=False)
         else:
-            out, memory = dnc_memory.read(state.memory, words, iface["read_strength"], self.settings, modes)
+            out, memory = dnc_read(state.memory, words, iface["read_strength"], self.settings, modes)
         weights = torch.where(active[:, None, None], memory.read_weights, state.memory.read_weights)
         return out, dataclasses.replace(state, memory=dataclasses.replace(memory, read_weights=weights))

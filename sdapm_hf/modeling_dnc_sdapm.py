@@ -3,9 +3,9 @@
 One time step (``DNCSDAPMModel._step``)::
 
     h, state_c  = Controller([x_t ; r_{t−1}])                    controller.py
-    ξ           = Interface(h)                                   controller.py
-    memory      = consolidate if full, write (k ⊕ clock, v)      access.py, sdapm.py
+    ξ           = Interface(h, x_t)                              controller.py
     r_t         = Ponder(read, read keys ⊕ clock)                act.py (read output → next read word)
+    memory      = consolidate if full, write (k ⊕ clock, v)      access.py, sdapm.py
     o_t         = W_o [Dropout_bypass(h) ; r_t]                  the model's output (B, D)
 
 The recurrent state (controller, last reads, clock, memory) comes back as ``memory_state``, a plain dict of
@@ -155,17 +155,18 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
             out = self.output(self.bypass(h))
             new = RecurrentState(hh, cc, state.reads, state.access)
             return new.where(mask, state), out, None
-        iface = self.interface(h)
-        access = self.access.update(iface, state.access, mask)
+        iface = self.interface(h, x)
+        access = self.access.advance_clock(iface, state.access, mask)
         words = self.access.first_words(iface, access)
         step = self.ponder(lambda w, st, active: self.access.read(iface, w, st, active & mask), words, access, h)
+        access = self.access.update(iface, step.state, mask)
         reads = step.reads.flatten(1)
         out = self.output(torch.cat([self.bypass(h), reads], dim=-1))
         if step.step_reads is not None:
             k = step.step_reads.shape[1]
             per_step = torch.cat([self.bypass(h)[:, None].expand(-1, k, -1), step.step_reads.flatten(2)], dim=-1)
             step.step_reads = self.output(per_step)  # (B, K, D): every inner step's output
-        new = RecurrentState(hh, cc, reads, step.state)
+        new = RecurrentState(hh, cc, reads, access)
         return new.where(mask, state), out, step
 
     def forward(

@@ -1,0 +1,67 @@
+"""`sdapm-hf`: train and evaluate experiments described by YAML files in ``configs/``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .training import load_experiment, train
+
+    overrides = {"output_dir": args.output_dir, "seed": args.seed, "max_steps": args.max_steps,
+                 "resume": args.resume or None, "time_budget_s": args.time_budget_s}
+    print(json.dumps(train(load_experiment(args.config, **overrides)), indent=2))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .modeling_dnc_sdapm import DNCSDAPMForCausalLM
+    from .tasks import build_task
+    from .training import evaluate_model, load_experiment
+
+    run = Path(args.run)
+    experiment = load_experiment(run / "experiment.yaml") if (run / "experiment.yaml").exists() else None
+    if experiment is None:
+        from .training import ExperimentArguments
+
+        experiment = ExperimentArguments(**json.loads((run / "experiment.json").read_text()))
+    torch.set_num_threads(experiment.num_threads)
+    model = DNCSDAPMForCausalLM.from_pretrained(run / "model")
+    dataset = build_task(experiment.task, seed=experiment.seed, **experiment.task_args)
+    hook = None
+    if args.zero_memory:
+        read_size = model.model.read_size
+        hook = model.model.output.register_forward_pre_hook(
+            lambda module, inputs: (torch.cat([inputs[0][..., :-read_size], inputs[0][..., -read_size:] * 0], -1),)
+        )
+    results = {split: evaluate_model(model, dataset[split]) for split in args.splits}
+    if hook is not None:
+        hook.remove()
+    print(json.dumps(results, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="sdapm-hf", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="run an experiment YAML")
+    train.add_argument("config")
+    train.add_argument("--output-dir")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--max-steps", type=int)
+    train.add_argument("--time-budget-s", type=float)
+    train.add_argument("--resume", action="store_true")
+    train.set_defaults(run=_train)
+    evaluate = commands.add_parser("evaluate", help="evaluate a run folder")
+    evaluate.add_argument("run")
+    evaluate.add_argument("--splits", nargs="+", default=["test"])
+    evaluate.add_argument("--zero-memory", action="store_true", help="zero the memory's reads (ablation)")
+    evaluate.set_defaults(run=_evaluate)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""What an experiment is: one dataclass, parsed the Hugging Face way (``HfArgumentParser``, one YAML per run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+
+@dataclass
+class ExperimentArguments:
+    """A training run: the task, the model config, the optimisation and where the run folder goes."""
+
+    task: str = field(default="copy", metadata={"help": "task name in sdapm_hf.tasks.TASKS"})
+    task_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "keyword arguments of the task"})
+    model: dict[str, Any] = field(default_factory=dict, metadata={"help": "DNCSDAPMConfig fields"})
+    output_dir: str = field(default="runs/experiment", metadata={"help": "run folder"})
+    seed: int = 0
+    max_steps: int = 1000
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = field(default="no", metadata={"help": "no or bf16"})
+    eval_every: int = 100
+    eval_splits: list[str] = field(default_factory=lambda: ["validation"])
+    save_every: int = 500
+    log_every: int = 25
+    time_budget_s: float | None = field(default=None, metadata={"help": "stop after this many seconds of training"})
+    stop_at_step: int | None = field(
+        default=None, metadata={"help": "end this invocation after this step (the schedule still spans max_steps)"}
+    )
+    num_threads: int = 1
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_every", "save_every",
+                     "log_every", "num_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+def load_experiment(path: str | Path, **overrides: Any) -> ExperimentArguments:
+    """Read an experiment YAML (fields of ``ExperimentArguments``); ``overrides`` replace top-level fields."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of ExperimentArguments fields, got {type(data).__name__}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    (args,) = HfArgumentParser(ExperimentArguments).parse_dict(data, allow_extra_keys=False)
+    return args

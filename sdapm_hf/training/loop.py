@@ -1,0 +1,244 @@
+"""Training and evaluation on Accelerate: seeded, resumable, logged.
+
+``train(args)`` builds the task and the model, then runs AdamW with warmup and cosine decay, gradient
+accumulation and clipping, evaluates every ``eval_every`` steps, checkpoints with ``Accelerator.save_state``
+(written to a temporary folder and renamed, so a kill never leaves a half-written checkpoint) and resumes from
+the newest one with ``--resume``. The run folder holds ``log.jsonl``, TensorBoard events (when tensorboard is
+installed), ``checkpoints/``, the final ``model/`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+
+from ..configuration_dnc_sdapm import DNCSDAPMConfig
+from ..modeling_dnc_sdapm import DNCSDAPMForCausalLM
+from ..tasks import build_task, pad_collate
+from .arguments import ExperimentArguments
+from .data import LengthBucketBatchSampler
+
+COLUMNS = ["input_ids", "labels", "attention_mask"]
+
+
+def vocab_size_of(dataset) -> int:
+    """Smallest vocabulary that holds every token id of every split."""
+    return 1 + max(max(max(ids) for ids in split["input_ids"]) for split in dataset.values() if len(split))
+
+
+def batches(split, batch_size: int, seed: int = 0, shuffle: bool = False) -> DataLoader:
+    """A DataLoader of equal-length batches over a task split. It has its own generator, so making an iterator
+    never draws from the global RNG (dropout's): evaluating or resuming leaves the training stream unchanged."""
+    sampler = LengthBucketBatchSampler(split["length"], batch_size, seed=seed, shuffle=shuffle)
+    return DataLoader(
+        split.select_columns(COLUMNS), batch_sampler=sampler, collate_fn=partial(pad_collate),
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+@torch.no_grad()
+def evaluate_model(model: DNCSDAPMForCausalLM, split, batch_size: int = 64) -> dict[str, float]:
+    """Token accuracy, sequence exact match and loss over the labelled positions of a split."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = total = exact = sequences = 0
+    loss_sum = 0.0
+    for batch in batches(split, batch_size):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(**batch)
+        target = batch["labels"][:, 1:]
+        counted = target != -100
+        hits = (out.logits[:, :-1].argmax(-1) == target) & counted
+        correct += hits.sum().item()
+        total += counted.sum().item()
+        exact += (hits.sum(-1) == counted.sum(-1)).sum().item()
+        sequences += target.shape[0]
+        loss_sum += out.loss.item() * counted.sum().item()
+    model.train(was_training)
+    return {
+        "token_accuracy": correct / max(total, 1),
+        "sequence_accuracy": exact / max(sequences, 1),
+        "loss": loss_sum / max(total, 1),
+    }
+
+
+def memory_norms(memory_state: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Largest stored value norm, key norm and last read norm of a batch's memory (the seed's "bigness")."""
+    out = {}
+    for name, key in (("memory_value_max", "memory.value"), ("memory_key_max", "memory.key"),
+                      ("memory_dnc_max", "memory.memory"), ("read_max", "reads")):
+        if key in memory_state:
+            out[name] = memory_state[key].detach().float().norm(dim=-1).max().item()
+    return out
+
+
+def build_model(args: ExperimentArguments, dataset) -> DNCSDAPMForCausalLM:
+    settings = {"vocab_size": vocab_size_of(dataset), **args.model}
+    return DNCSDAPMForCausalLM(DNCSDAPMConfig(**settings))
+
+
+def _schedule(args: ExperimentArguments):
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(args.warmup_steps, 1))
+        progress = min(step, args.max_steps) / args.max_steps
+        return warm * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    return factor
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    found = [p for p in (output_dir / "checkpoints").glob("step_*") if p.is_dir() and (p / "done").exists()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int = 2) -> None:
+    final = output_dir / "checkpoints" / f"step_{step}"
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "done").write_text(str(step))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in _checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def train(args: ExperimentArguments) -> dict[str, Any]:
+    """Run an experiment; returns the final metrics (also written to ``metrics.json``)."""
+    torch.set_num_threads(args.num_threads)
+    output_dir = Path(args.output_dir)
+    set_seed(args.seed)
+    dataset = build_task(args.task, seed=args.seed, **args.task_args)
+    model = build_model(args, dataset)
+    tracker = "tensorboard" if _has_tensorboard() else None
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=tracker,
+        project_dir=str(output_dir),
+    )
+    loader = batches(dataset["train"], args.batch_size, seed=args.seed, shuffle=True)
+    sampler = loader.batch_sampler
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(args))
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    step = 0
+    if args.resume and (found := _checkpoints(output_dir)):
+        accelerator.load_state(str(found[-1]))
+        step = int((found[-1] / "done").read_text())
+    elif accelerator.is_main_process:
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "log.jsonl").unlink(missing_ok=True)
+        (output_dir / "experiment.json").write_text(json.dumps(asdict(args), indent=2))
+    if tracker:
+        accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in asdict(args).items()})
+
+    micro_per_epoch = len(loader)
+    micro = step * args.gradient_accumulation_steps
+    started, cpu_started = time.perf_counter(), time.process_time()
+    history: list[dict[str, Any]] = []
+    model.train()
+    while not _should_stop(args, step, started):
+        epoch, offset = divmod(micro, micro_per_epoch)
+        sampler.set_epoch(epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
+        for batch in epoch_loader:
+            micro += 1
+            with accelerator.accumulate(model):
+                out = model(**batch)
+                accelerator.backward(out.loss)
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            record = _log_step(args, step, out, grad_norm, scheduler, started)
+            if record is not None:
+                history.append(record)
+                _write_log(accelerator, output_dir, record)
+            if step % args.eval_every == 0 or step == args.max_steps:
+                record = {"step": step, **_evaluate(accelerator, model, dataset, args)}
+                _write_log(accelerator, output_dir, record)
+            if step % args.save_every == 0:
+                _save_checkpoint(accelerator, output_dir, step)
+            if _should_stop(args, step, started):
+                break
+        if _should_stop(args, step, started):
+            break
+
+    metrics = {"steps": step, "train_seconds": time.perf_counter() - started,
+               "train_cpu_seconds": time.process_time() - cpu_started, **_evaluate(accelerator, model, dataset, args)}
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(output_dir / "model")
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    accelerator.end_training()
+    return metrics
+
+
+def _should_stop(args: ExperimentArguments, step: int, started: float) -> bool:
+    over_budget = args.time_budget_s is not None and time.perf_counter() - started > args.time_budget_s
+    return step >= args.max_steps or step == args.stop_at_step or over_budget
+
+
+def _has_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _log_step(args, step, out, grad_norm, scheduler, started) -> dict[str, Any] | None:
+    if step % args.log_every and step != 1:
+        return None
+    record = {
+        "step": step,
+        "loss": out.loss.item(),
+        "lr": scheduler.get_last_lr()[0],
+        "grad_norm": float(grad_norm) if grad_norm is not None else None,
+        "ponder_mean": out.ponder[0].item(),
+        "seconds": time.perf_counter() - started,
+        **memory_norms(out.memory_state),
+    }
+    return record
+
+
+def _evaluate(accelerator: Accelerator, model, dataset, args: ExperimentArguments) -> dict[str, float]:
+    unwrapped = accelerator.unwrap_model(model)
+    results = {}
+    for split in args.eval_splits:
+        for name, value in evaluate_model(unwrapped, dataset[split]).items():
+            results[f"{split}/{name}"] = value
+    return results
+
+
+def _write_log(accelerator: Accelerator, output_dir: Path, record: dict[str, Any]) -> None:
+    if not accelerator.is_main_process:
+        return
+    with open(output_dir / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+    accelerator.log(numbers, step=record["step"])
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), flush=True)
