@@ -145,8 +145,7 @@ class MemoryAccess(nn.Module):
         memory = self._consolidate(iface, memory, mask)
         memory = sdapm_write(
             memory, key, iface["write_value"], self.settings, gate=iface["write_gate"],
-            free_gates=iface["free_gates"], allocation_gate=iface["allocation_gate"],
-            write_strength=iface["write_strength"], mask=mask, check=False,
+            free_gates=iface["free_gates"], mask=mask, check=False,
         )
         return AccessState(memory, clock)
 

@@ -18,7 +18,8 @@ A raw slot (one pair, ``X = 0``) has ``residual = ‖z‖²`` and ``ρ = 0``, so
 ``fit ≈ 1`` for every query inside the hull of its member keys, however far from the centroid, which is what
 makes a merged slot findable by each of its members (centroid cosine loses 10–47% of them, see the design study).
 
-Content weights: ``c_r = softmax_n(β_r · fit_rn)`` over occupied slots, optionally only over the top-K.
+Content weights: ``c_r = softmax_n(β_r · fit_rn + log u_n)`` over occupied slots (``u`` a per-slot presence,
+the SDAPM's usage), optionally only over the top-K.
 """
 
 from __future__ import annotations
@@ -55,13 +56,29 @@ def subspace_fit(
     n, r = key_factors.shape[1], key_factors.shape[2]
     # z = x − b without materialising (B, R, N, W): X zᵀ = X xᵀ − X bᵀ, ‖z‖² = ‖x‖² − 2 x·b + ‖b‖².
     p = (words @ key_factors.reshape(b, n * r, w).transpose(1, 2)).view(b, heads, n, r) - key_offsets[:, None]
-    q = (gram_inv[:, None] @ p.unsqueeze(-1)).squeeze(-1)
+    q = apply_gram(gram_inv, p)
     z2 = (
-        words.pow(2).sum(-1, keepdim=True) - 2.0 * words @ keys.transpose(1, 2) + keys.pow(2).sum(-1)[:, None]
+        words.pow(2).sum(-1, keepdim=True)
+        - 2.0 * words @ keys.transpose(1, 2)
+        + torch.linalg.vector_norm(keys, dim=-1).square()[:, None]
     ).clamp_min(0.0)
-    residual = (z2 - (p * q).sum(-1)).clamp_min(0.0)
+    residual = (z2 - torch.einsum("bhnr,bhnr->bhn", p, q)).clamp_min(0.0)
     excess = (z2.clamp_min(1e-12).sqrt() - radius[:, None]).clamp_min(0.0)
     return 1.0 - 0.25 * (residual + excess.pow(2)), q
+
+
+def apply_gram(gram_inv: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``q = G p`` per slot and head: gram_inv (B, N, r, r), p (B, R, N, r) → (B, R, N, r).
+
+    As r multiply-adds of a column of G (broadcast over the heads) with one coordinate of p: a batched matmul
+    of B·R·N tiny r × r matrices costs about 2.5× more on CPU (per-matrix overhead and a broadcast copy of G).
+    """
+    # unbind rather than slices: the backward then stacks the r gradients once instead of adding r full-size ones
+    columns, coords = gram_inv[:, None].unbind(-1), p.unsqueeze(-1).unbind(-2)
+    q = columns[0] * coords[0]
+    for column, coord in zip(columns[1:], coords[1:]):
+        q = q.addcmul(column, coord)
+    return q
 
 
 def cosine_similarity(words: torch.Tensor, rows: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -83,26 +100,56 @@ def content_weights(
     strengths: torch.Tensor,
     occupied: torch.Tensor,
     top_k: int | None = None,
+    presence: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Softmax over occupied slots of ``β · fit``, optionally sparse.
+    """Softmax over occupied slots of ``β · fit + log(presence)``, optionally sparse.
 
     Args:
         fit: (B, R, N) scores in about [−1, 1].
         strengths: (B, R) sharpness ``β ≥ 0``.
         occupied: (B, N) bool, slots that hold something.
         top_k: keep only the K best slots per head (gradient reaches only those, as in SAM).
+        presence: (B, N) in [0, 1], a prior weight per slot (the SDAPM's usage).
 
     Returns:
         (B, R, N) weights; each row sums to 1, or is all zeros when the memory is empty.
     """
-    scores = (strengths.unsqueeze(-1) * fit).masked_fill(~occupied[:, None, :], EMPTY_SCORE)
-    if top_k is not None and top_k < scores.shape[-1]:
-        best, idx = scores.topk(top_k, dim=-1)
-        sparse = torch.softmax(best, dim=-1)
-        weights = torch.zeros_like(scores).scatter(-1, idx, sparse)
-    else:
-        weights = torch.softmax(scores, dim=-1)
+    if top_k is not None and top_k < fit.shape[-1]:
+        weights, idx = top_k_weights(fit, strengths, occupied, top_k, presence)
+        return torch.zeros_like(fit).scatter(-1, idx, weights)
+    weights = torch.softmax(_content_scores(fit, strengths, occupied, presence), dim=-1)
     return weights * occupied.any(-1).to(weights.dtype)[:, None, None]
+
+
+def top_k_weights(
+    fit: torch.Tensor,
+    strengths: torch.Tensor,
+    occupied: torch.Tensor,
+    top_k: int,
+    presence: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``content_weights`` with ``top_k`` in compact form: the weights of the K best slots and their indices.
+
+    Args: as ``content_weights``.
+
+    Returns:
+        weights (B, R, K), each row summing to 1 (all zeros when the memory is empty), and the slot indices
+        (B, R, K), best first; K = min(top_k, N).
+    """
+    scores = _content_scores(fit, strengths, occupied, presence)
+    best, idx = scores.topk(min(top_k, scores.shape[-1]), dim=-1)
+    weights = torch.softmax(best, dim=-1)
+    return weights * occupied.any(-1).to(weights.dtype)[:, None, None], idx
+
+
+def _content_scores(
+    fit: torch.Tensor, strengths: torch.Tensor, occupied: torch.Tensor, presence: torch.Tensor | None
+) -> torch.Tensor:
+    """(B, R, N) logits ``β · fit + log(presence)``, ``EMPTY_SCORE`` on empty slots."""
+    scores = strengths.unsqueeze(-1) * fit
+    if presence is not None:
+        scores = scores + torch.log(presence.clamp_min(torch.finfo(scores.dtype).tiny))[:, None]
+    return scores.masked_fill(~occupied[:, None, :], EMPTY_SCORE)
 
 
 def allocation_weighting(usage: torch.Tensor) -> torch.Tensor:
@@ -119,6 +166,22 @@ def allocation_weighting(usage: torch.Tensor) -> torch.Tensor:
     shifted = torch.cat([torch.ones_like(sorted_usage[:, :1]), sorted_usage[:, :-1]], dim=-1)
     sorted_alloc = (1.0 - sorted_usage) * torch.cumprod(shifted, dim=-1)
     return torch.zeros_like(usage).scatter(-1, order, sorted_alloc)
+
+
+def least_used_slot(usage: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The argmax of ``allocation_weighting(usage)`` in O(N), for usage in [0, 1]: the least used slot.
+
+    Its allocation weight ``1 − u_min`` is the largest (every other slot's is at most ``(1 − u_j) u_min``), and
+    ties go to the lowest index, as in ``allocation_weighting``.
+
+    Args:
+        usage: (B, N) in [0, 1].
+
+    Returns:
+        slot (B,) and whether its allocation weight is positive (B,) bool (False when every slot is fully used).
+    """
+    lowest, slot = usage.min(dim=-1)
+    return slot, lowest < 1.0
 
 
 def retention(free_gates: torch.Tensor, read_weights: torch.Tensor) -> torch.Tensor:

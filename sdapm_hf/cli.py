@@ -29,7 +29,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
         experiment = ExperimentArguments(**json.loads((run / "experiment.json").read_text()))
     torch.set_num_threads(experiment.num_threads)
-    model = DNCSDAPMForCausalLM.from_pretrained(run / "model")
+    overrides = dict(_assignment(item) for item in args.set)
+    model = DNCSDAPMForCausalLM.from_pretrained(run / "model", **overrides)
     dataset = build_task(experiment.task, seed=experiment.seed, **experiment.task_args)
     hook = None
     if args.zero_memory:
@@ -41,6 +42,15 @@ def _evaluate(args: argparse.Namespace) -> None:
     if hook is not None:
         hook.remove()
     print(json.dumps(results, indent=2))
+
+
+def _assignment(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set takes KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("run")
     evaluate.add_argument("--splits", nargs="+", default=["test"])
     evaluate.add_argument("--zero-memory", action="store_true", help="zero the memory's reads (ablation)")
+    evaluate.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                          help="config fields changed for evaluation, e.g. top_k=1")
     evaluate.set_defaults(run=_evaluate)
     args = parser.parse_args(argv)
     args.run(args)

@@ -42,6 +42,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
         consolidation_group: slots merged per consolidation.
         clock_keys: give the controller a clock addressing mode: keys from a fixed random rotation of the
             previous clock, with a learned reset gate (position keys that extend to any length).
+        clock_reset_cost: loss per unit of clock reset, averaged over the real tokens (keeps the clock from leaking).
         act_mode: ``"none"`` (one read per step), ``"act"`` (Graves' adaptive computation time), ``"pondernet"``
             or ``"fixed"`` (always ``act_max_steps`` reads); in each inner step the read output is the next
             read word.
@@ -85,6 +86,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
     consolidation: str = "learned"
     consolidation_group: int = 2
     clock_keys: bool = True
+    clock_reset_cost: float = 0.1
     act_mode: str = "none"
     act_max_steps: int = 4
     act_epsilon: float = 0.01
@@ -143,7 +145,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 < self.pondernet_prior <= 1:
             raise ValueError(f"pondernet_prior must be in (0, 1], got {self.pondernet_prior}")
-        for name in ("ponder_cost", "initializer_range"):
+        for name in ("ponder_cost", "initializer_range", "clock_reset_cost"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.controller_clip > 0:

@@ -9,17 +9,23 @@ The input's direct path ``U_ξ x_t`` lets a gate depend on the current token its
 the clock, say) without first routing it through the recurrent state.
 
 ``ξ_t`` is split into the named parts of ``Interface.parts`` (read keys, strengths and modes, write key, value
-and gates, free gates, allocation gate, erase vector for the classic memory, the consolidation gate, key and
-strength, and the clock's gates). Gates go through a sigmoid, read modes through a softmax over
+and gate, free gates, the classic memory's allocation gate, write strength and erase vector, the consolidation
+gate, key and strength, and the clock's gates). The SDAPM writes where allocation says (the least-used slot),
+so its write location has no learned parts. Gates go through a sigmoid, read modes through a softmax over
 (backward, content, forward), strengths through ``exp(2 + 3 tanh(ξ/3))`` ∈ [e⁻¹, e⁵] (a log-scale
 parametrisation: sharp addressing needs β ≈ 20–100, far beyond what a clipped linear output reaches under
 ``1 + softplus``).
 
 The clock (``clock_keys``) is an addressing mode for keys: ``κ_t = normalize(P ((1 − ρ_t) κ_{t−1} + ρ_t κ_0))``
-with ``P`` a fixed random rotation and ``ρ_t = g_t³`` from a learned reset gate ``g_t``. Replayed after a reset it produces the same
-sequence of keys, which are quasi-random unit vectors however long the sequence: position keys that a model can
-use to store and recall items in order (the DNC's temporal links play that role for unconsolidated slots).
-Write and read keys are ``normalize(g κ + (1 − g) k)`` with learned gates ``g``.
+with ``P`` a fixed random rotation and ``ρ_t = g_t³`` from a learned reset gate ``g_t``. Replayed after a reset
+it produces the same sequence of keys, which are quasi-random unit vectors however long the sequence: position
+keys that a model can use to store and recall items in order (the DNC's temporal links play that role for
+unconsolidated slots). A soft reset leaks, and a leaking orbit contracts towards a fixed point beyond the
+lengths seen in training, so each reset costs ``clock_reset_cost`` in the loss: a reset the task needs pays for
+itself, the others are driven to ρ ≈ 0. Write and read keys are ``normalize((1 − c) κ + c k)`` with content
+share ``c = (1 − g)³`` from learned gates ``g``: an open clock gate leaks almost no content into a position
+key (content keys out of the trained range are what stopped a copy model from generalising in length), a closed
+one gives a pure content key.
 
 The consolidation head sees slot metadata (the seed found this halved its loss): per slot ``[usage,
 age/(1+age), log(1+mass), rank/W, fit residual]``; the group is selected by
@@ -62,12 +68,12 @@ def interface_parts(config: DNCSDAPMConfig) -> dict[str, tuple[int, float]]:
     parts["write_key"] = (w, 0.0)
     parts["write_value"] = (w, 0.0)
     parts["write_gate"] = (1, 1.0)
-    parts["allocation_gate"] = (1, 1.0)
-    parts["write_strength"] = (1, 0.0)
     parts["free_gates"] = (r, -3.0)
     if config.temporal_links:
         parts["read_mode"] = (r * 3, 0.0)
-    if config.memory_type == "dnc":
+    if config.memory_type == "dnc":  # the classic memory's soft write location; the SDAPM allocates
+        parts["allocation_gate"] = (1, 1.0)
+        parts["write_strength"] = (1, 0.0)
         parts["erase"] = (w, 0.0)
     if config.memory_type == "sdapm" and config.consolidation == "learned":
         parts["consolidation_gate"] = (1, 2.0)  # starts as consolidate-when-full; learns when not to
@@ -80,8 +86,8 @@ def interface_parts(config: DNCSDAPMConfig) -> dict[str, tuple[int, float]]:
     return parts
 
 
-_SIGMOID = {"write_gate", "allocation_gate", "free_gates", "erase", "consolidation_gate", "clock_reset",
-            "write_clock", "read_clock"}
+_SIGMOID = {"write_gate", "allocation_gate", "free_gates", "erase", "consolidation_gate", "write_clock",
+            "read_clock"}
 _STRENGTH = {"read_strength", "write_strength", "consolidation_strength"}
 _PER_HEAD = {"read_strength", "free_gates", "read_clock"}  # (B, R)
 _SCALAR = {"write_gate", "allocation_gate", "write_strength", "consolidation_gate", "consolidation_strength",
@@ -114,6 +120,8 @@ class Interface(nn.Module):
         for name, chunk in zip(self.parts, flat.split([size for size, _ in self.parts.values()], -1)):
             if name in _SIGMOID:
                 chunk = torch.sigmoid(chunk)
+            elif name == "clock_reset":
+                chunk = torch.sigmoid(chunk).pow(3)
             elif name in _STRENGTH:
                 chunk = strength(chunk)
             if name == "read_key":
@@ -148,17 +156,16 @@ class Clock(nn.Module):
         return self.origin.to(dtype).expand(batch_size, -1).clone()
 
     def forward(self, clock: torch.Tensor, reset: torch.Tensor) -> torch.Tensor:
-        """clock (B, W), reset gate (B,) in [0, 1] → next clock (B, W). The gate acts cubed, ``ρ = g³``: a
-        closed gate (g ≈ 0.1) leaks ≈ 10⁻³ per step, so the orbit stays distinct for hundreds of steps,
-        while g stays differentiable everywhere."""
-        reset = reset.pow(3)
+        """clock (B, W), reset ρ (B,) in [0, 1] → next clock (B, W)."""
         mixed = (1.0 - reset[:, None]) * clock + reset[:, None] * self.origin.to(clock.dtype)
         return F.normalize(mixed @ self.rotation.to(clock.dtype).T, dim=-1)
 
 
 def mix_keys(key: torch.Tensor, clock: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """``normalize(g κ + (1 − g) normalize(k))``; key (B, ..., W), clock broadcastable, gate (B, ...)."""
-    return F.normalize(gate.unsqueeze(-1) * clock + (1.0 - gate.unsqueeze(-1)) * F.normalize(key, dim=-1), dim=-1)
+    """``normalize((1 − c) κ + c normalize(k))`` with content share ``c = (1 − g)³``; key (B, ..., W), clock
+    broadcastable, gate (B, ...)."""
+    content = (1.0 - gate.unsqueeze(-1)).pow(3)
+    return F.normalize((1.0 - content) * clock + content * F.normalize(key, dim=-1), dim=-1)
 
 
 META_FEATURES = 5

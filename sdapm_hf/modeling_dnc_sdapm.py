@@ -40,6 +40,7 @@ class DNCSDAPMModelOutput(ModelOutput):
     ponder: (3,) mean steps, p90 and share at the cap over the counted positions.
     ponder_hidden_states: (B, T, K, D) every inner step's output (PonderNet only).
     ponder_probs: (B, T, K) halting distribution (PonderNet only).
+    clock_resets: (B, T) clock reset ρ per position (clock keys only).
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -49,6 +50,7 @@ class DNCSDAPMModelOutput(ModelOutput):
     ponder: torch.Tensor | None = None
     ponder_hidden_states: torch.Tensor | None = None
     ponder_probs: torch.Tensor | None = None
+    clock_resets: torch.Tensor | None = None
 
 
 @dataclass
@@ -59,6 +61,7 @@ class DNCSDAPMCausalLMOutput(ModelOutput):
     ponder_cost: torch.Tensor | None = None
     ponder_steps: torch.Tensor | None = None
     ponder: torch.Tensor | None = None
+    clock_resets: torch.Tensor | None = None
 
 
 class DNCSDAPMPreTrainedModel(PreTrainedModel):
@@ -149,12 +152,12 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
 
     def _step(
         self, x: torch.Tensor, state: RecurrentState, mask: torch.Tensor
-    ) -> tuple[RecurrentState, torch.Tensor, object]:
+    ) -> tuple[RecurrentState, torch.Tensor, object, dict[str, torch.Tensor]]:
         h, (hh, cc) = self.controller(x, state.reads, (state.h, state.c))
         if self.access.kind == "none":
             out = self.output(self.bypass(h))
             new = RecurrentState(hh, cc, state.reads, state.access)
-            return new.where(mask, state), out, None
+            return new.where(mask, state), out, None, {}
         iface = self.interface(h, x)
         access = self.access.advance_clock(iface, state.access, mask)
         words = self.access.first_words(iface, access)
@@ -167,7 +170,7 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
             per_step = torch.cat([self.bypass(h)[:, None].expand(-1, k, -1), step.step_reads.flatten(2)], dim=-1)
             step.step_reads = self.output(per_step)  # (B, K, D): every inner step's output
         new = RecurrentState(hh, cc, reads, access)
-        return new.where(mask, state), out, step
+        return new.where(mask, state), out, step, iface
 
     def forward(
         self,
@@ -186,10 +189,12 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
             state = self.state_from_dict(memory_state)
             if state.h.shape[0] != b:
                 raise ValueError(f"memory_state has batch size {state.h.shape[0]}, the input has {b}")
-        outputs, steps, costs, step_outs, step_probs = [], [], [], [], []
+        outputs, steps, costs, step_outs, step_probs, resets = [], [], [], [], [], []
         for i in range(t):
-            state, out, step = self._step(x[:, i], state, mask[:, i])
+            state, out, step, iface = self._step(x[:, i], state, mask[:, i])
             outputs.append(out)
+            if "clock_reset" in iface:
+                resets.append(iface["clock_reset"])
             if step is not None:
                 steps.append(step.steps)
                 costs.append(step.cost)
@@ -208,6 +213,7 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
             ponder=torch.tensor(list(stats.values())),
             ponder_hidden_states=torch.stack(step_outs, 1) if step_outs else None,
             ponder_probs=torch.stack(step_probs, 1) if step_probs else None,
+            clock_resets=torch.stack(resets, 1) if resets else None,
         )
 
     def _embed(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
@@ -244,7 +250,8 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
     """Next-token prediction; standalone it is a token model with its own embeddings.
 
     loss = cross-entropy over shifted labels (−100 ignored) + ``ponder_cost`` × mean ponder cost
-    (PonderNet: the expected cross-entropy over halting steps + ``ponder_cost`` × KL to the prior).
+    (PonderNet: the expected cross-entropy over halting steps + ``ponder_cost`` × KL to the prior)
+    + ``clock_reset_cost`` × mean clock reset over the real tokens.
     """
 
     def __init__(self, config: DNCSDAPMConfig) -> None:
@@ -274,7 +281,7 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
         logits = self.lm_head(out.last_hidden_state)
         loss = None
         if labels is not None:
-            loss = self._loss(out, logits, labels)
+            loss = self._loss(out, logits, labels, attention_mask)
         return DNCSDAPMCausalLMOutput(
             loss=loss,
             logits=logits,
@@ -282,9 +289,12 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
             ponder_cost=out.ponder_cost,
             ponder_steps=out.ponder_steps,
             ponder=out.ponder,
+            clock_resets=out.clock_resets,
         )
 
-    def _loss(self, out: DNCSDAPMModelOutput, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _loss(
+        self, out: DNCSDAPMModelOutput, logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         if labels.shape != logits.shape[:2]:
             raise ValueError(f"labels must have shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
         target = labels[:, 1:]
@@ -304,4 +314,9 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
             loss = (out.ponder_probs[:, :-1] * per_step).sum(-1).sum() / denominator
         # The ponder cost of position t is paid by the prediction made there (of token t + 1).
         ponder = (out.ponder_cost[:, :-1] * counted).sum() / denominator
-        return loss + self.config.ponder_cost * ponder
+        loss = loss + self.config.ponder_cost * ponder
+        if out.clock_resets is not None and self.config.clock_reset_cost > 0:
+            real = torch.ones_like(out.clock_resets) if attention_mask is None else attention_mask.to(logits.dtype)
+            resets = (out.clock_resets * real).sum() / real.sum().clamp_min(1)
+            loss = loss + self.config.clock_reset_cost * resets
+        return loss

@@ -41,7 +41,8 @@ beyond. Merging a raw pair with weight 1 is the seed's "add a slot"; consolidati
 Reading
 -------
 Head ``r`` scores every occupied slot by how well its query fits the slot's key set (``addressing.subspace_fit``:
-the subspace/hull residual; plain cosine for raw slots), takes ``a_r = softmax(β_r · fit)`` (optionally the top-K
+the subspace/hull residual; plain cosine for raw slots), takes ``a_r ∝ u · exp(β_r · fit)`` with ``u`` the slots'
+usage (presence; optionally the top-K
 only, optionally mixed with the temporal forward/backward modes) and returns the **mixture of maps**
 ``y_r = Σ_n a_rn f_n(x_r)``. The seed's parameter-averaged form ``(x − Σ a Bv)(Σ a M) + Σ a Bw`` is available as
 ``read_form="averaged"``.
@@ -86,14 +87,16 @@ import torch.nn.functional as F
 from .addressing import (
     EMPTY_SCORE,
     allocation_weighting,
+    apply_gram,
     content_weights,
     directional_weights,
+    least_used_slot,
     merged_links,
     mix_read_modes,
     retention,
     subspace_fit,
+    top_k_weights,
     updated_links,
-    updated_usage,
 )
 from .tensor_state import TensorState
 
@@ -112,7 +115,7 @@ class SDAPMSettings:
         gain_max: γ, bound on the spectral norm of ``M − I`` (None: no bound).
         mass_max: A_max, bound on a slot's mass (None: no bound).
         normalize_words: keys and read words are scaled to unit norm.
-        top_k: sparse reads over the K best slots per head (None: dense softmax).
+        top_k: sparse reads over the K best slots per head, applying only their maps (None: dense softmax).
         candidates: with top_k, shortlist this many slots per head by centroid cosine and score only those
             (approximate, ``O(N W)`` instead of ``O(N r W)`` per head; None: score every slot exactly).
         temporal_links: keep the DNC link matrix for forward/backward read modes.
@@ -360,59 +363,127 @@ def read(
                 raise ValueError("read modes need settings.temporal_links=True")
             _check_tensor("read modes", modes, (b, heads, 3), state)
     x = F.normalize(words, dim=-1) if settings.normalize_words else words
-    if settings.candidates is not None and settings.candidates < settings.slots and modes is None:
-        outputs, weights = _read_shortlist(state, x, strengths, settings)
-        return outputs, dataclasses.replace(state, read_weights=weights)
-    slots = _slots(state)
-    fit, q = subspace_fit(x, *slots[:5])
-    weights = content_weights(fit, strengths, state.occupied, settings.top_k)
-    if modes is not None:
-        forward, backward = directional_weights(state.link, state.read_weights)
-        weights = mix_read_modes(weights, forward, backward, modes)
-    if settings.read_form == "averaged":
-        outputs = _read_averaged(slots, x, weights)
+    n, top_k, candidates = settings.slots, settings.top_k, settings.candidates
+    if modes is None and candidates is not None and candidates < n:
+        outputs, weights, idx = _read_shortlist(state, x, strengths, settings)
+    elif modes is None and top_k is not None and top_k < n:
+        outputs, weights, idx = _read_top_k(state, x, strengths, settings)
     else:
-        outputs = _read_mixture(slots, x, weights, q)
-    return outputs, dataclasses.replace(state, read_weights=weights)
+        fit, q = _fit(x, _fields(state, ADDRESS_FIELDS))
+        weights = content_weights(fit, strengths, state.occupied, top_k, presence=state.usage)
+        if modes is not None:
+            forward, backward = directional_weights(state.link, state.read_weights)
+            weights = mix_read_modes(weights, forward, backward, modes)
+        outputs = _apply_maps(settings.read_form, _fields(state, MAP_FIELDS[settings.read_form]), x, weights, q)
+        return outputs, dataclasses.replace(state, read_weights=weights)
+    dense = torch.zeros(b, heads, n, dtype=x.dtype, device=x.device).scatter(-1, idx, weights)
+    return outputs, dataclasses.replace(state, read_weights=dense)
 
 
-# What reads stream, each (B, N, ...): the first five are ``subspace_fit``'s slot arguments.
-SlotTensors = tuple[torch.Tensor, ...]  # key, key_factors, key_offsets, gram_inv, radius, value, value_factors
+# What reads stream, by name of the state field (each (B, N, ...)): addressing (``subspace_fit``'s slot
+# arguments, in order) and each read form's maps.
+ADDRESS_FIELDS = ("key", "key_factors", "key_offsets", "gram_inv", "radius")
+MAP_FIELDS = {
+    "mixture": ("key", "value", "value_factors"),
+    "averaged": ("key", "key_factors", "gram_inv", "value", "value_factors"),
+}
 
 
-def _slots(state: MemoryState) -> SlotTensors:
-    return (
-        state.key, state.key_factors, state.key_offsets, state.gram_inv, state.radius, state.value,
-        state.value_factors,
-    )
+def _fields(state: MemoryState, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    return {name: getattr(state, name) for name in names}
+
+
+def _fit(x: torch.Tensor, slots: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``subspace_fit`` of queries x (B', R', W) against ``slots`` (``ADDRESS_FIELDS``, each (B', N', ...))."""
+    return subspace_fit(x, *(slots[name] for name in ADDRESS_FIELDS))
+
+
+def _pick(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Each head's own slots: t (B, N, ...), idx (B, R, K) → (B·R, K, ...)."""
+    b, heads, k = idx.shape
+    flat = (idx + t.shape[1] * torch.arange(b, device=idx.device)[:, None, None]).flatten()
+    return t.flatten(0, 1).index_select(0, flat).view(b * heads, k, *t.shape[2:])
+
+
+def _read_top_k(
+    state: MemoryState, x: torch.Tensor, strengths: torch.Tensor, settings: SDAPMSettings
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact sparse read: score every slot, then apply only the maps of each head's ``top_k`` best slots.
+
+    Returns:
+        outputs (B, R, W), weights (B, R, K) and their slot indices (B, R, K).
+    """
+    fit, q = _fit(x, _fields(state, ADDRESS_FIELDS))
+    weights, idx = top_k_weights(fit, strengths, state.occupied, settings.top_k, presence=state.usage)
+    q = q.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, q.shape[-1]))
+    return _read_chosen(state, x, weights, idx, q, settings.read_form), weights, idx
 
 
 def _read_shortlist(
     state: MemoryState, x: torch.Tensor, strengths: torch.Tensor, settings: SDAPMSettings
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Two-stage sparse read: shortlist ``candidates`` slots per head by centroid cosine (``O(N W)``), then
     score only those by subspace fit and read from the ``top_k`` best of them. Approximate: a consolidated
     slot whose centroid is far from the query can miss the shortlist (``scripts/bench_memory.py`` measures
-    the recall this costs)."""
+    the recall this costs).
+
+    Returns:
+        as ``_read_top_k``.
+    """
     b, heads, w = x.shape
-    n, k = settings.slots, settings.candidates
+    shortlist = shortlist_slots(state, x, settings.candidates)
+    slots = {name: _pick(getattr(state, name), shortlist) for name in ADDRESS_FIELDS}
+    fit, q = _fit(x.reshape(b * heads, 1, w), slots)  # (B·R, 1, C), (B·R, 1, C, r)
+    weights, best = top_k_weights(
+        fit,
+        strengths.reshape(b * heads, 1),
+        _pick(state.occupied, shortlist),
+        settings.top_k,
+        presence=_pick(state.usage, shortlist),
+    )
+    weights, best = weights.view(b, heads, -1), best.view(b, heads, -1)  # best indexes the shortlist
+    q = q.view(b, heads, -1, q.shape[-1]).gather(2, best.unsqueeze(-1).expand(-1, -1, -1, q.shape[-1]))
+    idx = shortlist.gather(-1, best)
+    return _read_chosen(state, x, weights, idx, q, settings.read_form), weights, idx
+
+
+def shortlist_slots(state: MemoryState, x: torch.Tensor, candidates: int) -> torch.Tensor:
+    """First stage of the shortlisted read: per head, the ``candidates`` occupied slots whose centroid has the
+    largest cosine with the read word, in O(N W).
+
+    Args:
+        state: the memory.
+        x: (B, R, W) read words (unit norm).
+        candidates: C ≤ N.
+
+    Returns:
+        (B, R, C) slot indices, best first.
+    """
     coarse = (x @ state.key.transpose(1, 2)) / state.key.norm(dim=-1).clamp_min(1e-12)[:, None]
-    idx = coarse.masked_fill(~state.occupied[:, None], EMPTY_SCORE).topk(k, dim=-1).indices  # (B, R, k)
-    flat = (idx + n * torch.arange(b, device=idx.device)[:, None, None]).flatten()
+    return coarse.masked_fill(~state.occupied[:, None], EMPTY_SCORE).topk(candidates, dim=-1).indices
 
-    def pick(t: torch.Tensor) -> torch.Tensor:
-        return t.flatten(0, 1).index_select(0, flat).view(b * heads, k, *t.shape[2:])
 
-    slots = tuple(pick(t) for t in _slots(state))
-    flat_x = x.reshape(b * heads, 1, w)
-    fit, q = subspace_fit(flat_x, *slots[:5])
-    weights = content_weights(fit, strengths.reshape(b * heads, 1), pick(state.occupied), settings.top_k)
-    if settings.read_form == "averaged":
-        outputs = _read_averaged(slots, flat_x, weights)
-    else:
-        outputs = _read_mixture(slots, flat_x, weights, q)
-    full = torch.zeros(b, heads, n, dtype=x.dtype, device=x.device).scatter(-1, idx, weights.view(b, heads, k))
-    return outputs.view(b, heads, w), full
+def _read_chosen(
+    state: MemoryState, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor, q: torch.Tensor, form: str
+) -> torch.Tensor:
+    """Read from K chosen slots per head: x (B, R, W), weights and idx (B, R, K), q (B, R, K, r) → (B, R, W).
+
+    Only the chosen slots' maps are gathered (each head reads from its own K slots as a batch of one head)."""
+    b, heads, k = idx.shape
+    slots = {name: _pick(getattr(state, name), idx) for name in MAP_FIELDS[form]}
+    flat = (b * heads, 1)
+    out = _apply_maps(form, slots, x.reshape(*flat, -1), weights.reshape(*flat, k), q.reshape(*flat, k, -1))
+    return out.view(b, heads, -1)
+
+
+def _apply_maps(
+    form: str, slots: dict[str, torch.Tensor], x: torch.Tensor, weights: torch.Tensor, q: torch.Tensor
+) -> torch.Tensor:
+    """The read of ``form`` (``MAP_FIELDS[form]`` in ``slots``, each (B, N, ...)): x (B, R, W), weights
+    (B, R, N), q (B, R, N, r) from ``subspace_fit`` (used by the mixture) → (B, R, W)."""
+    if form == "averaged":
+        return _read_averaged(slots, x, weights)
+    return _read_mixture(slots, x, weights, q)
 
 
 def _apply_corrections(weights: torch.Tensor, q: torch.Tensor, value_factors: torch.Tensor) -> torch.Tensor:
@@ -421,22 +492,25 @@ def _apply_corrections(weights: torch.Tensor, q: torch.Tensor, value_factors: to
     return (weights.unsqueeze(-1) * q).reshape(b, heads, n * r) @ value_factors.reshape(b, n * r, -1)
 
 
-def _read_mixture(slots: SlotTensors, x: torch.Tensor, weights: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+def _read_mixture(
+    slots: dict[str, torch.Tensor], x: torch.Tensor, weights: torch.Tensor, q: torch.Tensor
+) -> torch.Tensor:
     """``y = Σ_n a_n [(x − b_n) + c_n + (G_n X_n (x − b_n)ᵀ)ᵀ Y_n]``; q (B, R, N, r) = G X (x − b)ᵀ."""
-    key, value, value_factors = slots[0], slots[5], slots[6]
     total = weights.sum(-1, keepdim=True)
-    return x * total - weights @ key + weights @ value + _apply_corrections(weights, q, value_factors)
+    corrections = _apply_corrections(weights, q, slots["value_factors"])
+    return x * total - weights @ slots["key"] + weights @ slots["value"] + corrections
 
 
-def _read_averaged(slots: SlotTensors, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def _read_averaged(slots: dict[str, torch.Tensor], x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The seed's form ``y = (x − Σ a b)(Σ a M) + Σ a c`` with ``M_n = I + X_nᵀ G_n Y_n``."""
-    key, key_factors, _, gram_inv, _, value, value_factors = slots
+    key_factors = slots["key_factors"]
     b, heads, w = x.shape
     n, r = key_factors.shape[1], key_factors.shape[2]
-    z = x - weights @ key
+    z = x - weights @ slots["key"]
     p = (z @ key_factors.reshape(b, n * r, w).transpose(1, 2)).view(b, heads, n, r)
-    q = (gram_inv[:, None] @ p.unsqueeze(-1)).squeeze(-1)
-    return z * weights.sum(-1, keepdim=True) + _apply_corrections(weights, q, value_factors) + weights @ value
+    q = apply_gram(slots["gram_inv"], p)
+    corrections = _apply_corrections(weights, q, slots["value_factors"])
+    return z * weights.sum(-1, keepdim=True) + corrections + weights @ slots["value"]
 
 
 # --------------------------------------------------------------------------------------------- write
@@ -457,9 +531,14 @@ def write(
 ) -> MemoryState:
     """Store the pair (key, value) as a raw slot ``(Bv = k, M = I, Bw = v)``, so that ``f(k) = v`` exactly.
 
-    The slot is the DNC write location: ``g_a · allocation + (1 − g_a) · content(key)``; the forward pass
-    writes the single best slot (hard, exact), the backward pass sees the soft weights (straight-through).
-    The write happens where ``gate ≥ 0.5`` and ``mask``; elsewhere the state is bit-identical.
+    The slot is the best DNC write location, ``g_a · allocation + (1 − g_a) · content(key)`` (allocation alone
+    by default: the least-used slot, ties to the oldest). The choice is discrete and carries no gradient: a
+    straight-through gradient through it, flowing into every slot field at every step, was measured to
+    destabilise training (loss spikes after convergence on the copy task); gradients reach the written key,
+    value and gate, and through usage the free gates.
+    The gate sets the pair's presence: the written slot's usage becomes ``gate``, and reads weight slots by
+    usage (``read``), so a pair written with a small gate is seldom read and is the first to be overwritten.
+    Where ``mask`` is False the state is bit-identical.
 
     Args:
         key, value: (B, W).
@@ -487,32 +566,32 @@ def write(
     usage = state.usage
     if free_gates is not None:
         usage = usage * retention(free_gates, state.read_weights)
-    location = allocation_weighting(usage)
-    if allocation_gate is not None:
-        g_a = _gate("allocation gate", allocation_gate, state, check)
-        beta = _gate("write strength", write_strength, state, check)
-        fit, _ = subspace_fit(k[:, None], *_slots(state)[:5])
-        content = content_weights(fit, beta[:, None], state.occupied)[:, 0]
-        location = g_a[:, None] * location + (1.0 - g_a[:, None]) * content
-    do = gate >= 0.5
-    if mask is not None:
-        do = do & mask
-        location = location * mask[:, None].to(location.dtype)
-    soft = gate[:, None] * location
+    do = torch.ones(b, dtype=torch.bool, device=k.device) if mask is None else mask
+    if allocation_gate is None:
+        # Allocation only: the argmax of the allocation weights, without sorting.
+        slot, room = least_used_slot(usage.detach())
+    else:
+        with torch.no_grad():
+            location = allocation_weighting(usage)
+            g_a = _gate("allocation gate", allocation_gate, state, check)
+            beta = _gate("write strength", write_strength, state, check)
+            fit, _ = _fit(k[:, None], _fields(state, ADDRESS_FIELDS))
+            content = content_weights(fit, beta[:, None], state.occupied)[:, 0]
+            location = g_a[:, None] * location + (1.0 - g_a[:, None]) * content
+        slot, room = location.argmax(-1), location.amax(-1) > 0
     # The best location; when every slot is fully used (no free slot, no consolidation), the oldest.
-    slot = torch.where(location.amax(-1) > 0, location.argmax(-1), state.age.argmax(-1))
-    hard = F.one_hot(slot, settings.slots).to(soft.dtype) * do[:, None].to(soft.dtype)
-    weights = hard + (soft - soft.detach())
+    slot = torch.where(room, slot, state.age.argmax(-1))
+    weights = F.one_hot(slot, settings.slots).to(usage.dtype) * do[:, None].to(usage.dtype)
 
     raw = {name: t.unsqueeze(1) for name, t in _raw_slot(k, v, state).items()}
-    new = _put_slots(state, raw, slot[:, None], do[:, None], soft if soft.requires_grad else None, inplace)
+    new = _put_slots(state, raw, slot[:, None], do[:, None], inplace=inplace)
     link, precedence = state.link, state.precedence
     if link is not None:
         link, precedence = updated_links(link, precedence, weights)
     new = dataclasses.replace(
         new,
-        usage=updated_usage(usage, weights),
-        age=(state.age + 1.0) * (1.0 - hard),
+        usage=usage * (1.0 - weights) + weights * gate[:, None],
+        age=(state.age + 1.0) * (1.0 - weights),
         write_weights=weights,
         link=link,
         precedence=precedence,
@@ -553,34 +632,32 @@ def _put_slots(
     contents: dict[str, torch.Tensor],
     index: torch.Tensor,
     active: torch.Tensor,
-    soft: torch.Tensor | None = None,
     inplace: bool = False,
 ) -> MemoryState:
-    """Put ``contents`` (each (B, k, ...)) into slots ``index`` (B, k) where ``active`` (B, k); other slots
-    and inactive entries keep their exact values.
-
-    With ``soft`` (B, N) (only for k = 1), ``(soft − stop_gradient(soft)) · (new − old)``, zero in the forward
-    pass, lets gradients reach the weights that chose the slot, as if the overwrite were convex
-    (straight-through). ``inplace`` writes into the state's own tensors (no autograd graph allowed).
+    """Put ``contents`` (per-slot fields by name, each (B, k, ...)) into slots ``index`` (B, k) where ``active``
+    (B, k); other slots and inactive entries keep their exact values. The fields are ``SLOT_FIELDS`` or the
+    per-slot bookkeeping (``usage``, ``age``, ``write_weights``; ``read_weights`` as (B, k, R)). ``inplace``
+    writes into the state's own tensors (no autograd graph allowed).
     """
     bsz, k = index.shape
     if inplace and torch.is_grad_enabled() and any(
-        t.requires_grad for t in (*contents.values(), *(getattr(state, name) for name in SLOT_FIELDS))
+        t.requires_grad for t in (*contents.values(), *(getattr(state, name) for name in contents))
     ):
         raise ValueError("in-place memory updates cannot be recorded by autograd: use torch.no_grad()")
     rows = torch.arange(bsz, device=index.device)[:, None].expand(bsz, k)
-    st = soft - soft.detach() if soft is not None else None
     fields = {}
-    for name in SLOT_FIELDS:
-        old = getattr(state, name)
-        new = contents[name]
+    for name, new in contents.items():
+        old = _slot_major(name, getattr(state, name))
         extra = (1,) * (old.dim() - 2)
         values = torch.where(active.view(bsz, k, *extra), new, old[rows, index])
         out = old.index_put_((rows, index), values) if inplace else old.index_put((rows, index), values)
-        if st is not None and old.is_floating_point():
-            out = out + st.view(*st.shape, *extra) * (new[:, :1] - old)
-        fields[name] = out
+        fields[name] = _slot_major(name, out)
     return dataclasses.replace(state, **fields)
+
+
+def _slot_major(name: str, t: torch.Tensor) -> torch.Tensor:
+    """The field ``name`` with its slot dimension second, (B, N, ...): a view; applied twice, the identity."""
+    return t.transpose(1, 2) if name == "read_weights" else t
 
 
 def _select(mask: torch.Tensor, new: MemoryState, old: MemoryState, fields: tuple[str, ...]) -> MemoryState:
@@ -640,35 +717,40 @@ def consolidate(
         return t.gather(1, idx.view(b, group_size, *(1,) * (t.dim() - 2)).expand(-1, -1, *t.shape[2:]))
 
     merged = merge_slots({name: gather(getattr(state, name)) for name in SLOT_FIELDS}, weights, member, settings)
-    contents = {
-        name: torch.cat([t.unsqueeze(1), torch.zeros_like(t).unsqueeze(1).expand(-1, group_size - 1, *t.shape[1:])], 1)
-        for name, t in merged.items()
-    }
-    new = _put_slots(state, contents, idx, member & do[:, None], inplace=inplace)
-
-    target = F.one_hot(idx[:, 0], n).to(state.key.dtype)
-    group = torch.zeros_like(target).scatter(1, idx, member.to(target.dtype))
-    freed = group - target
-    keep = 1.0 - freed
-    link, precedence = state.link, state.precedence
-    if link is not None:
-        link, precedence = merged_links(link, precedence, group, target)
-    group_age = (state.age * group + (1.0 - group) * torch.finfo(state.age.dtype).max).amin(-1, keepdim=True)
-    new = dataclasses.replace(
-        new,
-        usage=state.usage * keep * (1.0 - target) + target * (state.usage * group).amax(-1, keepdim=True),
-        age=state.age * keep * (1.0 - target) + target * group_age,
-        read_weights=state.read_weights * keep[:, None]
-        + target[:, None] * (state.read_weights * group[:, None]).sum(-1, keepdim=True),
-        write_weights=state.write_weights * keep,
-        link=link,
-        precedence=precedence,
-    )
-    result = _select(do, new, state, fields=("usage", "age", "read_weights", "write_weights", "link", "precedence"))
+    contents = {name: _first_then_zeros(t, group_size) for name, t in merged.items()}
+    bookkeeping = _merged_bookkeeping(state, idx, member)
+    bookkeeping = {name: _first_then_zeros(t, group_size) for name, t in bookkeeping.items()}
+    result = _put_slots(state, contents | bookkeeping, idx, member & do[:, None], inplace=inplace)
+    if state.link is not None:
+        target = F.one_hot(idx[:, 0], n).to(state.key.dtype)
+        group = torch.zeros_like(target).scatter(1, idx, member.to(target.dtype))
+        link, precedence = merged_links(state.link, state.precedence, group, target)
+        result = dataclasses.replace(result, link=link, precedence=precedence)
+        result = _select(do, result, state, fields=("link", "precedence"))
     if gate.requires_grad:
         would = _put_slots(state, contents, idx, member & eligible[:, None])
         result = _blend_gradient(result, would, state, (gate - gate.detach()) * eligible.to(gate.dtype))
     return result
+
+
+def _first_then_zeros(t: torch.Tensor, g: int) -> torch.Tensor:
+    """(B, ...) → (B, g, ...): ``t`` for the group's first slot, zeros for the g − 1 others."""
+    return torch.cat([t.unsqueeze(1), torch.zeros_like(t).unsqueeze(1).expand(-1, g - 1, *t.shape[1:])], 1)
+
+
+def _merged_bookkeeping(state: MemoryState, idx: torch.Tensor, member: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The merged slot's usage, age, read weights (B, R) and write weight, each (B,) otherwise, for the group
+    ``idx`` (B, g) with ``member`` (B, g): the members' largest usage and smallest age, its own read weights plus
+    the members' sum, its own write weight. The freed members get zeros (``_first_then_zeros``)."""
+    m = member.to(state.usage.dtype)
+    age = state.age.gather(1, idx).masked_fill(~member, torch.finfo(state.age.dtype).max)
+    read = state.read_weights.gather(2, idx[:, None].expand(-1, state.read_weights.shape[1], -1))  # (B, R, g)
+    return {
+        "usage": (state.usage.gather(1, idx) * m).amax(-1),
+        "age": age.amin(-1),
+        "read_weights": read[..., 0] + (read * m[:, None]).sum(-1),
+        "write_weights": state.write_weights.gather(1, idx[:, :1]).squeeze(1),
+    }
 
 
 def _blend_gradient(result: MemoryState, new: MemoryState, old: MemoryState, st: torch.Tensor) -> MemoryState:
@@ -801,8 +883,8 @@ def _gain_scale(rows_x: torch.Tensor, rows_y: torch.Tensor, gram_inv: torch.Tens
 
 
 def is_full(state: MemoryState) -> torch.Tensor:
-    """(B,) bool: every slot holds something, so the next write would overwrite a stored pair unless a
-    consolidation frees a slot first."""
+    """(B,) bool: every slot holds something, so the next write overwrites a stored pair unless a consolidation
+    frees a slot first."""
     return state.occupied.all(-1)
 
 
@@ -817,9 +899,11 @@ def closest_pair_selection(state: MemoryState) -> torch.Tensor:
     occupied = state.occupied
     lightness = state.mass - state.age / (1.0 + state.age)  # ties in mass go to the oldest
     first = lightness.masked_fill(~occupied, float("inf")).argmin(-1)
-    unit = F.normalize(state.key, dim=-1)
-    anchor = unit.gather(1, first[:, None, None].expand(-1, 1, unit.shape[-1]))
-    cost = state.mass - (unit @ anchor.transpose(1, 2)).squeeze(-1)
+    norms = state.key.norm(dim=-1).clamp_min(1e-12)  # cosines without a normalised copy of every key
+    pick = first[:, None, None].expand(-1, 1, state.key.shape[-1])
+    anchor = state.key.gather(1, pick) / norms.gather(1, first[:, None]).unsqueeze(-1)  # (B, 1, W), unit
+    cosine = (state.key @ anchor.transpose(1, 2)).squeeze(-1) / norms
+    cost = state.mass - cosine
     forbidden = ~occupied | F.one_hot(first, n).bool()
     second = cost.masked_fill(forbidden, float("inf")).argmin(-1)
     selection = torch.zeros_like(state.mass)

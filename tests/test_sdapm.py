@@ -398,3 +398,59 @@ def test_shortlisted_sparse_read_matches_exact_top_k_on_raw_slots():
     assert torch.allclose(a, b, atol=1e-6) and torch.allclose(sa.read_weights, sb.read_weights, atol=1e-6)
     with pytest.raises(ValueError, match="candidates"):
         SDAPMSettings(slots=8, word_size=8, candidates=4)
+
+
+def test_least_used_slot_is_the_argmax_of_the_allocation_weights():
+    from sdapm_hf.addressing import allocation_weighting, least_used_slot
+
+    usage = torch.rand(64, 9, generator=torch.Generator().manual_seed(32))
+    usage[:16] = (usage[:16] * 3).floor() / 2  # ties (0, 0.5, 1)
+    usage[16:20] = 1.0  # every slot fully used
+    slot, room = least_used_slot(usage)
+    allocation = allocation_weighting(usage)
+    assert torch.equal(room, allocation.amax(-1) > 0)
+    assert torch.equal(slot[room], allocation.argmax(-1)[room])
+
+
+@pytest.mark.parametrize("read_form", ["mixture", "averaged"])
+def test_sparse_top_k_read_equals_the_dense_computation(read_form):
+    """Exact top-K reads apply only the K chosen slots' maps; the dense path (taken with read modes) applies
+    all N with zero weights elsewhere. Same outputs, read weights and gradients."""
+    settings = SDAPMSettings(slots=12, word_size=8, read_heads=3, top_k=3, temporal_links=True, read_form=read_form)
+    keys, values = unit(2, 10, 8, seed=33), unit(2, 10, 8, seed=34)
+    state = fill(settings, keys, values)
+    state = sdapm.consolidate(state, torch.tensor([[1.0, 0.8, 0.6] + [0.0] * 9] * 2), settings, 3)
+    content_only = torch.tensor([0.0, 1.0, 0.0]).expand(2, 3, 3)
+    results = []
+    for modes in (None, content_only):
+        leaf = state.map(lambda t: t.clone().requires_grad_() if t.is_floating_point() else t)
+        words, strengths = unit(2, 3, 8, seed=35).requires_grad_(), torch.full((2, 3), 6.0, requires_grad=True)
+        out, after = sdapm.read(leaf, words, strengths, settings, modes=modes)
+        (out * torch.linspace(-1, 1, 8)).sum().backward()
+        grads = [words.grad, strengths.grad] + [leaf.as_dict()[name].grad for name in sdapm.SLOT_FIELDS[:-1]]
+        results.append((out, after.read_weights, [torch.zeros(1) if g is None else g for g in grads]))
+    (sparse_out, sparse_weights, sparse_grads), (dense_out, dense_weights, dense_grads) = results
+    assert torch.allclose(sparse_out, dense_out, atol=1e-6)
+    assert torch.allclose(sparse_weights, dense_weights, atol=1e-7)
+    assert (sparse_weights > 0).sum(-1).le(3).all()
+    for a, b in zip(sparse_grads, dense_grads):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_inplace_consolidation_of_larger_groups_under_a_mask_matches_functional():
+    settings = SDAPMSettings(slots=8, word_size=8, read_heads=2, temporal_links=True)
+    keys, values = unit(3, 8, 8, seed=36), unit(3, 8, 8, seed=37)
+    state = fill(settings, keys, values)
+    _, state = sdapm.read(state, unit(3, 2, 8, seed=38), torch.full((3, 2), 3.0), settings)
+    selection = torch.rand(3, 8, generator=torch.Generator().manual_seed(39)) + 0.1
+    mask = torch.tensor([True, False, True])
+    with torch.no_grad():
+        functional = sdapm.consolidate(state, selection, settings, 4, mask=mask)
+        streaming = sdapm.consolidate(state.map(torch.clone), selection, settings, 4, mask=mask, inplace=True)
+    for name, t in functional.as_dict().items():
+        assert torch.equal(t, getattr(streaming, name)), name
+        assert torch.equal(t[1], getattr(state, name)[1]), name
+    merged, freed = selection[0].topk(4).indices[0], selection[0].topk(4).indices[1:]
+    assert functional.usage[0, merged] == 1 and functional.usage[0, freed].eq(0).all()
+    assert functional.age[0, merged] == state.age[0, selection[0].topk(4).indices].min()
+    assert functional.read_weights[0][:, freed].eq(0).all() and functional.write_weights[0, freed].eq(0).all()

@@ -28,6 +28,7 @@ SMALL = {
     "associative_recall": {"item_length": 3},
     "mqar": {"vocab_size": 256, "seq_len": 64, "num_kv_pairs": 4},
     "forgetting_mqar": {"vocab_size": 256, "seq_len": 64, "num_kv_pairs": 4, "num_updates": 2},
+    "multi_hop_recall": {"num_pairs": 6, "max_hops": 3},
     "passkey": {"length": 96},
     "babi_qa1": {"length": 96},
     "fact_recall": {"num_segments": 3, "segment_length": 48},
@@ -188,6 +189,22 @@ def test_associative_recall_target_follows_the_query(item_length):
         assert [t for t, _ in answer_span(row)] == list(range(len(ids) - item_length, len(ids)))
         assert row["distance"] == (n - q - 2) * width
         assert max(ids) < vocab.vocab_size
+
+
+def test_multi_hop_answer_follows_the_stored_chain():
+    vocab = tasks.MultiHopVocab(16, 3)
+    assert vocab.vocab_size == 21 and vocab.hop_token(2) == 3  # pad, query, 3 hop tokens, 16 symbols
+    for row in build("multi_hop_recall")["train"]:
+        ids = row["input_ids"]
+        pairs = dict(zip(ids[0:12:2], ids[1:12:2]))
+        assert ids[12] == vocab.query and len(pairs) == 6
+        node, hops = ids[13], ids[14] - vocab.query
+        assert hops == row["hops"] and 1 <= hops <= 3
+        for _ in range(hops):
+            node = pairs[node]
+        assert answer_span(row) == [(15, node)] and ids[15] == node
+    with pytest.raises(ValueError, match="max_hops"):
+        build_task("multi_hop_recall", num_pairs=2, max_hops=3)
 
 
 def latest_values(context):

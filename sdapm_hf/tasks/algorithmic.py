@@ -279,6 +279,76 @@ def associative_recall(
     return build_splits("associative_recall", _associative_recall_example, splits, features, seed, cache_dir)
 
 
+# --- multi-hop recall ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MultiHopVocab(SymbolVocab):
+    """Multi-hop recall: ``pad=0``, ``query=1``, hop tokens ``2 .. max_hops+1`` (k -> k+1), then the symbols;
+    ``MultiHopVocab(16, 4).vocab_size == 22``."""
+
+    max_hops: int = 4
+    query: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_int("max_hops", self.max_hops, 1)
+
+    def hop_token(self, hops: int) -> int:
+        """The id that asks for ``hops`` hops (1 <= hops <= max_hops)."""
+        return self.query + hops
+
+    @property
+    def first_symbol(self) -> int:  # type: ignore[override]
+        return self.query + self.max_hops + 1
+
+
+def _multi_hop_example(rng: np.random.Generator, vocab: MultiHopVocab, num_pairs: int) -> dict[str, Any]:
+    chain = (vocab.first_symbol + rng.permutation(vocab.symbols)[: num_pairs + 1]).tolist()
+    order = rng.permutation(num_pairs)
+    context = [token for i in order for token in (chain[i], chain[i + 1])]
+    hops = int(rng.integers(1, vocab.max_hops + 1))
+    start = int(rng.integers(0, num_pairs + 1 - hops))
+    prompt = context + [vocab.query, chain[start], vocab.hop_token(hops)]
+    answer = chain[start + hops]
+    return token_example(prompt + [answer], [IGNORE_INDEX] * len(prompt) + [answer], hops=hops)
+
+
+def multi_hop_recall(
+    *,
+    symbols: int = 16,
+    num_pairs: int = 8,
+    max_hops: int = 4,
+    train_size: int = 1000,
+    validation_size: int = 100,
+    test_size: int = 100,
+    seed: int = 0,
+    cache_dir: str | None = None,
+) -> datasets.DatasetDict:
+    """Follow a chain of stored pairs: the answer is the symbol ``k`` hops from the queried one.
+
+    A chain of ``num_pairs + 1`` distinct symbols is shown as its ``num_pairs`` pairs ``a b`` in random order;
+    then QUERY, a start symbol and the hop token for k ~ U{1..max_hops} (the chain always has k more links);
+    the loss covers the answer. A memory that stores each pair as a map ``a ↦ b`` answers by reading k times,
+    each read's output being the next read word, which is what adaptive computation time is for. With the
+    chain 5 → 7 → 6 (QUERY=1, hop k -> k+1) and two hops from 5::
+
+        input_ids  [7, 6, 5, 7, 1, 5, 3, 6]
+        labels     [-100] * 7 + [6]
+
+    Metadata: ``length``, ``hops``.
+    """
+    require_int("num_pairs", num_pairs, 1)
+    vocab = MultiHopVocab(symbols, max_hops)
+    if symbols < num_pairs + 1:
+        raise ValueError(f"symbols={symbols} is too few for a chain of num_pairs={num_pairs} pairs")
+    if max_hops > num_pairs:
+        raise ValueError(f"max_hops={max_hops} exceeds num_pairs={num_pairs}")
+    params = {"vocab": vocab, "num_pairs": num_pairs}
+    splits = standard_splits(params, train_size, validation_size, test_size)
+    return build_splits("multi_hop_recall", _multi_hop_example, splits, token_features(hops="int32"), seed, cache_dir)
+
+
 # --- multi-query associative recall (Zoology) --------------------------------------------------------
 
 

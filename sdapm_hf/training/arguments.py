@@ -52,15 +52,29 @@ class ExperimentArguments:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
 
-def load_experiment(path: str | Path, **overrides: Any) -> ExperimentArguments:
-    """Read an experiment YAML (fields of ``ExperimentArguments``); ``overrides`` replace top-level fields."""
+def read_experiment_yaml(path: str | Path) -> dict[str, Any]:
+    """The fields an experiment YAML sets. ``base: other.yaml`` (relative to the file) is read first and
+    this file's fields are merged over it (mappings such as ``model`` merge key by key)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"{path} is not valid YAML: {err}") from err
+    except OSError as err:
+        raise ValueError(f"cannot read experiment file {path}: {err}") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of ExperimentArguments fields, got {type(data).__name__}")
+    if "base" not in data:
+        return data
+    merged = read_experiment_yaml(path.parent / data.pop("base"))
+    for key, value in data.items():
+        merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def load_experiment(path: str | Path, **overrides: Any) -> ExperimentArguments:
+    """Read an experiment YAML (fields of ``ExperimentArguments``); ``overrides`` replace top-level fields."""
+    data = read_experiment_yaml(path)
     data.update({k: v for k, v in overrides.items() if v is not None})
     (args,) = HfArgumentParser(ExperimentArguments).parse_dict(data, allow_extra_keys=False)
     return args
