@@ -50,7 +50,13 @@ def _assignment(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ValueError(f"--set takes KEY=VALUE, got {text!r}")
-    return key, yaml.safe_load(value)
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):  # YAML reads 1e-6 as a string
+        try:
+            parsed = float(parsed)
+        except ValueError:
+            pass
+    return key, parsed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,16 +69,16 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--max-steps", type=int)
     train.add_argument("--time-budget-s", type=float)
     train.add_argument("--resume", action="store_true")
-    train.set_defaults(run=_train)
+    train.set_defaults(command_fn=_train)
     evaluate = commands.add_parser("evaluate", help="evaluate a run folder")
     evaluate.add_argument("run")
     evaluate.add_argument("--splits", nargs="+", default=["test"])
     evaluate.add_argument("--zero-memory", action="store_true", help="zero the memory's reads (ablation)")
     evaluate.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                           help="config fields changed for evaluation, e.g. top_k=1")
-    evaluate.set_defaults(run=_evaluate)
+    evaluate.set_defaults(command_fn=_evaluate)
     args = parser.parse_args(argv)
-    args.run(args)
+    args.command_fn(args)
 
 
 if __name__ == "__main__":

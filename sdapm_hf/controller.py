@@ -178,7 +178,10 @@ class ConsolidationHead(nn.Module):
         super().__init__()
         self.meta_score = nn.Linear(META_FEATURES, 1)
         self.meta_gate = nn.Linear(META_FEATURES + 1, 1)
-        self.meta_score.init_std = self.meta_gate.init_std = 0.0  # metadata starts with no say
+        # The gate starts from the memory's fullness alone; the selection starts as "merge the lightest slots"
+        # (weight −4 on log(1 + mass)), which keeps groups balanced, and learns from there.
+        self.meta_score.init_std = self.meta_gate.init_std = 0.0
+        self.meta_score.init_weight = [0.0, 0.0, -4.0, 0.0, 0.0]
 
     def forward(
         self, fit: torch.Tensor, strength_: torch.Tensor, gate: torch.Tensor, meta: torch.Tensor,

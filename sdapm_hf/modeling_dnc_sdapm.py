@@ -72,10 +72,15 @@ class DNCSDAPMPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["DNCSDAPMModel"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Normal linear weights; modules may carry ``init_std`` / ``init_bias`` for a different start."""
+        """Normal linear weights; modules may carry ``init_std``, ``init_weight`` or ``init_bias`` for another start."""
         if isinstance(module, nn.Linear):
             std = getattr(module, "init_std", self.config.initializer_range)
-            init.normal_(module.weight, std=std) if std > 0 else init.zeros_(module.weight)
+            if hasattr(module, "init_weight"):
+                init.copy_(module.weight, torch.tensor([module.init_weight], dtype=module.weight.dtype))
+            elif std > 0:
+                init.normal_(module.weight, std=std)
+            else:
+                init.zeros_(module.weight)
             if module.bias is not None:
                 init.constant_(module.bias, getattr(module, "init_bias", 0.0))
         elif isinstance(module, nn.Embedding):

@@ -532,7 +532,8 @@ def write(
     """Store the pair (key, value) as a raw slot ``(Bv = k, M = I, Bw = v)``, so that ``f(k) = v`` exactly.
 
     The slot is the best DNC write location, ``g_a · allocation + (1 − g_a) · content(key)`` (allocation alone
-    by default: the least-used slot, ties to the oldest). The choice is discrete and carries no gradient: a
+    by default: the least-used slot, the lowest index among equals; the oldest slot when every slot is fully
+    used). The choice is discrete and carries no gradient: a
     straight-through gradient through it, flowing into every slot field at every step, was measured to
     destabilise training (loss spikes after convergence on the copy task); gradients reach the written key,
     value and gate, and through usage the free gates.
@@ -740,15 +741,15 @@ def _first_then_zeros(t: torch.Tensor, g: int) -> torch.Tensor:
 
 def _merged_bookkeeping(state: MemoryState, idx: torch.Tensor, member: torch.Tensor) -> dict[str, torch.Tensor]:
     """The merged slot's usage, age, read weights (B, R) and write weight, each (B,) otherwise, for the group
-    ``idx`` (B, g) with ``member`` (B, g): the members' largest usage and smallest age, its own read weights plus
-    the members' sum, its own write weight. The freed members get zeros (``_first_then_zeros``)."""
+    ``idx`` (B, g) with ``member`` (B, g): the members' largest usage and smallest age, the sum of their read
+    weights, its own write weight. The freed members get zeros (``_first_then_zeros``)."""
     m = member.to(state.usage.dtype)
     age = state.age.gather(1, idx).masked_fill(~member, torch.finfo(state.age.dtype).max)
     read = state.read_weights.gather(2, idx[:, None].expand(-1, state.read_weights.shape[1], -1))  # (B, R, g)
     return {
         "usage": (state.usage.gather(1, idx) * m).amax(-1),
         "age": age.amin(-1),
-        "read_weights": read[..., 0] + (read * m[:, None]).sum(-1),
+        "read_weights": (read * m[:, None]).sum(-1),
         "write_weights": state.write_weights.gather(1, idx[:, :1]).squeeze(1),
     }
 
