@@ -47,7 +47,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from sdapm_hf import sdapm  # noqa: E402
-from sdapm_hf.addressing import content_weights, subspace_fit  # noqa: E402
+from sdapm_hf.addressing import content_weights, subspace_fit, top_k_weights  # noqa: E402
 from sdapm_hf.sdapm import MemoryState, SDAPMSettings  # noqa: E402
 
 BATCH, WORD, HEADS, RANK, TOP_K, SHORTLIST = 32, 64, 4, 8, 8, 32
@@ -311,9 +311,17 @@ READS = {
     "topk": f"read, top-{TOP_K} exact",
     "short": f"read, top-{TOP_K} of {SHORTLIST} shortlisted",
 }
+# Parts of the reads, timed alone (forward) to explain where read time goes.
+READ_PARTS = {
+    "scoring": f"scoring only: subspace fit of all N + top-{TOP_K}",
+    "shortlist": f"shortlist pass only: centroid cosine + top-{SHORTLIST}",
+}
+# The part that grows with N in each read, and its name in the verdicts.
+GROWING_PART = {"dense": "scoring", "topk": "scoring", "short": "shortlist"}
+PART_NAMES = {"scoring": "scoring of all N slots", "shortlist": "shortlist pass"}
 POLICIES = {
     "most-read": "consolidate the 2 slots most read by head 0 (O(N))",
-    "closest-pair": "`closest_pair_selection` (O(N² W))",
+    "closest-pair": "`closest_pair_selection` (O(N W))",
 }
 
 
@@ -393,6 +401,22 @@ def speed_cases(n: int, batch: int, seed: int, groups: tuple[int, ...]) -> tuple
 
         add((name, "fwd"), read_fwd)
         add((name, "fwd+bwd"), read_fb)
+
+    def scoring(x):
+        fit, _ = subspace_fit(x, base.key, base.key_factors, base.key_offsets, base.gram_inv, base.radius)
+        return top_k_weights(fit, inp.strengths, base.occupied, TOP_K, presence=base.usage)
+
+    def shortlist(x):
+        return sdapm.shortlist_slots(base, x, min(SHORTLIST, n))
+
+    for name, part in (("scoring", scoring), ("shortlist", shortlist)):
+
+        def part_fwd(part=part):
+            i = inp.next()
+            with torch.no_grad():
+                return timed(lambda: part(inp.words[i]))
+
+        add((name, "fwd"), part_fwd)
 
     # write
     def write_inplace():
@@ -565,6 +589,9 @@ def speed_markdown(args, results, parts, infos) -> tuple[str, list[str]]:
         row("plain softmax attention", "attention", mode)
         for name, label in READS.items():
             row(label, name, mode)
+        if mode == "fwd":
+            for name, label in READ_PARTS.items():
+                row(label, name, mode)
     for mode in ("fwd in-place", "fwd functional", "fwd+bwd"):
         row("write", "write", mode)
     for g in args.groups:
@@ -620,6 +647,7 @@ def speed_markdown(args, results, parts, infos) -> tuple[str, list[str]]:
     # targets, each with the measurement that explains it
     verdicts = []
     att = lambda mode, n: results.get(("attention", mode, n))  # noqa: E731
+    part = lambda key, n: results.get((key, "fwd", n))  # noqa: E731
     a_n = 1024 if 1024 in sizes else sizes[-1]
     for name in ("topk", "short"):
         fwd, base_ms = results.get((name, "fwd", a_n)), att("fwd", a_n)
@@ -633,16 +661,21 @@ def speed_markdown(args, results, parts, infos) -> tuple[str, list[str]]:
         )
         if not met and name == "topk":
             line += (
-                f" Exact top-K scores every slot by subspace fit before choosing K, so it costs what the dense read "
-                f"costs ({fmt(results.get(('dense', 'fwd', a_n)))} ms): it streams both r×W factors of all N slots "
-                f"(attention streams one key and one value per slot)."
+                f" Exact top-K must score every slot before it can choose K: scoring alone (subspace fit of all N"
+                f" slots + top-{TOP_K}) takes {fmt(part('scoring', a_n))} ms of the {fmt(fwd)} ms. It streams the key"
+                f" factors of every slot (N·r·W floats against the 2·N·W of attention's keys and values) and"
+                f" multiplies by each slot's r × r `gram_inv` per head. The value side runs over the {TOP_K} chosen"
+                f" slots only (the dense read, whose value side runs over all N, takes"
+                f" {fmt(results.get(('dense', 'fwd', a_n)))} ms)."
             )
         if not met and name == "short":
+            sl, sl0, read0 = part("shortlist", a_n), part("shortlist", n0), results.get((name, "fwd", n0))
             line += (
-                f" The shortlisted read has a large N-independent part: {fmt(results.get((name, 'fwd', n0)))} ms "
-                f"at N={n0}, where attention takes {fmt(att('fwd', n0))} ms (gathering the shortlisted slots and "
-                f"scoring them); from N={n0} to N={a_n} it grows by "
-                f"{fmt(fwd - results.get((name, 'fwd', n0)))} ms, attention by {fmt(base_ms - att('fwd', n0))} ms."
+                f" The shortlist pass over all N slots (centroid cosine + top-{SHORTLIST}) takes {fmt(sl)} ms at"
+                f" N={a_n} ({ratio(sl, base_ms)} attention). The rest, gathering each head's {SHORTLIST} candidates"
+                f" (factors and `gram_inv`), scoring them and reading {TOP_K}, takes {fmt(fwd - sl)} ms, and"
+                f" {fmt(read0 - sl0)} ms at N={n0}, where attention takes {fmt(att('fwd', n0))} ms: the same work at"
+                f" every N, slower at large N as the gathers from a larger memory miss the cache more."
             )
         verdicts.append(line)
     for policy in POLICIES:
@@ -663,6 +696,10 @@ def speed_markdown(args, results, parts, infos) -> tuple[str, list[str]]:
                 line += "; growth by part: " + ", ".join(
                     f"{named.get(k, k)} {'+' if d >= 0 else '−'}{fmt(abs(d))} ms" for d, k in growth
                 )
+                grows = GROWING_PART[name]
+                g0, g1 = results.get((grows, "fwd", n0)), results.get((grows, "fwd", n1))
+                if g0 is not None and g1 is not None:
+                    line += f"; the {PART_NAMES[grows]} alone takes {fmt(g0)} ms at N={n0}, {fmt(g1)} ms at N={n1}"
             verdicts.append(line + ".")
     rounds_line = ", ".join(f"N={n}: {i['rounds']}" for n, i in infos.items())
     spread_line = "; ".join(f"N={n}: {i['spread'][0]:.0%}, {i['spread'][1]:.0%}" for n, i in infos.items())
@@ -691,8 +728,12 @@ What is measured:
 * Plain attention: `softmax(q Kᵀ) V` with q the (unit) read words (B, R, W) and K, V the N slot keys and
   values, interleaved with the memory calls at every N.
 * Reads: dense exact (softmax over all N subspace-fit scores); top-{TOP_K} exact (all N scored, softmax over
-  the best {TOP_K}); top-{TOP_K} of a {SHORTLIST}-slot shortlist (`candidates={SHORTLIST}`: centroid cosine
-  picks {SHORTLIST} slots per head, only those are scored exactly).
+  the best {TOP_K}, only their maps applied); top-{TOP_K} of a {SHORTLIST}-slot shortlist (`candidates={SHORTLIST}`:
+  centroid cosine picks {SHORTLIST} slots per head, only those are scored exactly). Two parts are also timed
+  alone: the scoring of all N slots with the top-{TOP_K} choice (`subspace_fit` + `top_k_weights`, the part of
+  the exact reads that grows with N) and the shortlist pass (`shortlist_slots`, the part of the shortlisted
+  read that grows with N). They are separate calls: at N={sizes[-1]}, where memory-bound calls vary with what ran
+  just before them (see the spread), a part can measure above the read that contains it.
 * Consolidate: a group of g chosen by random selection weights in [0.5, 1] (soft membership).
 * Step: if `is_full`, consolidate 2 slots chosen by the policy; then write a fresh pair (allocation takes
   the freed slot); then read. Every step of a full memory consolidates. Policies: most-read =
