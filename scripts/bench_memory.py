@@ -738,7 +738,7 @@ What is measured:
 * Step: if `is_full`, consolidate 2 slots chosen by the policy; then write a fresh pair (allocation takes
   the freed slot); then read. Every step of a full memory consolidates. Policies: most-read =
   {POLICIES['most-read']}; closest-pair = {POLICIES['closest-pair']}, the policy of
-  `tests/test_sdapm.py::capacity_recall`.
+  `sdapm_hf.demo.stream_recall` (the capacity test uses it too).
 
 ms per call, median over interleaved rounds ({rounds_line}; calls above {args.slow_s:g} s: 3 rounds).
 Round-to-round spread (interquartile range / median; median and largest over the cases): {spread_line}.
@@ -938,7 +938,7 @@ back by its own head at strength β; relative error ‖y − v‖ / ‖v‖, mea
 
 (iii) Recall cost of the shortlist: N slots, W = 32, default settings (`max_rank = W`), a stream of P
 random unit pairs written one by one, consolidating the closest pair (`closest_pair_selection`, group 2)
-whenever the memory is full, as in `tests/test_sdapm.py::capacity_recall`. Then every stored key is read
+whenever the memory is full, as in `sdapm_hf.demo.stream_recall` (the capacity test uses it too). Then every stored key is read
 (β = 10⁴, one head per key) and decoded to the nearest of the P values; fraction recalled over 4 memories.
 
 {recall}

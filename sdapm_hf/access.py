@@ -39,20 +39,7 @@ from .tensor_state import TensorState
 def memory_settings(config: DNCSDAPMConfig) -> SDAPMSettings | DNCMemorySettings | None:
     """The memory core's settings for a model config."""
     if config.memory_type == "sdapm":
-        return SDAPMSettings(
-            slots=config.memory_slots,
-            word_size=config.word_size,
-            read_heads=config.read_heads,
-            max_rank=config.max_rank,
-            ridge=config.ridge,
-            value_max=config.value_max,
-            gain_max=config.gain_max,
-            mass_max=config.mass_max,
-            top_k=config.top_k,
-            candidates=config.read_candidates,
-            temporal_links=config.temporal_links,
-            read_form=config.read_form,
-        )
+        return config.sdapm_settings()
     if config.memory_type == "dnc":
         return DNCMemorySettings(
             slots=config.memory_slots,

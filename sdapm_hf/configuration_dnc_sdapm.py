@@ -6,6 +6,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .sdapm import SDAPMSettings
+
 MEMORY_TYPES = ("sdapm", "dnc", "none")
 CONSOLIDATION_MODES = ("learned", "auto", "off")
 ACT_MODES = ("none", "act", "pondernet", "fixed")
@@ -103,7 +105,15 @@ class DNCSDAPMConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
 
-    def validate_sizes(self) -> None:
+    def validate_fields(self) -> None:
+        """Every field, in an order where later checks can rely on earlier ones (sizes first)."""
+        self._check_sizes()
+        self._check_choices()
+        self._check_memory()
+        self._check_rates()
+        self._check_base()
+
+    def _check_sizes(self) -> None:
         for name in ("vocab_size", "hidden_size", "controller_size", "memory_slots", "word_size", "read_heads"):
             _positive(self, name)
         if self.act_max_steps < 1:
@@ -115,7 +125,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
         if self.segment_length is not None and self.segment_length < 1:
             raise ValueError(f"segment_length must be >= 1 or None, got {self.segment_length}")
 
-    def validate_choices(self) -> None:
+    def _check_choices(self) -> None:
         for name, choices in (
             ("memory_type", MEMORY_TYPES),
             ("consolidation", CONSOLIDATION_MODES),
@@ -125,21 +135,31 @@ class DNCSDAPMConfig(PreTrainedConfig):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
 
-    def validate_memory(self) -> None:
-        if self.max_rank is not None and not 1 <= self.max_rank <= self.word_size:
-            raise ValueError(f"max_rank must be in [1, word_size={self.word_size}] or None, got {self.max_rank}")
-        if self.ridge < 0:
-            raise ValueError(f"ridge must be >= 0, got {self.ridge}")
-        for name in ("value_max", "gain_max", "mass_max"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0 or None, got {value}")
+    def _check_memory(self) -> None:
         if self.top_k is not None and not 1 <= self.top_k <= self.memory_slots:
             raise ValueError(f"top_k must be in [1, memory_slots={self.memory_slots}] or None, got {self.top_k}")
         if self.read_candidates is not None and (self.top_k is None or self.read_candidates < self.top_k):
             raise ValueError(f"read_candidates needs top_k and must be >= top_k, got {self.read_candidates}")
+        self.sdapm_settings()  # the memory checks its own fields (max_rank, ridge, value_max, ...)
 
-    def validate_rates(self) -> None:
+    def sdapm_settings(self) -> SDAPMSettings:
+        """The SDAPM memory's settings for this config."""
+        return SDAPMSettings(
+            slots=self.memory_slots,
+            word_size=self.word_size,
+            read_heads=self.read_heads,
+            max_rank=self.max_rank,
+            ridge=self.ridge,
+            value_max=self.value_max,
+            gain_max=self.gain_max,
+            mass_max=self.mass_max,
+            top_k=self.top_k,
+            candidates=self.read_candidates,
+            temporal_links=self.temporal_links,
+            read_form=self.read_form,
+        )
+
+    def _check_rates(self) -> None:
         for name in ("act_epsilon", "bypass_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -151,7 +171,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
         if not self.controller_clip > 0:
             raise ValueError(f"controller_clip must be > 0, got {self.controller_clip}")
 
-    def validate_base(self) -> None:
+    def _check_base(self) -> None:
         if self.text_config is None:
             return
         base_hidden = getattr(self.text_config, "hidden_size", None)

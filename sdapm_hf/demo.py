@@ -19,8 +19,11 @@ from . import sdapm
 from .sdapm import SDAPMSettings
 
 
-def stream_recall(settings: SDAPMSettings, pairs: int, batch: int, consolidate: bool, seed: int) -> float:
-    """Fraction of the stream's keys whose read decodes to their own value."""
+def stream_recall(
+    settings: SDAPMSettings, pairs: int, batch: int, consolidate: bool, seed: int
+) -> tuple[float, sdapm.MemoryState]:
+    """Write a stream of random unit pairs (consolidating the closest pair when full, or overwriting), then
+    return the fraction of keys whose read decodes to their own value, and the memory."""
     g = torch.Generator().manual_seed(seed)
     keys = F.normalize(torch.randn(batch, pairs, settings.word_size, generator=g), dim=-1)
     values = F.normalize(torch.randn(batch, pairs, settings.word_size, generator=g), dim=-1)
@@ -34,7 +37,7 @@ def stream_recall(settings: SDAPMSettings, pairs: int, batch: int, consolidate: 
     state = dataclasses.replace(state, read_weights=torch.zeros(batch, pairs, settings.slots))
     out, _ = sdapm.read(state, keys, torch.full((batch, pairs), 1e4), heads)
     decoded = torch.cdist(out, values).argmin(-1)
-    return (decoded == torch.arange(pairs)).float().mean().item()
+    return (decoded == torch.arange(pairs)).float().mean().item(), state
 
 
 def largest_read_norm(settings: SDAPMSettings, steps: int, batch: int, seed: int) -> float:
@@ -71,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     for per_slot in (1, 4, 8, 16, 24, 32):
         pairs = per_slot * settings.slots
         start = time.perf_counter()
-        with_merge = stream_recall(settings, pairs, args.batch, True, args.seed)
-        without = stream_recall(settings, pairs, args.batch, False, args.seed)
+        with_merge, _ = stream_recall(settings, pairs, args.batch, True, args.seed)
+        without, _ = stream_recall(settings, pairs, args.batch, False, args.seed)
         print(f"{pairs:>6} {per_slot:>10} {with_merge:>22.3f} {without:>20.3f} {time.perf_counter() - start:>6.1f}")
 
     stream = SDAPMSettings(slots=64, word_size=args.word_size)

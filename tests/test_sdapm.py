@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sdapm_hf import sdapm
+from sdapm_hf.demo import stream_recall
 from sdapm_hf.sdapm import MemoryState, SDAPMSettings
 
 
@@ -147,28 +148,12 @@ def test_nearly_collinear_keys_stay_finite_and_bounded():
     assert torch.linalg.matrix_norm(maps[merged.occupied] - eye, ord=2).max() <= 8.0 + 1e-4
 
 
-def capacity_recall(consolidate: bool, slots=16, word=32, pairs=256, batch=4, seed=0):
-    settings = SDAPMSettings(slots=slots, word_size=word)
-    keys, values = unit(batch, pairs, word, seed=seed), unit(batch, pairs, word, seed=seed + 1)
-    state = sdapm.init_state(settings, batch)
-    for i in range(pairs):
-        if consolidate:
-            full = sdapm.is_full(state)
-            state = sdapm.consolidate(state, sdapm.closest_pair_selection(state), settings, 2, mask=full)
-        state = sdapm.write(state, keys[:, i], values[:, i], settings)
-    hits = 0
-    for start in range(0, pairs, 64):
-        out = read_all(state, settings, keys[:, start : start + 64])
-        decoded = torch.cdist(out, values).argmin(-1)
-        hits += (decoded == torch.arange(start, start + 64)).sum().item()
-    return hits / (batch * pairs), state
-
-
 def test_capacity_sixteen_pairs_per_slot():
-    recall, state = capacity_recall(consolidate=True)
+    settings = SDAPMSettings(slots=16, word_size=32)
+    recall, state = stream_recall(settings, pairs=256, batch=4, consolidate=True, seed=0)
     assert recall >= 0.99, recall
     assert state.occupied.all() and state.mass.sum(-1).eq(256).all()
-    baseline, _ = capacity_recall(consolidate=False)
+    baseline, _ = stream_recall(settings, pairs=256, batch=4, consolidate=False, seed=0)
     assert baseline <= 0.1, baseline
 
 
