@@ -34,8 +34,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     dataset = build_task(experiment.task, seed=experiment.seed, **experiment.task_args)
     hook = None
     if args.zero_memory:
-        read_size = model.model.read_size
-        hook = model.model.output.register_forward_pre_hook(
+        read_size = model.model.memory.read_size
+        hook = model.model.memory.output.register_forward_pre_hook(
             lambda module, inputs: (torch.cat([inputs[0][..., :-read_size], inputs[0][..., -read_size:] * 0], -1),)
         )
     results = {split: evaluate_model(model, dataset[split]) for split in args.splits}

@@ -64,7 +64,8 @@ class DNCSDAPMConfig(PreTrainedConfig):
     """
 
     model_type = "dnc_sdapm"
-    keys_to_ignore_at_inference = ["cache", "memory_state", "hidden_states", "ponder"]
+    keys_to_ignore_at_inference = ["cache", "memory_state", "hidden_states", "ponder", "ponder_cost", "ponder_steps",
+                                   "clock_resets"]
     sub_configs_defaults = {
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama", optional=True),
     }

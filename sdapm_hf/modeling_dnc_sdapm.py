@@ -1,39 +1,41 @@
-"""DNC-SDAPM models: a DNC controller with an SDAPM memory, as Hugging Face PreTrainedModels.
+"""DNC-SDAPM models as Hugging Face PreTrainedModels: standalone, or plugged into a frozen base.
 
-One time step (``DNCSDAPMModel._step``)::
+Standalone (``text_config=None``) a model embeds tokens and runs the ``MemoryCore`` (core.py) over them.
+Plugged into a frozen base (``from_base`` or ``text_config``), the base runs one segment of at most
+``segment_length`` tokens at a time, and a hook on layer ``inject_layer`` (injection.py) adds the core's output to
+the residual stream there::
 
-    h, state_c  = Controller([x_t ; r_{t−1}])                    controller.py
-    ξ           = Interface(h, x_t)                              controller.py
-    r_t         = Ponder(read, read keys ⊕ clock)                act.py (read output → next read word)
-    memory      = consolidate if full, write (k ⊕ clock, v)      access.py, sdapm.py
-    o_t         = W_o [Dropout_bypass(h) ; r_t]                  the model's output (B, D)
+    h^ℓ (B, S, D)  ─►  h^ℓ + MemoryCore(h^ℓ)  ─►  frozen layers above  ─►  head
+                              ▲ memory_state carried from segment to segment (and through generate's KV cache)
 
-The recurrent state (controller, last reads, clock, memory) comes back as ``memory_state``, a plain dict of
-tensors; passing it back in continues the sequence exactly. Positions where ``attention_mask`` is 0 leave the
-state untouched.
+The core's output projection starts at zero, so an untrained plugin leaves the base's outputs unchanged. The base
+never trains here (no gradients, dropout off); PEFT can add LoRA to it. Checkpoints are "whole" (base and memory)
+or "adapter" (``save_base_weights=False``: the memory's weights and ``base_model_name_or_path`` only).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, cached_file
 
-from .access import AccessState, MemoryAccess
-from .act import Ponder, ponder_statistics
 from .configuration_dnc_sdapm import DNCSDAPMConfig
-from .controller import Clock, Controller, Interface
+from .controller import Clock
+from .core import MemoryCore, RecurrentState
+from .injection import decoder_layers, layer_index, residual_hook, segment_bounds
 
 
 @dataclass
 class DNCSDAPMModelOutput(ModelOutput):
     """
-    last_hidden_state: (B, T, D) the model's outputs.
+    last_hidden_state: (B, T, D) the model's outputs (with a base: its last hidden states, memory included).
     memory_state: the recurrent state after the last position (dict of tensors; pass it back to continue).
     ponder_cost: (B, T) ponder cost per position (ACT: N + R; PonderNet: KL to the prior; else 0).
     ponder_steps: (B, T) inner read steps per position.
@@ -57,6 +59,7 @@ class DNCSDAPMModelOutput(ModelOutput):
 class DNCSDAPMCausalLMOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    cache: object | None = None
     memory_state: dict[str, torch.Tensor] | None = None
     ponder_cost: torch.Tensor | None = None
     ponder_steps: torch.Tensor | None = None
@@ -64,12 +67,37 @@ class DNCSDAPMCausalLMOutput(ModelOutput):
     clock_resets: torch.Tensor | None = None
 
 
+@dataclass
+class DNCSDAPMSequenceClassifierOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    memory_state: dict[str, torch.Tensor] | None = None
+    ponder: torch.Tensor | None = None
+
+
+class MemoryCache(DynamicCache):
+    """The base's KV cache for the current segment, carrying the memory's state with it.
+
+    Beam search reorders both; a new segment starts a new cache that inherits the memory state.
+    """
+
+    def __init__(self, config, memory_state: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__(config=config)
+        self.memory_state = memory_state
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        if self.memory_state is not None:
+            self.memory_state = {k: v.index_select(0, beam_idx.to(v.device)) for k, v in self.memory_state.items()}
+
+
 class DNCSDAPMPreTrainedModel(PreTrainedModel):
     config_class = DNCSDAPMConfig
     config: DNCSDAPMConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    _no_split_modules = ["DNCSDAPMModel"]
+    _no_split_modules = ["MemoryCore"]
+    base_loader = AutoModel  # how a frozen base of this class is built (from a config or a checkpoint)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Normal linear weights; modules may carry ``init_std``, ``init_weight`` or ``init_bias`` for another start."""
@@ -101,81 +129,184 @@ class DNCSDAPMPreTrainedModel(PreTrainedModel):
             init.copy_(module.rotation, rotation)
             init.copy_(module.origin, origin)
 
+    # -- the frozen base -------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class RecurrentState:
-    """Controller state, last reads and memory access state of a batch."""
+    def frozen_base(self) -> nn.Module | None:
+        """The frozen base model, None when standalone."""
+        return None
 
-    h: torch.Tensor  # (B, H)
-    c: torch.Tensor  # (B, H)
-    reads: torch.Tensor  # (B, R·W)
-    access: AccessState
+    def _attach_base(self, base: nn.Module | None) -> nn.Module | None:
+        """The base for this config: the one given (checked) or one built from ``text_config``; frozen."""
+        if self.config.text_config is None:
+            if base is not None:
+                raise ValueError("a base model was given but the config has no text_config (use from_base)")
+            return None
+        if base is None:  # its weights come from the checkpoint; the base initialises its own buffers
+            base = self.base_loader.from_config(self.config.text_config)
+        else:
+            for module in base.modules():  # a given base keeps its weights through post_init
+                module._is_hf_initialized = True
+        hidden = getattr(base.config, "hidden_size", None)
+        if hidden != self.config.hidden_size:
+            raise ValueError(
+                f"the base model's hidden size {hidden} does not match the memory's hidden_size={self.config.hidden_size}"
+            )
+        base.requires_grad_(False)
+        return base.eval()
 
-    def as_dict(self) -> dict[str, torch.Tensor]:
-        return {"controller.h": self.h, "controller.c": self.c, "reads": self.reads, **self.access.as_dict()}
+    def train(self, mode: bool = True) -> DNCSDAPMPreTrainedModel:
+        super().train(mode)
+        base = self.frozen_base()
+        if base is not None:
+            base.eval()  # frozen: dropout stays off
+        return self
 
-    def where(self, mask: torch.Tensor, other: RecurrentState) -> RecurrentState:
-        pick = lambda a, b: torch.where(mask[:, None], a, b)  # noqa: E731
-        return RecurrentState(
-            pick(self.h, other.h), pick(self.c, other.c), pick(self.reads, other.reads), self.access.where(mask, other.access)
+    @classmethod
+    def from_base(cls, base: PreTrainedModel, **memory_settings) -> DNCSDAPMPreTrainedModel:
+        """The memory plugged into a frozen ``base`` (its config becomes ``text_config``), in eval mode."""
+        if not isinstance(base, PreTrainedModel):
+            raise TypeError(f"from_base needs a transformers PreTrainedModel, got {type(base).__name__}")
+        settings = {
+            "hidden_size": base.config.hidden_size,
+            "text_config": base.config.to_dict(),
+            "base_model_name_or_path": base.name_or_path or None,
+            **memory_settings,
+        }
+        return cls(DNCSDAPMConfig(**settings), base).eval()
+
+    def _base_prefix(self) -> str:
+        base = self.frozen_base()
+        return next(name for name, module in self.named_modules() if module is base) + "."
+
+    def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
+        """Adapter mode (``save_base_weights=False``) leaves the base's weights out."""
+        if self.frozen_base() is not None and not self.config.save_base_weights:
+            if not self.config.base_model_name_or_path:
+                raise ValueError(
+                    "adapter checkpoints name their base: set config.base_model_name_or_path (or save_base_weights=True)"
+                )
+            prefix = self._base_prefix()
+            state_dict = self.state_dict() if state_dict is None else state_dict
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
+        return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, base: nn.Module | None = None, **kwargs):
+        """Whole checkpoints load as usual; adapter checkpoints (or ``base=``) load the memory onto a base."""
+        config = kwargs.pop("config", None)
+        if not hasattr(config, "save_base_weights"):  # not given, or not this model's config
+            config, kwargs = cls.config_class.from_pretrained(
+                pretrained_model_name_or_path, return_unused_kwargs=True, **kwargs
+            )
+        if config.text_config is None or (config.save_base_weights and base is None):
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
+            if model.frozen_base() is not None:
+                model.frozen_base().requires_grad_(False)  # loading materialises fresh parameters
+            return model
+        if base is None:
+            if not config.base_model_name_or_path:
+                raise ValueError(f"{pretrained_model_name_or_path} is an adapter checkpoint that names no base model")
+            base = cls.base_loader.from_pretrained(config.base_model_name_or_path, dtype=kwargs.get("dtype"))
+        model = cls(config, base)
+        weights = cached_file(str(pretrained_model_name_or_path), "model.safetensors")
+        missing, unexpected = model.load_state_dict(load_file(weights), strict=False)
+        prefix = model._base_prefix()
+        unexpected = [k for k in unexpected if not k.startswith(prefix)]
+        missing = [k for k in missing if not k.startswith(prefix)]
+        if missing or unexpected:
+            raise ValueError(
+                f"{Path(str(weights)).name} does not fit this config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        return model.eval()
+
+
+def _check_inputs(
+    input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, width: int, vocab: int
+) -> tuple[int, int]:
+    """(B, T) of exactly one of input_ids (B, T) in [0, vocab) or inputs_embeds (B, T, width), with errors that name
+    the problem."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds")
+    if input_ids is not None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (B, T), got {tuple(input_ids.shape)}")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab):
+            raise ValueError(f"input_ids must lie in [0, vocab_size={vocab})")
+        return tuple(input_ids.shape)
+    if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != width:
+        raise ValueError(f"inputs_embeds must have shape (B, T, {width}), got {tuple(inputs_embeds.shape)}")
+    if not inputs_embeds.is_floating_point():
+        raise TypeError(f"inputs_embeds must be floating point, got {inputs_embeds.dtype}")
+    if not torch.isfinite(inputs_embeds).all():
+        raise ValueError("inputs_embeds contains NaN or inf")
+    return tuple(inputs_embeds.shape[:2])
+
+
+def _mask(attention_mask: torch.Tensor | None, b: int, t: int, device: torch.device) -> torch.Tensor:
+    """(B, T) bool; attention_mask may be longer (generate passes the whole sequence): its last T columns count."""
+    if attention_mask is None:
+        return torch.ones(b, t, dtype=torch.bool, device=device)
+    if attention_mask.dim() != 2 or attention_mask.shape[0] != b or attention_mask.shape[1] < t:
+        raise ValueError(f"attention_mask must have shape ({b}, {t}), got {tuple(attention_mask.shape)}")
+    return attention_mask[:, attention_mask.shape[1] - t :].to(device).bool()
+
+
+class _Trace:
+    """The core's outputs collected over the segments of one forward pass."""
+
+    def __init__(self, core: MemoryCore, state: RecurrentState | None) -> None:
+        self.core, self.state, self.pieces = core, state, []
+
+    def run(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = self.core(x, mask, self.state)
+        self.state = out.state
+        self.pieces.append(out)
+        return out.hidden
+
+    def joined(self, mask: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """The ponder and clock fields over all positions (B, T, ...)."""
+        cat = lambda name: (  # noqa: E731
+            None if getattr(self.pieces[0], name) is None else torch.cat([getattr(p, name) for p in self.pieces], 1)
         )
+        steps = cat("ponder_steps")
+        return {
+            "ponder_cost": cat("ponder_cost"),
+            "ponder_steps": steps,
+            "ponder": self.core.statistics(steps, mask),
+            "ponder_hidden_states": cat("ponder_hidden_states"),
+            "ponder_probs": cat("ponder_probs"),
+            "clock_resets": cat("clock_resets"),
+        }
+
+
+def _start_state(core: MemoryCore, memory_state: dict | None, b: int) -> RecurrentState | None:
+    return None if memory_state is None else core.state_from_dict(memory_state, b)
 
 
 class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
-    """Controller + memory over a sequence of vectors (or tokens, with its own embeddings)."""
+    """Controller + memory over token embeddings (standalone) or over a frozen base's hidden states."""
 
-    def __init__(self, config: DNCSDAPMConfig) -> None:
+    def __init__(self, config: DNCSDAPMConfig, base: nn.Module | None = None) -> None:
         super().__init__(config)
-        self.read_size = 0 if config.memory_type == "none" else config.read_heads * config.word_size
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size) if config.text_config is None else None
-        self.controller = Controller(config, self.read_size)
-        self.interface = Interface(config)
-        self.access = MemoryAccess(config)
-        self.ponder = Ponder(config)
-        self.bypass = nn.Dropout(config.bypass_dropout)
-        self.output = nn.Linear(config.controller_size + self.read_size, config.hidden_size)
+        self.base = self._attach_base(base)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size) if self.base is None else None
+        self.memory = MemoryCore(config)
+        if self.base is not None:
+            num_layers = self.base.config.num_hidden_layers
+            self._layer = layer_index(config.inject_layer, num_layers)
+            self._num_layers = num_layers
         self.post_init()
 
+    def frozen_base(self) -> nn.Module | None:
+        return self.base
+
     def get_input_embeddings(self) -> nn.Module | None:
-        return self.embed_tokens
+        return self.embed_tokens if self.base is None else self.base.get_input_embeddings()
 
     def set_input_embeddings(self, value: nn.Module) -> None:
+        if self.base is not None:
+            raise ValueError("the frozen base's embeddings are not replaced through the memory model")
         self.embed_tokens = value
-
-    def initial_state(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> RecurrentState:
-        zeros = torch.zeros(batch_size, self.config.controller_size, dtype=dtype, device=device)
-        reads = torch.zeros(batch_size, self.read_size, dtype=dtype, device=device)
-        return RecurrentState(zeros, zeros.clone(), reads, self.access.init_state(batch_size, dtype, device))
-
-    def state_from_dict(self, tensors: dict[str, torch.Tensor]) -> RecurrentState:
-        try:
-            return RecurrentState(
-                tensors["controller.h"], tensors["controller.c"], tensors["reads"], self.access.state_from_dict(tensors)
-            )
-        except (KeyError, ValueError) as err:
-            raise ValueError(f"memory_state does not come from a model with this config: {err}") from err
-
-    def _step(
-        self, x: torch.Tensor, state: RecurrentState, mask: torch.Tensor
-    ) -> tuple[RecurrentState, torch.Tensor, object, dict[str, torch.Tensor]]:
-        h, (hh, cc) = self.controller(x, state.reads, (state.h, state.c))
-        if self.access.kind == "none":
-            out = self.output(self.bypass(h))
-            new = RecurrentState(hh, cc, state.reads, state.access)
-            return new.where(mask, state), out, None, {}
-        iface = self.interface(h, x)
-        access = self.access.advance_clock(iface, state.access, mask)
-        words = self.access.first_words(iface, access)
-        step = self.ponder(lambda w, st, active: self.access.read(iface, w, st, active & mask), words, access, h)
-        access = self.access.update(iface, step.state, mask)
-        reads = step.reads.flatten(1)
-        out = self.output(torch.cat([self.bypass(h), reads], dim=-1))
-        if step.step_reads is not None:
-            k = step.step_reads.shape[1]
-            per_step = torch.cat([self.bypass(h)[:, None].expand(-1, k, -1), step.step_reads.flatten(2)], dim=-1)
-            step.step_reads = self.output(per_step)  # (B, K, D): every inner step's output
-        new = RecurrentState(hh, cc, reads, access)
-        return new.where(mask, state), out, step, iface
 
     def forward(
         self,
@@ -185,91 +316,79 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
         memory_state: dict[str, torch.Tensor] | None = None,
         **kwargs,
     ) -> DNCSDAPMModelOutput:
-        x = self._embed(input_ids, inputs_embeds)
-        b, t, _ = x.shape
-        mask = self._mask(attention_mask, b, t, x.device)
-        if memory_state is None:
-            state = self.initial_state(b, x.dtype, x.device)
+        vocab = self.config.vocab_size if self.base is None else self.base.config.vocab_size
+        b, t = _check_inputs(input_ids, inputs_embeds, self.config.hidden_size, vocab)
+        device = self.memory.output.weight.device
+        mask = _mask(attention_mask, b, t, device)
+        trace = _Trace(self.memory, _start_state(self.memory, memory_state, b))
+        if self.base is None:
+            hidden = trace.run(inputs_embeds if input_ids is None else self.embed_tokens(input_ids), mask)
         else:
-            state = self.state_from_dict(memory_state)
-            if state.h.shape[0] != b:
-                raise ValueError(f"memory_state has batch size {state.h.shape[0]}, the input has {b}")
-        outputs, steps, costs, step_outs, step_probs, resets = [], [], [], [], [], []
-        for i in range(t):
-            state, out, step, iface = self._step(x[:, i], state, mask[:, i])
-            outputs.append(out)
-            if "clock_reset" in iface:
-                resets.append(iface["clock_reset"])
-            if step is not None:
-                steps.append(step.steps)
-                costs.append(step.cost)
-                if step.step_probs is not None:
-                    step_outs.append(step.step_reads)
-                    step_probs.append(step.step_probs)
-        zeros = torch.zeros(b, t, dtype=x.dtype, device=x.device)
-        ponder_steps = torch.stack(steps, 1) if steps else zeros + 1
-        cap = self.ponder.max_steps
-        stats = ponder_statistics(ponder_steps.detach(), mask, cap)
-        return DNCSDAPMModelOutput(
-            last_hidden_state=torch.stack(outputs, 1),
-            memory_state=state.as_dict(),
-            ponder_cost=torch.stack(costs, 1) if costs else zeros,
-            ponder_steps=ponder_steps,
-            ponder=torch.tensor(list(stats.values())),
-            ponder_hidden_states=torch.stack(step_outs, 1) if step_outs else None,
-            ponder_probs=torch.stack(step_probs, 1) if step_probs else None,
-            clock_resets=torch.stack(resets, 1) if resets else None,
-        )
+            hidden = self._through_base(trace, input_ids, inputs_embeds, mask)
+        return DNCSDAPMModelOutput(last_hidden_state=hidden, memory_state=trace.state.as_dict(), **trace.joined(mask))
 
-    def _embed(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if inputs_embeds is None:
-            if self.embed_tokens is None:
-                raise ValueError("this model reads a base model's hidden states: pass inputs_embeds (B, T, D)")
-            if input_ids.dim() != 2:
-                raise ValueError(f"input_ids must have shape (B, T), got {tuple(input_ids.shape)}")
-            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
-                raise ValueError(f"input_ids must lie in [0, vocab_size={self.config.vocab_size})")
-            return self.embed_tokens(input_ids)
-        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
-            raise ValueError(
-                f"inputs_embeds must have shape (B, T, {self.config.hidden_size}), got {tuple(inputs_embeds.shape)}"
-            )
-        if not inputs_embeds.is_floating_point():
-            raise TypeError(f"inputs_embeds must be floating point, got {inputs_embeds.dtype}")
-        if not torch.isfinite(inputs_embeds).all():
-            raise ValueError("inputs_embeds contains NaN or inf")
-        return inputs_embeds
+    def _through_base(self, trace: _Trace, input_ids, inputs_embeds, mask: torch.Tensor) -> torch.Tensor:
+        """Each segment through the base on its own; the memory carries across segments."""
+        layers = decoder_layers(self.base, self._num_layers)
+        segment = _segment_length(self.config, self.base.config)
+        hidden = []
+        for start, end in segment_bounds(0, mask.shape[1], segment):
+            piece_mask = mask[:, start:end]
+            with residual_hook(layers[self._layer], lambda h: trace.run(h, piece_mask)):
+                out = self.base(
+                    input_ids=None if input_ids is None else input_ids[:, start:end],
+                    inputs_embeds=None if inputs_embeds is None else inputs_embeds[:, start:end],
+                    attention_mask=piece_mask.long(),
+                )
+            hidden.append(out.last_hidden_state)
+        return torch.cat(hidden, 1)
 
-    @staticmethod
-    def _mask(attention_mask: torch.Tensor | None, b: int, t: int, device: torch.device) -> torch.Tensor:
-        if attention_mask is None:
-            return torch.ones(b, t, dtype=torch.bool, device=device)
-        if tuple(attention_mask.shape) != (b, t):
-            raise ValueError(f"attention_mask must have shape ({b}, {t}), got {tuple(attention_mask.shape)}")
-        return attention_mask.to(device).bool()
+
+def _segment_length(config: DNCSDAPMConfig, base_config) -> int:
+    window = getattr(base_config, "max_position_embeddings", None)
+    segment = config.segment_length or window
+    if segment is None:
+        raise ValueError("the base model states no max_position_embeddings: set segment_length")
+    if window is not None and segment > window:
+        raise ValueError(f"segment_length={segment} exceeds the base's max_position_embeddings={window}")
+    return segment
 
 
 class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
-    """Next-token prediction; standalone it is a token model with its own embeddings.
+    """Next-token prediction: a standalone token model, or a frozen causal LM with the memory injected.
 
     loss = cross-entropy over shifted labels (−100 ignored) + ``ponder_cost`` × mean ponder cost
     (PonderNet: the expected cross-entropy over halting steps + ``ponder_cost`` × KL to the prior)
     + ``clock_reset_cost`` × mean clock reset over the real tokens.
     """
 
-    def __init__(self, config: DNCSDAPMConfig) -> None:
+    base_loader = AutoModelForCausalLM
+
+    def __init__(self, config: DNCSDAPMConfig, base: nn.Module | None = None) -> None:
         super().__init__(config)
-        self.model = DNCSDAPMModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.base_lm = self._attach_base(base)
+        if self.base_lm is None:
+            self.model = DNCSDAPMModel(config)
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        else:
+            if config.act_mode == "pondernet":
+                raise ValueError("act_mode='pondernet' needs the standalone model (its loss reads every inner step)")
+            if self.base_lm.get_output_embeddings() is None:
+                raise ValueError(f"{type(self.base_lm).__name__} has no LM head: DNCSDAPMForCausalLM needs a causal LM")
+            self.memory = MemoryCore(config)
+            self._num_layers = self.base_lm.config.num_hidden_layers
+            self._layer = layer_index(config.inject_layer, self._num_layers)
+            decoder_layers(self.base_lm, self._num_layers)  # fails early for an architecture it cannot inject into
         self.post_init()
 
+    def frozen_base(self) -> nn.Module | None:
+        return self.base_lm
+
     def get_input_embeddings(self) -> nn.Module | None:
-        return self.model.embed_tokens
+        return self.model.embed_tokens if self.base_lm is None else self.base_lm.get_input_embeddings()
 
     def get_output_embeddings(self) -> nn.Module:
-        return self.lm_head
+        return self.lm_head if self.base_lm is None else self.base_lm.get_output_embeddings()
 
     def forward(
         self,
@@ -278,37 +397,83 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         memory_state: dict[str, torch.Tensor] | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        cache: DynamicCache | None = None,
+        use_cache: bool | None = None,
         **kwargs,
     ) -> DNCSDAPMCausalLMOutput:
-        out = self.model(
-            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, memory_state=memory_state
-        )
-        logits = self.lm_head(out.last_hidden_state)
-        loss = None
-        if labels is not None:
-            loss = self._loss(out, logits, labels, attention_mask)
+        if self.base_lm is None:
+            out = self.model(
+                input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, memory_state=memory_state
+            )
+            logits, fields, new_cache = self.lm_head(out.last_hidden_state), out, None
+            mask = _mask(attention_mask, *logits.shape[:2], logits.device)
+        else:
+            b, t = _check_inputs(input_ids, inputs_embeds, self.config.hidden_size, self.base_lm.config.vocab_size)
+            logits, trace, new_cache, mask = self._through_base(
+                input_ids, inputs_embeds, attention_mask, memory_state, cache, bool(use_cache), b, t
+            )
+            fields = DNCSDAPMModelOutput(memory_state=trace.state.as_dict(), **trace.joined(mask))
+        loss = None if labels is None else self._loss(fields, logits, labels, mask)
         return DNCSDAPMCausalLMOutput(
             loss=loss,
             logits=logits,
-            memory_state=out.memory_state,
-            ponder_cost=out.ponder_cost,
-            ponder_steps=out.ponder_steps,
-            ponder=out.ponder,
-            clock_resets=out.clock_resets,
+            cache=new_cache,
+            memory_state=fields.memory_state,
+            ponder_cost=fields.ponder_cost,
+            ponder_steps=fields.ponder_steps,
+            ponder=fields.ponder,
+            clock_resets=fields.clock_resets,
         )
 
+    def _through_base(self, input_ids, inputs_embeds, attention_mask, memory_state, cache, use_cache, b, t):
+        """Segments through the frozen LM; with a cache, the current segment continues in it.
+
+        Positions restart at every segment and skip padding (cumulative sum of the mask), so cached, uncached and
+        left-padded runs see the same positions.
+        """
+        filled = cache.get_seq_length() if cache is not None else 0
+        full_mask = _mask(attention_mask, b, filled + t, self.memory.output.weight.device).long()
+        if isinstance(cache, MemoryCache) and cache.memory_state is not None:
+            memory_state = cache.memory_state
+        trace = _Trace(self.memory, _start_state(self.memory, memory_state, b))
+        segment = _segment_length(self.config, self.base_lm.config)
+        layers = decoder_layers(self.base_lm, self._num_layers)
+        logits, current = [], None
+        for i, (start, end) in enumerate(segment_bounds(0, t, segment, filled)):
+            continues = i == 0 and 0 < filled < segment
+            first = 0 if continues else filled + start  # the segment's first column in full_mask
+            seg_mask = full_mask[:, first : filled + end]
+            positions = (seg_mask.cumsum(-1) - 1).clamp_min(0)[:, -(end - start) :]
+            if use_cache:
+                current = cache if continues else MemoryCache(self.base_lm.config)
+            piece_mask = full_mask[:, filled + start : filled + end].bool()
+            with residual_hook(layers[self._layer], lambda h: trace.run(h, piece_mask)):
+                out = self.base_lm(
+                    input_ids=None if input_ids is None else input_ids[:, start:end],
+                    inputs_embeds=None if inputs_embeds is None else inputs_embeds[:, start:end],
+                    attention_mask=seg_mask,
+                    position_ids=positions,
+                    cache=current,
+                    use_cache=use_cache,
+                )
+            logits.append(out.logits)
+        if current is not None:
+            current.memory_state = trace.state.as_dict()
+        return torch.cat(logits, 1), trace, current, full_mask[:, filled:].bool()
+
     def _loss(
-        self, out: DNCSDAPMModelOutput, logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None
+        self, out: DNCSDAPMModelOutput, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         if labels.shape != logits.shape[:2]:
             raise ValueError(f"labels must have shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+        vocab = logits.shape[-1]
         target = labels[:, 1:]
         counted = target != -100
-        if counted.any() and (target[counted].min() < 0 or target[counted].max() >= self.config.vocab_size):
-            raise ValueError(f"labels must lie in [0, vocab_size={self.config.vocab_size}) or be -100")
+        if counted.any() and (target[counted].min() < 0 or target[counted].max() >= vocab):
+            raise ValueError(f"labels must lie in [0, vocab_size={vocab}) or be -100")
         denominator = counted.sum().clamp_min(1)
         if out.ponder_probs is None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), target.flatten(), ignore_index=-100)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=-100)
         else:
             step_logits = self.lm_head(out.ponder_hidden_states[:, :-1])  # (B, T-1, K, V)
             k = step_logits.shape[2]
@@ -321,7 +486,51 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
         ponder = (out.ponder_cost[:, :-1] * counted).sum() / denominator
         loss = loss + self.config.ponder_cost * ponder
         if out.clock_resets is not None and self.config.clock_reset_cost > 0:
-            real = torch.ones_like(out.clock_resets) if attention_mask is None else attention_mask.to(logits.dtype)
+            real = mask.to(logits.dtype)
             resets = (out.clock_resets * real).sum() / real.sum().clamp_min(1)
             loss = loss + self.config.clock_reset_cost * resets
         return loss
+
+
+class DNCSDAPMForSequenceClassification(DNCSDAPMPreTrainedModel):
+    """A frozen encoder (or decoder) plus memory plus a linear head on the last real position.
+
+    loss: cross-entropy for ``num_labels > 1`` (integer labels), mean squared error for ``num_labels == 1``.
+    """
+
+    def __init__(self, config: DNCSDAPMConfig, base: nn.Module | None = None) -> None:
+        super().__init__(config)
+        self.model = DNCSDAPMModel(config, base)
+        self.score = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def frozen_base(self) -> nn.Module | None:
+        return self.model.base
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        memory_state: dict[str, torch.Tensor] | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> DNCSDAPMSequenceClassifierOutput:
+        out = self.model(
+            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, memory_state=memory_state
+        )
+        hidden = out.last_hidden_state
+        mask = _mask(attention_mask, *hidden.shape[:2], hidden.device).long()
+        last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)  # last real position
+        logits = self.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+        loss = None
+        if labels is not None:
+            if labels.shape[0] != logits.shape[0]:
+                raise ValueError(f"labels must have batch size {logits.shape[0]}, got {tuple(labels.shape)}")
+            if self.config.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+            else:
+                if labels.min() < 0 or labels.max() >= self.config.num_labels:
+                    raise ValueError(f"labels must lie in [0, num_labels={self.config.num_labels})")
+                loss = F.cross_entropy(logits, labels)
+        return DNCSDAPMSequenceClassifierOutput(loss=loss, logits=logits, memory_state=out.memory_state, ponder=out.ponder)

@@ -1,0 +1,187 @@
+"""The memory plugged into frozen causal LMs: unchanged logits at start, segments, generate, checkpoints."""
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    MistralConfig,
+    PhiConfig,
+    Qwen2Config,
+)
+
+from sdapm_hf import DNCSDAPMForCausalLM
+
+COMMON = dict(vocab_size=64, max_position_embeddings=32, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, **COMMON)
+BASES = {
+    "llama": lambda: LlamaConfig(num_key_value_heads=2, **DECODER),
+    "qwen2": lambda: Qwen2Config(num_key_value_heads=2, **DECODER),
+    "mistral": lambda: MistralConfig(num_key_value_heads=2, **DECODER),
+    "gpt2": lambda: GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=32, **{**COMMON, "max_position_embeddings": 32}),
+    "gpt_neox": lambda: GPTNeoXConfig(**DECODER),
+    "phi": lambda: PhiConfig(**DECODER),
+}
+MEMORY = dict(memory_slots=4, word_size=8, controller_size=16)
+
+
+def tiny_base(arch: str = "llama", seed: int = 0):
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(BASES[arch]()).eval()
+
+
+def plugged(arch: str = "llama", open_memory: bool = True, **settings) -> DNCSDAPMForCausalLM:
+    """A plugin whose memory already changes the outputs (its zero-initialised projection set at random)."""
+    model = DNCSDAPMForCausalLM.from_base(tiny_base(arch), **{**MEMORY, **settings})
+    if open_memory:
+        torch.manual_seed(1)
+        torch.nn.init.normal_(model.memory.output.weight, std=0.5)
+    return model
+
+
+def ids(batch=2, length=12, seed=0):
+    return torch.randint(3, 64, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("arch", sorted(BASES))
+def test_untrained_plugin_keeps_the_base_and_trains_only_the_memory(arch):
+    base = tiny_base(arch)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    x = ids()
+    with torch.no_grad():
+        reference = base(x).logits
+    model = DNCSDAPMForCausalLM.from_base(base, **MEMORY)
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # weights untouched
+    out = model(input_ids=x, labels=x)
+    assert (out.logits - reference).abs().max() <= 1e-6
+    model.train()
+    assert not base.training  # frozen: dropout stays off
+    out.loss.backward()
+    assert all(p.grad is None for p in base.parameters())
+    assert model.memory.output.weight.grad.abs().sum() > 0
+    generated = model.generate(x[:, :5], max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert generated.shape == (2, 9)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
+def test_cached_generation_equals_uncached_across_segments(arch):
+    model = plugged(arch, segment_length=6)  # the prompt and the new tokens cross three segment boundaries
+    prompt = ids(length=8)
+    cached = model.generate(prompt, max_new_tokens=9, do_sample=False, use_cache=True)
+    uncached = model.generate(prompt, max_new_tokens=9, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    with torch.no_grad():  # and the last step's memory equals one pass over the whole text
+        whole = model(input_ids=cached[:, :-1])
+        step = model(input_ids=cached[:, :16], use_cache=True)
+        for i in range(16, cached.shape[1] - 1):
+            step = model(input_ids=cached[:, i : i + 1], cache=step.cache, use_cache=True)
+    assert (step.logits[:, -1] - whole.logits[:, -1]).abs().max() <= 1e-4
+
+
+def test_beam_search_reorders_the_memory_with_the_beams():
+    model = plugged(segment_length=8)
+    prompt = ids(length=5)
+    settings = dict(max_new_tokens=6, num_beams=3, do_sample=False, early_stopping=True)
+    assert torch.equal(model.generate(prompt, use_cache=True, **settings), model.generate(prompt, use_cache=False, **settings))
+
+
+def test_left_padding_never_writes_into_memory():
+    model = plugged(segment_length=16)
+    alone = ids(batch=1, length=5)
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), alone], 1)
+    batch = torch.cat([padded, ids(batch=1, length=8, seed=5)])
+    mask = torch.ones_like(batch)
+    mask[0, :3] = 0
+    with torch.no_grad():
+        single = model(input_ids=alone)
+        both = model(input_ids=batch, attention_mask=mask)
+    for name, tensor in single.memory_state.items():
+        assert torch.allclose(both.memory_state[name][:1], tensor, rtol=1e-4, atol=1e-5), name
+    assert (both.logits[0, 3:] - single.logits[0]).abs().max() <= 1e-4
+    gen_alone = model.generate(alone, max_new_tokens=5, do_sample=False)
+    gen_batch = model.generate(batch, attention_mask=mask, max_new_tokens=5, do_sample=False)
+    assert torch.equal(gen_batch[0, 3:], gen_alone[0])
+
+
+def test_long_inputs_run_in_segments_and_the_memory_carries_across_them():
+    model = plugged(segment_length=8)
+    x = ids(length=24)  # three segments of the base's own window
+    changed = x.clone()
+    changed[:, 2] = 3  # a token of the first segment
+    with torch.no_grad():
+        out, out_changed = model(input_ids=x, labels=x), model(input_ids=changed)
+        model.memory.output.weight.zero_()  # memory closed: segments are independent for the base
+        closed, closed_changed = model(input_ids=x), model(input_ids=changed)
+    assert out.logits.shape == (2, 24, 64) and torch.isfinite(out.loss)
+    assert (out.logits[:, 16:] - out_changed.logits[:, 16:]).abs().max() > 1e-3  # the third segment remembers
+    assert torch.equal(closed.logits[:, 16:], closed_changed.logits[:, 16:])
+    base = model.base_lm
+    with torch.no_grad():
+        assert (closed.logits[:, 16:] - base(x[:, 16:]).logits).abs().max() <= 1e-5
+
+
+def test_segment_longer_than_the_base_window_is_refused():
+    with pytest.raises(ValueError, match="segment_length=64 exceeds the base's max_position_embeddings=32"):
+        plugged(segment_length=64)(input_ids=ids())
+
+
+@pytest.mark.parametrize("mode", ["whole", "adapter"])
+def test_checkpoints_load_in_process_and_as_remote_code(tmp_path, clean_python, mode):
+    base = tiny_base()
+    base.save_pretrained(tmp_path / "base")
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    model = DNCSDAPMForCausalLM.from_base(base, save_base_weights=mode == "whole", **MEMORY)
+    torch.nn.init.normal_(model.memory.output.weight, std=0.5)
+    x = ids()
+    with torch.no_grad():
+        expected = model(input_ids=x).logits
+    model.save_pretrained(tmp_path / mode)
+    size = (tmp_path / mode / "model.safetensors").stat().st_size
+    base_size = (tmp_path / "base" / "model.safetensors").stat().st_size
+    assert (size < base_size) == (mode == "adapter"), (size, base_size)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / mode)
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=x).logits, expected)
+    assert not any(p.requires_grad for p in again.base_lm.parameters())
+    torch.save({"ids": x, "logits": expected}, tmp_path / "expected.pt")
+    out = clean_python(
+        f"""
+        import torch
+        from transformers import AutoModelForCausalLM
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        model = AutoModelForCausalLM.from_pretrained({str(tmp_path / mode)!r}, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        with torch.no_grad():
+            diff = (model(input_ids=expected["ids"]).logits - expected["logits"]).abs().max().item()
+        assert diff == 0.0, diff
+        print("remote-ok")
+        """
+    )
+    assert "remote-ok" in out
+
+
+def test_adapter_on_a_base_of_another_hidden_size_fails_clearly(tmp_path):
+    model = plugged(base_model_name_or_path="some/base", save_base_weights=False)
+    model.save_pretrained(tmp_path)
+    wider = AutoModelForCausalLM.from_config(LlamaConfig(**{**DECODER, "hidden_size": 48, "num_key_value_heads": 2}))
+    with pytest.raises(ValueError, match="base model's hidden size 48 does not match the memory's hidden_size=32"):
+        DNCSDAPMForCausalLM.from_pretrained(tmp_path, base=wider)
+
+
+def test_adapter_checkpoint_without_a_base_name_is_refused(tmp_path):
+    model = plugged(save_base_weights=False)  # a base built from a config has no name or path
+    with pytest.raises(ValueError, match="base_model_name_or_path"):
+        model.save_pretrained(tmp_path)
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_a_base_without_decoder_layers_is_refused():
+    class Flat(torch.nn.Module):
+        pass
+
+    base = tiny_base()
+    base.model.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.ReLU()])  # no block stack any more
+    with pytest.raises(ValueError, match="cannot inject the memory into LlamaForCausalLM"):
+        DNCSDAPMForCausalLM.from_base(base, **MEMORY)
