@@ -18,26 +18,29 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .modeling_dnc_sdapm import DNCSDAPMForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from .core import MemoryCore
     from .tasks import build_task
-    from .training import evaluate_model, load_experiment
+    from .training import ExperimentArguments, evaluate_model
 
     run = Path(args.run)
-    experiment = load_experiment(run / "experiment.yaml") if (run / "experiment.yaml").exists() else None
-    if experiment is None:
-        from .training import ExperimentArguments
-
-        experiment = ExperimentArguments(**json.loads((run / "experiment.json").read_text()))
+    experiment = ExperimentArguments(**json.loads((run / "experiment.json").read_text()))
     torch.set_num_threads(experiment.num_threads)
     overrides = dict(_assignment(item) for item in args.set)
-    model = DNCSDAPMForCausalLM.from_pretrained(run / "model", **overrides)
+    loader = AutoModelForCausalLM if experiment.head == "causal_lm" else AutoModelForSequenceClassification
+    model = loader.from_pretrained(run / "model", **overrides)
     dataset = build_task(experiment.task, seed=experiment.seed, **experiment.task_args)
+    core = next(module for module in model.modules() if isinstance(module, MemoryCore))
     hook = None
-    if args.zero_memory:
-        read_size = model.model.memory.read_size
-        hook = model.model.memory.output.register_forward_pre_hook(
-            lambda module, inputs: (torch.cat([inputs[0][..., :-read_size], inputs[0][..., -read_size:] * 0], -1),)
+    if args.zero_memory:  # the reads that enter the output are zeroed; the controller path stays
+        hook = core.output.register_forward_pre_hook(
+            lambda module, inputs: (torch.cat([inputs[0][..., : -core.read_size], inputs[0][..., -core.read_size :] * 0], -1),)
         )
+    if args.base_alone:
+        if model.frozen_base() is None:
+            raise ValueError(f"{run} has no frozen base: --base-alone compares a plugged model with its base")
+        hook = core.output.register_forward_hook(lambda module, inputs, output: output * 0)
     results = {split: evaluate_model(model, dataset[split]) for split in args.splits}
     if hook is not None:
         hook.remove()
@@ -73,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     evaluate = commands.add_parser("evaluate", help="evaluate a run folder")
     evaluate.add_argument("run")
     evaluate.add_argument("--splits", nargs="+", default=["test"])
-    evaluate.add_argument("--zero-memory", action="store_true", help="zero the memory's reads (ablation)")
+    ablation = evaluate.add_mutually_exclusive_group()
+    ablation.add_argument("--zero-memory", action="store_true", help="zero the memory's reads (ablation)")
+    ablation.add_argument("--base-alone", action="store_true", help="a plugged model without its memory's output")
     evaluate.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                           help="config fields changed for evaluation, e.g. top_k=1")
     evaluate.set_defaults(command_fn=_evaluate)

@@ -245,6 +245,16 @@ def test_mqar_matches_the_zoology_layout_in_the_docstring():
     assert all(ids[t - 1] in ids[0:4:2] and (t - 1 - 4) % 2 == 0 for t, _ in span)
 
 
+def test_mqar_queries_after_keeps_a_long_gap_free_of_queries():
+    d, gap = 4, 40
+    data = build("mqar", vocab_size=128, seq_len=64, num_kv_pairs=d, queries_after=gap, train_size=50)
+    for row in data["train"]:
+        span = answer_span(row)
+        assert len(span) == d and min(t - 1 for t, _ in span) >= 2 * d + gap
+        table = latest_values(row["input_ids"][: 2 * d])
+        assert all(label == table[row["input_ids"][t - 1]] for t, label in span)
+
+
 def test_forgetting_mqar_targets_the_latest_value():
     d, u = 4, 2
     data = build("forgetting_mqar", num_updates=u, train_size=80)
@@ -385,6 +395,7 @@ def test_pad_collate_in_a_dataloader():
         ("mqar", {"seq_len": 63}, "seq_len"),
         ("mqar", {"vocab_size": 64}, "vocab_size"),
         ("mqar", {"num_kv_pairs": 20}, "seq_len"),
+        ("mqar", {"queries_after": 60}, "context, queries_after and queries need 76 tokens"),
         ("mqar", {"vocab_size": 300, "seq_len": 256, "num_kv_pairs": 150}, "num_kv_pairs"),
         ("forgetting_mqar", {"num_updates": 5}, "num_updates"),
         ("passkey", {"depth": 1.5}, "depth"),

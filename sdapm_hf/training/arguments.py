@@ -17,6 +17,13 @@ class ExperimentArguments:
     task: str = field(default="copy", metadata={"help": "task name in sdapm_hf.tasks.TASKS"})
     task_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "keyword arguments of the task"})
     model: dict[str, Any] = field(default_factory=dict, metadata={"help": "DNCSDAPMConfig fields"})
+    base_model: str | None = field(
+        default=None, metadata={"help": "name or path of a frozen pretrained base to plug the memory into"}
+    )
+    base_config: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "config (with model_type) of a frozen random base, seeded by seed"}
+    )
+    head: str = field(default="causal_lm", metadata={"help": "causal_lm or sequence_classification (label column)"})
     output_dir: str = field(default="runs/experiment", metadata={"help": "run folder"})
     seed: int = 0
     max_steps: int = 1000
@@ -48,6 +55,12 @@ class ExperimentArguments:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if self.head not in ("causal_lm", "sequence_classification"):
+            raise ValueError(f"head must be 'causal_lm' or 'sequence_classification', got {self.head!r}")
+        if self.base_model and self.base_config:
+            raise ValueError("give base_model (pretrained) or base_config (random), not both")
+        if self.head == "sequence_classification" and not (self.base_model or self.base_config):
+            raise ValueError("head 'sequence_classification' needs a frozen base (base_model or base_config)")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 

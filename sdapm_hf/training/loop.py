@@ -23,13 +23,15 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel
+
 from ..configuration_dnc_sdapm import DNCSDAPMConfig
-from ..modeling_dnc_sdapm import DNCSDAPMForCausalLM
+from ..modeling_dnc_sdapm import DNCSDAPMForCausalLM, DNCSDAPMForSequenceClassification
 from ..tasks import build_task, pad_collate
 from .arguments import ExperimentArguments
 from .data import LengthBucketBatchSampler
 
-COLUMNS = ["input_ids", "labels", "attention_mask"]
+COLUMNS = ["input_ids", "labels", "label", "attention_mask"]
 
 
 def vocab_size_of(dataset) -> int:
@@ -42,14 +44,16 @@ def batches(split, batch_size: int, seed: int = 0, shuffle: bool = False) -> Dat
     never draws from the global RNG (dropout's): evaluating or resuming leaves the training stream unchanged."""
     sampler = LengthBucketBatchSampler(split["length"], batch_size, seed=seed, shuffle=shuffle)
     return DataLoader(
-        split.select_columns(COLUMNS), batch_sampler=sampler, collate_fn=partial(pad_collate),
+        split.select_columns([c for c in COLUMNS if c in split.column_names]), batch_sampler=sampler,
+        collate_fn=partial(pad_collate),
         generator=torch.Generator().manual_seed(seed),
     )
 
 
 @torch.no_grad()
-def evaluate_model(model: DNCSDAPMForCausalLM, split, batch_size: int = 64) -> dict[str, float]:
-    """Token accuracy, sequence exact match and loss over the labelled positions of a split."""
+def evaluate_model(model: PreTrainedModel, split, batch_size: int = 64) -> dict[str, float]:
+    """Over the labelled positions of a split: token accuracy, sequence exact match and loss (a causal LM), or
+    accuracy and loss (a sequence classifier: one label per row)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -58,20 +62,21 @@ def evaluate_model(model: DNCSDAPMForCausalLM, split, batch_size: int = 64) -> d
     for batch in batches(split, batch_size):
         batch = {k: v.to(device) for k, v in batch.items()}
         out = model(**batch)
-        target = batch["labels"][:, 1:]
-        counted = target != -100
-        hits = (out.logits[:, :-1].argmax(-1) == target) & counted
+        if out.logits.dim() == 2:  # one label per sequence
+            hits = (out.logits.argmax(-1) == batch["labels"])[:, None]
+            counted = torch.ones_like(hits)
+        else:
+            target = batch["labels"][:, 1:]
+            counted = target != -100
+            hits = (out.logits[:, :-1].argmax(-1) == target) & counted
         correct += hits.sum().item()
         total += counted.sum().item()
         exact += (hits.sum(-1) == counted.sum(-1)).sum().item()
-        sequences += target.shape[0]
+        sequences += hits.shape[0]
         loss_sum += out.loss.item() * counted.sum().item()
     model.train(was_training)
-    return {
-        "token_accuracy": correct / max(total, 1),
-        "sequence_accuracy": exact / max(sequences, 1),
-        "loss": loss_sum / max(total, 1),
-    }
+    name = "token_accuracy" if total > sequences else "accuracy"
+    return {name: correct / max(total, 1), "sequence_accuracy": exact / max(sequences, 1), "loss": loss_sum / max(total, 1)}
 
 
 def memory_norms(memory_state: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -84,9 +89,23 @@ def memory_norms(memory_state: dict[str, torch.Tensor]) -> dict[str, float]:
     return out
 
 
-def build_model(args: ExperimentArguments, dataset) -> DNCSDAPMForCausalLM:
-    settings = {"vocab_size": vocab_size_of(dataset), **args.model}
-    return DNCSDAPMForCausalLM(DNCSDAPMConfig(**settings))
+def build_model(args: ExperimentArguments, dataset) -> PreTrainedModel:
+    """A standalone token model, or the memory plugged into the frozen base the experiment names."""
+    if not (args.base_model or args.base_config):
+        return DNCSDAPMForCausalLM(DNCSDAPMConfig(**{"vocab_size": vocab_size_of(dataset), **args.model}))
+    causal = args.head == "causal_lm"
+    loader = AutoModelForCausalLM if causal else AutoModel
+    if args.base_model:
+        base = loader.from_pretrained(args.base_model)
+    else:
+        config = dict(args.base_config)
+        if "model_type" not in config:
+            raise ValueError("base_config needs a model_type (e.g. llama)")
+        base = loader.from_config(AutoConfig.for_model(config.pop("model_type"), **config))  # seeded by set_seed
+    if causal:
+        return DNCSDAPMForCausalLM.from_base(base, **args.model)
+    num_labels = dataset["train"].features["label"].num_classes
+    return DNCSDAPMForSequenceClassification.from_base(base, num_labels=num_labels, **args.model)
 
 
 def _schedule(args: ExperimentArguments):
@@ -134,14 +153,20 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
         project_dir=str(output_dir),
     )
     loader = batches(dataset["train"], args.batch_size, seed=args.seed, shuffle=True)
-    sampler = loader.batch_sampler
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(args))
+    base = model.frozen_base()
+    if base is not None:  # checkpoints hold what trains; the frozen base comes from the experiment again
+        prefix = model._base_prefix()
+        accelerator.register_save_state_pre_hook(
+            lambda models, weights, folder: [w.pop(k) for w in weights for k in list(w) if k.startswith(prefix)]
+        )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     step = 0
     if args.resume and (found := _checkpoints(output_dir)):
-        accelerator.load_state(str(found[-1]))
+        accelerator.load_state(str(found[-1]), strict=base is None)
         step = int((found[-1] / "done").read_text())
     elif accelerator.is_main_process:
         shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
@@ -158,7 +183,7 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
     model.train()
     while not _should_stop(args, step, started):
         epoch, offset = divmod(micro, micro_per_epoch)
-        sampler.set_epoch(epoch)
+        loader.set_epoch(epoch)  # the prepared loader's epoch counter and our sampler's order move together
         epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
         for batch in epoch_loader:
             micro += 1
@@ -167,7 +192,7 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
                 accelerator.backward(out.loss)
                 grad_norm = None
                 if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    grad_norm = accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
