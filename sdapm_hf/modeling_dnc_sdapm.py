@@ -76,12 +76,13 @@ class DNCSDAPMSequenceClassifierOutput(ModelOutput):
 
 
 class MemoryCache(DynamicCache):
-    """The base's KV cache for the current segment, carrying the memory's state with it.
+    """The base's KV cache for the current segment, carrying the memory's state with it (standalone: no layers,
+    only the state).
 
     Beam search reorders both; a new segment starts a new cache that inherits the memory state.
     """
 
-    def __init__(self, config, memory_state: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, config=None, memory_state: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__(config=config)
         self.memory_state = memory_state
 
@@ -401,11 +402,16 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         **kwargs,
     ) -> DNCSDAPMCausalLMOutput:
-        if self.base_lm is None:
+        if self.base_lm is None:  # the recurrent state is the whole cache
+            if isinstance(cache, MemoryCache) and cache.memory_state is not None:
+                memory_state = cache.memory_state
             out = self.model(
                 input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, memory_state=memory_state
             )
-            logits, fields, new_cache = self.lm_head(out.last_hidden_state), out, None
+            logits, fields = self.lm_head(out.last_hidden_state), out
+            new_cache = (cache if isinstance(cache, MemoryCache) else MemoryCache(None)) if use_cache else None
+            if new_cache is not None:
+                new_cache.memory_state = out.memory_state
             mask = _mask(attention_mask, *logits.shape[:2], logits.device)
         else:
             b, t = _check_inputs(input_ids, inputs_embeds, self.config.hidden_size, self.base_lm.config.vocab_size)
@@ -424,6 +430,13 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
             ponder=fields.ponder,
             clock_resets=fields.clock_resets,
         )
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """Standalone, the cache is the recurrent state alone (no layers); with a base, the base's KV cache."""
+        if self.base_lm is None and generation_config.use_cache is not False and model_kwargs.get("cache") is None:
+            model_kwargs["cache"] = MemoryCache(None)
+            return
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
     def _through_base(self, input_ids, inputs_embeds, attention_mask, memory_state, cache, use_cache, b, t):
         """Segments through the frozen LM; with a cache, the current segment continues in it.

@@ -12,7 +12,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from sdapm_hf import DNCSDAPMForCausalLM
+from sdapm_hf import DNCSDAPMConfig, DNCSDAPMForCausalLM
 
 COMMON = dict(vocab_size=64, max_position_embeddings=32, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, **COMMON)
@@ -185,3 +185,27 @@ def test_a_base_without_decoder_layers_is_refused():
     base.model.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.ReLU()])  # no block stack any more
     with pytest.raises(ValueError, match="cannot inject the memory into LlamaForCausalLM"):
         DNCSDAPMForCausalLM.from_base(base, **MEMORY)
+
+
+def test_the_config_route_equals_from_base():
+    base = tiny_base()
+    via_base = DNCSDAPMForCausalLM.from_base(base, **MEMORY)
+    config = DNCSDAPMConfig(hidden_size=32, text_config=base.config.to_dict(), **MEMORY)
+    via_config = DNCSDAPMForCausalLM(config, base).eval()
+    assert via_config.config.text_config.model_type == "llama"
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(via_base(input_ids=x).logits, via_config(input_ids=x).logits)
+    with pytest.raises(Exception, match="hidden_size=48 does not match the base model's hidden size 32"):
+        DNCSDAPMConfig(hidden_size=48, text_config=base.config.to_dict(), **MEMORY)
+
+
+def test_standalone_generation_carries_the_recurrent_state():
+    torch.manual_seed(0)
+    model = DNCSDAPMForCausalLM(DNCSDAPMConfig(vocab_size=12, hidden_size=16, **MEMORY)).eval()
+    prompt = torch.randint(1, 12, (2, 6), generator=torch.Generator().manual_seed(0))
+    for beams in (1, 3):
+        settings = dict(max_new_tokens=8, min_new_tokens=8, num_beams=beams, do_sample=False)
+        cached = model.generate(prompt, use_cache=True, **settings)
+        assert torch.equal(cached, model.generate(prompt, use_cache=False, **settings))
+        assert cached.shape == (2, 14)
