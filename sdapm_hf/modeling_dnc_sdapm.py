@@ -315,8 +315,13 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         memory_state: dict[str, torch.Tensor] | None = None,
+        base_hidden_states: torch.Tensor | None = None,
         **kwargs,
     ) -> DNCSDAPMModelOutput:
+        """``base_hidden_states`` (B, T, D): the base's output at the top layer, computed once (``base_states``),
+        instead of running the frozen base again (only where the memory sits on the top layer)."""
+        if base_hidden_states is not None:
+            return self._over_base_states(base_hidden_states, attention_mask, memory_state)
         vocab = self.config.vocab_size if self.base is None else self.base.config.vocab_size
         b, t = _check_inputs(input_ids, inputs_embeds, self.config.hidden_size, vocab)
         device = self.memory.output.weight.device
@@ -325,17 +330,41 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
         if self.base is None:
             hidden = trace.run(inputs_embeds if input_ids is None else self.embed_tokens(input_ids), mask)
         else:
-            hidden = self._through_base(trace, input_ids, inputs_embeds, mask)
+            hidden = self._through_base(input_ids, inputs_embeds, mask, lambda h, piece: trace.run(h, piece))
         return DNCSDAPMModelOutput(last_hidden_state=hidden, memory_state=trace.state.as_dict(), **trace.joined(mask))
 
-    def _through_base(self, trace: _Trace, input_ids, inputs_embeds, mask: torch.Tensor) -> torch.Tensor:
-        """Each segment through the base on its own; the memory carries across segments."""
+    @torch.no_grad()
+    def base_states(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) the frozen base's hidden states at the injection layer, segment by segment, without the memory:
+        what ``base_hidden_states`` takes, so that training computes the base once per example."""
+        if self.base is None:
+            raise ValueError("base_states needs a frozen base (from_base)")
+        b, t = _check_inputs(input_ids, None, self.config.hidden_size, self.base.config.vocab_size)
+        seen = []
+        self._through_base(input_ids, None, _mask(attention_mask, b, t, input_ids.device),
+                           lambda h, piece: seen.append(h) or torch.zeros_like(h))
+        return torch.cat(seen, 1)
+
+    def _over_base_states(self, states: torch.Tensor, attention_mask, memory_state) -> DNCSDAPMModelOutput:
+        if self.base is None or self._layer != self._num_layers - 1:
+            raise ValueError(
+                "base_hidden_states stand for the base's top layer: they need a frozen base and inject_layer=-1"
+            )
+        b, t = _check_inputs(None, states, self.config.hidden_size, 0)
+        mask = _mask(attention_mask, b, t, states.device)
+        trace = _Trace(self.memory, _start_state(self.memory, memory_state, b))
+        states = states.to(self.memory.output.weight.dtype)
+        hidden = states + trace.run(states, mask)
+        return DNCSDAPMModelOutput(last_hidden_state=hidden, memory_state=trace.state.as_dict(), **trace.joined(mask))
+
+    def _through_base(self, input_ids, inputs_embeds, mask: torch.Tensor, add) -> torch.Tensor:
+        """Each segment through the base on its own, ``add(h, piece_mask)`` added at the injection layer."""
         layers = decoder_layers(self.base, self._num_layers)
         segment = _segment_length(self.config, self.base.config)
         hidden = []
         for start, end in segment_bounds(0, mask.shape[1], segment):
             piece_mask = mask[:, start:end]
-            with residual_hook(layers[self._layer], lambda h: trace.run(h, piece_mask)):
+            with residual_hook(layers[self._layer], lambda h: add(h, piece_mask)):
                 out = self.base(
                     input_ids=None if input_ids is None else input_ids[:, start:end],
                     inputs_embeds=None if inputs_embeds is None else inputs_embeds[:, start:end],
@@ -527,10 +556,12 @@ class DNCSDAPMForSequenceClassification(DNCSDAPMPreTrainedModel):
         labels: torch.LongTensor | None = None,
         memory_state: dict[str, torch.Tensor] | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        base_hidden_states: torch.Tensor | None = None,
         **kwargs,
     ) -> DNCSDAPMSequenceClassifierOutput:
         out = self.model(
-            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, memory_state=memory_state
+            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, memory_state=memory_state,
+            base_hidden_states=base_hidden_states,
         )
         hidden = out.last_hidden_state
         mask = _mask(attention_mask, *hidden.shape[:2], hidden.device).long()

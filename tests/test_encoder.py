@@ -96,3 +96,18 @@ def test_sequence_classification_trains_saves_and_loads(path, batch, tmp_path, c
         """
     )
     assert "remote-ok" in printed
+
+
+def test_cached_base_states_give_the_same_outputs(path, batch):
+    model = DNCSDAPMForSequenceClassification.from_base(encoder(path), num_labels=3, segment_length=8, **MEMORY)
+    torch.nn.init.normal_(model.model.memory.output.weight, std=0.1)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    states = model.model.base_states(**inputs)
+    with torch.no_grad():
+        live = model(**inputs).logits
+        cached = model(base_hidden_states=states, attention_mask=inputs["attention_mask"]).logits
+    assert states.shape == (2, inputs["input_ids"].shape[1], 384)
+    assert (live - cached).abs().max() <= 1e-5
+    lower = DNCSDAPMModel.from_base(encoder(path), inject_layer=-2, **MEMORY)
+    with pytest.raises(ValueError, match="inject_layer=-1"):
+        lower(base_hidden_states=states)

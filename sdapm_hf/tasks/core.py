@@ -191,6 +191,8 @@ def build_splits(
 
 def _as_tensor(values: list[Any]) -> torch.Tensor | None:
     """A tensor of numbers or equal-length number lists; ``None`` for strings, ``None`` and ragged lists."""
+    if isinstance(values[0], np.ndarray):
+        return torch.from_numpy(np.stack(values))
     try:
         return torch.tensor(values)
     except (TypeError, ValueError, RuntimeError):

@@ -24,6 +24,10 @@ class ExperimentArguments:
         default_factory=dict, metadata={"help": "config (with model_type) of a frozen random base, seeded by seed"}
     )
     head: str = field(default="causal_lm", metadata={"help": "causal_lm or sequence_classification (label column)"})
+    cache_base_states: bool = field(
+        default=False,
+        metadata={"help": "compute the frozen base's top-layer states once per example (memory on the top layer)"},
+    )
     output_dir: str = field(default="runs/experiment", metadata={"help": "run folder"})
     seed: int = 0
     max_steps: int = 1000
@@ -61,6 +65,8 @@ class ExperimentArguments:
             raise ValueError("give base_model (pretrained) or base_config (random), not both")
         if self.head == "sequence_classification" and not (self.base_model or self.base_config):
             raise ValueError("head 'sequence_classification' needs a frozen base (base_model or base_config)")
+        if self.cache_base_states and self.head != "sequence_classification":
+            raise ValueError("cache_base_states needs head 'sequence_classification' (the memory on an encoder's top)")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 

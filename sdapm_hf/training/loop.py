@@ -9,6 +9,7 @@ installed), ``checkpoints/``, the final ``model/`` and ``metrics.json``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -18,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -31,7 +33,7 @@ from ..tasks import build_task, pad_collate
 from .arguments import ExperimentArguments
 from .data import LengthBucketBatchSampler
 
-COLUMNS = ["input_ids", "labels", "label", "attention_mask"]
+COLUMNS = ["input_ids", "labels", "label", "attention_mask", "base_hidden_states"]
 
 
 def vocab_size_of(dataset) -> int:
@@ -43,8 +45,11 @@ def batches(split, batch_size: int, seed: int = 0, shuffle: bool = False) -> Dat
     """A DataLoader of equal-length batches over a task split. It has its own generator, so making an iterator
     never draws from the global RNG (dropout's): evaluating or resuming leaves the training stream unchanged."""
     sampler = LengthBucketBatchSampler(split["length"], batch_size, seed=seed, shuffle=shuffle)
+    split = split.select_columns([c for c in COLUMNS if c in split.column_names])
+    if "base_hidden_states" in split.column_names:
+        split = split.with_format("numpy", columns=["base_hidden_states"], output_all_columns=True)
     return DataLoader(
-        split.select_columns([c for c in COLUMNS if c in split.column_names]), batch_sampler=sampler,
+        split, batch_sampler=sampler,
         collate_fn=partial(pad_collate),
         generator=torch.Generator().manual_seed(seed),
     )
@@ -108,6 +113,29 @@ def build_model(args: ExperimentArguments, dataset) -> PreTrainedModel:
     return DNCSDAPMForSequenceClassification.from_base(base, num_labels=num_labels, **args.model)
 
 
+def add_base_states(dataset, model: DNCSDAPMForSequenceClassification, batch_size: int = 8):
+    """Each split with a ``base_hidden_states`` column (T, D) float16: the frozen base run once per example
+    (``datasets`` caches the column, keyed by the split and the base)."""
+    memory_model = model.model
+    config = memory_model.config
+    key = json.dumps([config.text_config.to_dict(), config.base_model_name_or_path, config.segment_length], default=str)
+    width = config.hidden_size
+
+    def states(batch):
+        ids = torch.tensor(batch["input_ids"])
+        mask = torch.tensor(batch["attention_mask"]) if "attention_mask" in batch else None
+        return {"base_hidden_states": memory_model.base_states(ids, mask).half().numpy()}
+
+    out = {}
+    for name, split in dataset.items():
+        features = split.features.copy()
+        features["base_hidden_states"] = datasets.Array2D(shape=(None, width), dtype="float16")
+        fingerprint = hashlib.sha256((split._fingerprint + key).encode()).hexdigest()[:16]
+        out[name] = split.map(states, batched=True, batch_size=batch_size, features=features,
+                              new_fingerprint=fingerprint, desc=f"base states ({name})")
+    return datasets.DatasetDict(out)
+
+
 def _schedule(args: ExperimentArguments):
     def factor(step: int) -> float:
         warm = min(1.0, (step + 1) / max(args.warmup_steps, 1))
@@ -145,6 +173,8 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
     set_seed(args.seed)
     dataset = build_task(args.task, seed=args.seed, **args.task_args)
     model = build_model(args, dataset)
+    if args.cache_base_states:
+        dataset = add_base_states(dataset, model)
     tracker = "tensorboard" if _has_tensorboard() else None
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
