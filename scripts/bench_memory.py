@@ -101,8 +101,8 @@ def code_revision() -> str:
     return f"commit {head}" + (" with uncommitted changes in `sdapm_hf/`" if dirty else "")
 
 
-def command_line(argv: list[str]) -> str:
-    """The command as typed from the repository root, without any path of this machine."""
+def command_line(argv: list[str], script: str = "scripts/bench_memory.py") -> str:
+    """The command that ran ``script`` as typed from the repository root, without any path of this machine."""
     args = []
     for arg in argv:
         path = Path(arg)
@@ -112,7 +112,7 @@ def command_line(argv: list[str]) -> str:
             except ValueError:
                 arg = path.name
         args.append(arg)
-    return shlex.join(["python", "scripts/bench_memory.py", *args])
+    return shlex.join(["python", script, *args])
 
 
 def fmt(ms: float | None) -> str:
@@ -948,8 +948,9 @@ whenever the memory is full, as in `sdapm_hf.demo.stream_recall` (the capacity t
 # --------------------------------------------------------------------------------------------- output
 
 
-def replace_section(text: str, name: str, body: str) -> str:
-    start, end = MARK.format(name, "start"), MARK.format(name, "end")
+def replace_section(text: str, name: str, body: str, mark: str = MARK) -> str:
+    """``text`` with the section between the markers ``mark`` of ``name`` replaced by ``body`` (appended if absent)."""
+    start, end = mark.format(name, "start"), mark.format(name, "end")
     block = f"<!-- {start} -->\n{body.rstrip()}\n<!-- {end} -->"
     i, j = text.find(f"<!-- {start} -->"), text.find(f"<!-- {end} -->")
     if i >= 0 and j > i:

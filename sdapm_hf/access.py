@@ -10,6 +10,15 @@ Order within a step::
 Reads come before the write, so the memory's output at position t depends on positions < t only (the token
 itself reaches the model through the controller), and a write cannot disturb the read of its own step.
 
+Chunked mode (``chunk_size`` C, SDAPM only) splits a step in two: every step of a chunk reads the memory as it
+was at the chunk's start (``read_chunk``, all C steps in one call), and the chunk's end consolidates if the memory
+is full and writes the C pairs as one least-squares slot (``write_chunk``, ``sdapm.write_chunk``)::
+
+    r_t      = Read(read keys_t)  against the memory at the chunk's start,  t in the chunk
+    memory   = consolidate if full, write_chunk({(k_t, v_t, g_t)})         once, at the chunk's end
+
+With C = 1 this is the step above.
+
 The same controller drives either the SDAPM (``sdapm.py``) or the classic DNC memory (``dnc_memory.py``);
 ``memory_type="none"`` has no access at all.
 """
@@ -30,7 +39,9 @@ from .dnc_memory import write as dnc_write
 from .sdapm import MemoryState, SDAPMSettings, closest_pair_selection, consolidate, is_full
 from .sdapm import init_state as sdapm_init_state
 from .sdapm import read as sdapm_read
+from .sdapm import read_queries as sdapm_read_queries
 from .sdapm import write as sdapm_write
+from .sdapm import write_chunk as sdapm_write_chunk
 from .configuration_dnc_sdapm import DNCSDAPMConfig
 from .controller import Clock, ConsolidationHead, mix_keys
 from .tensor_state import TensorState
@@ -71,6 +82,12 @@ class AccessState(TensorState):
         memory = None if self.memory is None else self.memory.where(mask, other.memory)
         clock = None if self.clock is None else torch.where(mask[:, None], self.clock, other.clock)
         return AccessState(memory, clock)
+
+
+def last_real(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) index of the last True position of mask (B, L) (0 where there is none)."""
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    return (mask.to(torch.long) * positions).argmax(-1)
 
 
 def slot_metadata(state: MemoryState, ridge: float) -> torch.Tensor:
@@ -129,19 +146,64 @@ class MemoryAccess(nn.Module):
                 iface["allocation_gate"], iface["write_strength"], iface["erase"], mask,
             )
             return AccessState(memory, clock)
-        memory = self._consolidate(iface, memory, mask)
+        memory = self._consolidate(memory, mask, iface)
         memory = sdapm_write(
             memory, key, iface["write_value"], self.settings, gate=iface["write_gate"],
             free_gates=iface["free_gates"], mask=mask, check=False,
         )
         return AccessState(memory, clock)
 
+    def read_chunk(self, iface: dict[str, torch.Tensor], state: AccessState) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every step of a chunk reads the memory as it is, in one call (``sdapm.read_queries``).
+
+        Args:
+            iface: the steps' interface parts, each (B, L, ...).
+
+        Returns:
+            reads (B, L, R, W) and read weights (B, L, R, N).
+        """
+        b, steps, heads, w = iface["read_key"].shape
+        modes = iface.get("read_mode")
+        out, weights = sdapm_read_queries(
+            state.memory, iface["read_key"].flatten(1, 2), iface["read_strength"].flatten(1), self.settings,
+            None if modes is None else modes.flatten(1, 2),
+        )
+        return out.view(b, steps, heads, w), weights.view(b, steps, heads, -1)
+
+    def write_chunk(self, state: AccessState, chunk: dict[str, torch.Tensor], mask: torch.Tensor) -> AccessState:
+        """The end of a chunk of C steps: consolidate if the memory is full, then write the C pairs as one slot.
+
+        Every step's reads enter the memory's read weights as C·R heads first, so that consolidation maps them
+        with the slots and each step's free gates free what that step read, as in C single steps; afterwards
+        the read weights are the last real step's. Batch elements without a real step are bit-identical.
+
+        Args:
+            chunk: the steps' ``write_key``, ``write_value`` (B, C, W), ``write_gate`` (B, C), ``free_gates``
+                (B, C, R) and ``read_weights`` (B, C, R, N).
+            mask: (B, C) bool, the steps that count.
+        """
+        b, c, heads, n = chunk["read_weights"].shape
+        real = mask.any(-1)
+        memory = dataclasses.replace(state.memory, read_weights=chunk["read_weights"].flatten(1, 2))
+        memory = self._consolidate(memory, real)
+        weight = mask.to(chunk["write_gate"].dtype)
+        memory = sdapm_write_chunk(
+            memory, chunk["write_key"], chunk["write_value"], self.settings, chunk["write_gate"] * weight,
+            (chunk["free_gates"] * weight[..., None]).flatten(1), mask=real, check=False,
+        )
+        last = memory.read_weights.view(b, c, heads, n)[torch.arange(b, device=mask.device), last_real(mask)]
+        weights = torch.where(real[:, None, None], last, state.memory.read_weights)
+        return AccessState(dataclasses.replace(memory, read_weights=weights), state.clock)
+
     def _consolidate(
-        self, iface: dict[str, torch.Tensor], memory: MemoryState, mask: torch.Tensor
+        self, memory: MemoryState, mask: torch.Tensor, iface: dict[str, torch.Tensor] | None = None
     ) -> MemoryState:
+        """Consolidate where the memory is full and ``mask`` (B,); ``iface`` feeds the learned head."""
         if self.consolidation_mode == "off":
             return memory
         full = is_full(memory) & mask
+        if not bool(full.any()):  # nothing to do: skip choosing a group (consolidate would change nothing)
+            return memory
         if self.consolidation_mode == "auto":
             selection = closest_pair_selection(memory)
             return consolidate(memory, selection, self.settings, 2, mask=full, check=False)

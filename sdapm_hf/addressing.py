@@ -70,15 +70,12 @@ def subspace_fit(
 def apply_gram(gram_inv: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """``q = G p`` per slot and head: gram_inv (B, N, r, r), p (B, R, N, r) → (B, R, N, r).
 
-    As r multiply-adds of a column of G (broadcast over the heads) with one coordinate of p: a batched matmul
-    of B·R·N tiny r × r matrices costs about 2.5× more on CPU (per-matrix overhead and a broadcast copy of G).
+    One batched matmul over the B·N slots, each applying its G to the R heads' rows at once (``p Gᵀ``); no copy of
+    G per head. With torch 2.13 on CPU this beats r multiply-adds of G's columns at every size measured, from one
+    head (B = 1, N = 16, r = 32: 7× faster forward) to B = 32, R = 4, N = 1024, r = 8 (1.9× forward, 1.4× with
+    the backward), and a chunk's C·R heads (C = 64: 30×).
     """
-    # unbind rather than slices: the backward then stacks the r gradients once instead of adding r full-size ones
-    columns, coords = gram_inv[:, None].unbind(-1), p.unsqueeze(-1).unbind(-2)
-    q = columns[0] * coords[0]
-    for column, coord in zip(columns[1:], coords[1:]):
-        q = q.addcmul(column, coord)
-    return q
+    return (p.transpose(1, 2) @ gram_inv.transpose(-1, -2)).transpose(1, 2)
 
 
 def cosine_similarity(words: torch.Tensor, rows: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

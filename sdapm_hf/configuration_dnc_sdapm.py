@@ -12,6 +12,13 @@ MEMORY_TYPES = ("sdapm", "dnc", "none")
 CONSOLIDATION_MODES = ("learned", "auto", "off")
 ACT_MODES = ("none", "act", "pondernet", "fixed")
 READ_FORMS = ("mixture", "averaged")
+# What chunked mode supports: one read per token, no clock (a per-token chain), consolidation without the learned head.
+CHUNKED_MODE = {
+    "memory_type": ("sdapm",),
+    "act_mode": ("none",),
+    "clock_keys": (False,),
+    "consolidation": ("auto", "off"),
+}
 
 
 @strict
@@ -45,6 +52,13 @@ class DNCSDAPMConfig(PreTrainedConfig):
         clock_keys: give the controller a clock addressing mode: keys from a fixed random rotation of the
             previous clock, with a learned reset gate (position keys that extend to any length).
         clock_reset_cost: loss per unit of clock reset, averaged over the real tokens (keeps the clock from leaking).
+        chunk_size: None steps the memory token by token; C runs it in chunks of C positions (counted from the
+            start of the memory's stream, across calls): the controller still steps every token, but every token of
+            a chunk reads the memory as it was at the chunk's start (all C reads in one call) and gets the reads
+            of the previous chunk's last real token as its controller input, and the chunk's end writes its C
+            pairs as ONE least-squares slot (``sdapm.write_chunk``). ``chunk_size=1`` is the per-token model.
+            Needs ``memory_type="sdapm"``, ``act_mode="none"``, ``clock_keys=False`` and ``consolidation`` in
+            ``("auto", "off")``.
         act_mode: ``"none"`` (one read per step), ``"act"`` (Graves' adaptive computation time), ``"pondernet"``
             or ``"fixed"`` (always ``act_max_steps`` reads); in each inner step the read output is the next
             read word.
@@ -90,6 +104,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
     consolidation_group: int = 2
     clock_keys: bool = True
     clock_reset_cost: float = 0.1
+    chunk_size: int | None = None
     act_mode: str = "none"
     act_max_steps: int = 4
     act_epsilon: float = 0.01
@@ -111,6 +126,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
         self._check_sizes()
         self._check_choices()
         self._check_memory()
+        self._check_chunking()
         self._check_rates()
         self._check_base()
 
@@ -142,6 +158,17 @@ class DNCSDAPMConfig(PreTrainedConfig):
         if self.read_candidates is not None and (self.top_k is None or self.read_candidates < self.top_k):
             raise ValueError(f"read_candidates needs top_k and must be >= top_k, got {self.read_candidates}")
         self.sdapm_settings()  # the memory checks its own fields (max_rank, ridge, value_max, ...)
+
+    def _check_chunking(self) -> None:
+        if self.chunk_size is None:
+            return
+        if not isinstance(self.chunk_size, int) or isinstance(self.chunk_size, bool) or self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be an integer >= 1 or None, got {self.chunk_size!r}")
+        for name, supported in CHUNKED_MODE.items():
+            if getattr(self, name) not in supported:
+                raise ValueError(
+                    f"chunk_size={self.chunk_size} needs {name} in {supported}, got {getattr(self, name)!r}"
+                )
 
     def sdapm_settings(self) -> SDAPMSettings:
         """The SDAPM memory's settings for this config."""

@@ -8,10 +8,24 @@ One time step (``MemoryCore.step``)::
     memory      = consolidate if full, write (k ⊕ clock, v)      access.py, sdapm.py
     o_t         = W_o [Dropout_bypass(h) ; r_t]                  the core's output (B, D)
 
+Chunked mode (``chunk_size`` C; chunks are counted from the start of the memory's stream, across calls): for the
+positions t of one chunk, with ``r_prev`` the reads of the previous chunk's last real position::
+
+    h_t, state_c = Controller([x_t ; r_prev])                    token by token
+    ξ_t          = Interface(h_t, x_t)                           all positions of the chunk in one call
+    r_t          = Read(read keys_t)                             all at once, against the memory at the chunk's start
+    o_t          = W_o [Dropout_bypass(h_t) ; r_t]
+    at the end:  memory = consolidate if full, write_chunk({(k_t, v_t, g_t)})      one slot for the C pairs
+                 r_prev = r of the chunk's last real position
+
+A call that ends inside a chunk keeps the chunk's positions so far (``PendingChunk``, in the state as
+``chunk.<field>``), so a stream fed in pieces (segments, cached generation) meets the same chunk boundaries as one
+pass over it. ``chunk_size=1`` is the per-token recurrence.
+
 With a frozen base, ``x_t`` is the base's hidden state after LayerNorm and ``W_o`` starts at zero, so an untrained
 memory adds nothing to the base's residual stream. The recurrent state (controller, last reads, clock, memory) is
 a ``RecurrentState``; as a plain dict of tensors it is the models' ``memory_state``. Positions where the mask is
-False leave the state untouched.
+False leave the state untouched (in chunked mode: a chunk without a real position leaves it bit-identical).
 """
 
 from __future__ import annotations
@@ -21,10 +35,41 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .access import AccessState, MemoryAccess
+from .access import AccessState, MemoryAccess, last_real
 from .act import Ponder, ponder_statistics
 from .configuration_dnc_sdapm import DNCSDAPMConfig
 from .controller import Controller, Interface
+from .injection import segment_bounds
+from .tensor_state import TensorState
+
+# The interface parts a chunk's end writes.
+CHUNK_WRITES = ("write_key", "write_value", "write_gate", "free_gates")
+
+
+@dataclass(frozen=True)
+class PendingChunk(TensorState):
+    """The positions of the current chunk seen so far (chunked mode), each field (B, f, ...) with 0 ≤ f < C: what
+    the chunk's end writes into the memory and feeds back to the controller."""
+
+    mask: torch.Tensor  # (B, f) bool, the positions that count
+    reads: torch.Tensor  # (B, f, R·W)
+    read_weights: torch.Tensor  # (B, f, R, N)
+    write_key: torch.Tensor  # (B, f, W)
+    write_value: torch.Tensor  # (B, f, W)
+    write_gate: torch.Tensor  # (B, f)
+    free_gates: torch.Tensor  # (B, f, R)
+
+    @property
+    def length(self) -> int:
+        return self.mask.shape[1]
+
+    def extended(self, piece: PendingChunk) -> PendingChunk:
+        """The positions of ``piece`` appended."""
+        return PendingChunk(**{name: torch.cat([t, getattr(piece, name)], 1) for name, t in self.as_dict().items()})
+
+    def cleared(self) -> PendingChunk:
+        """No positions (the start of the next chunk)."""
+        return self.map(lambda t: t[:, :0])
 
 
 @dataclass(frozen=True)
@@ -33,13 +78,16 @@ class RecurrentState:
 
     h: torch.Tensor  # (B, H)
     c: torch.Tensor  # (B, H)
-    reads: torch.Tensor  # (B, R·W)
+    reads: torch.Tensor  # (B, R·W) the controller's read input
     access: AccessState
+    chunk: PendingChunk | None = None  # chunked mode only
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        return {"controller.h": self.h, "controller.c": self.c, "reads": self.reads, **self.access.as_dict()}
+        chunk = {} if self.chunk is None else {f"chunk.{k}": v for k, v in self.chunk.as_dict().items()}
+        return {"controller.h": self.h, "controller.c": self.c, "reads": self.reads, **self.access.as_dict(), **chunk}
 
     def where(self, mask: torch.Tensor, other: RecurrentState) -> RecurrentState:
+        """Per position (per-token mode, no pending chunk): ``self`` where mask (B,), ``other`` elsewhere."""
         pick = lambda a, b: torch.where(mask[:, None], a, b)  # noqa: E731
         return RecurrentState(
             pick(self.h, other.h), pick(self.c, other.c), pick(self.reads, other.reads), self.access.where(mask, other.access)
@@ -65,6 +113,7 @@ class MemoryCore(nn.Module):
     def __init__(self, config: DNCSDAPMConfig) -> None:
         super().__init__()
         self.config = config
+        self.chunk_size = config.chunk_size
         self.read_size = 0 if config.memory_type == "none" else config.read_heads * config.word_size
         self.input_norm = nn.LayerNorm(config.hidden_size) if config.text_config is not None else nn.Identity()
         self.controller = Controller(config, self.read_size)
@@ -79,16 +128,43 @@ class MemoryCore(nn.Module):
     def initial_state(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> RecurrentState:
         zeros = torch.zeros(batch_size, self.config.controller_size, dtype=dtype, device=device)
         reads = torch.zeros(batch_size, self.read_size, dtype=dtype, device=device)
-        return RecurrentState(zeros, zeros.clone(), reads, self.access.init_state(batch_size, dtype, device))
+        access = self.access.init_state(batch_size, dtype, device)
+        chunk = None if self.chunk_size is None else self._empty_chunk(batch_size, dtype, device)
+        return RecurrentState(zeros, zeros.clone(), reads, access, chunk)
+
+    def _empty_chunk(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> PendingChunk:
+        config = self.config
+        heads, w = config.read_heads, config.word_size
+        empty = lambda *shape: torch.zeros(batch_size, 0, *shape, dtype=dtype, device=device)  # noqa: E731
+        return PendingChunk(
+            mask=torch.zeros(batch_size, 0, dtype=torch.bool, device=device),
+            reads=empty(self.read_size),
+            read_weights=empty(heads, config.memory_slots),
+            write_key=empty(w),
+            write_value=empty(w),
+            write_gate=empty(),
+            free_gates=empty(heads),
+        )
 
     def state_from_dict(self, tensors: dict[str, torch.Tensor], batch_size: int) -> RecurrentState:
         """A ``memory_state`` dict back as a state; errors name what does not fit this config or batch."""
         try:
             state = RecurrentState(
-                tensors["controller.h"], tensors["controller.c"], tensors["reads"], self.access.state_from_dict(tensors)
+                tensors["controller.h"],
+                tensors["controller.c"],
+                tensors["reads"],
+                self.access.state_from_dict(tensors),
+                None if self.chunk_size is None else PendingChunk.from_dict(
+                    {k[len("chunk."):]: v for k, v in tensors.items() if k.startswith("chunk.")}
+                ),
             )
         except (KeyError, ValueError) as err:
             raise ValueError(f"memory_state does not come from a model with this config: {err}") from err
+        if state.chunk is not None and state.chunk.length >= self.chunk_size:
+            raise ValueError(
+                f"memory_state holds {state.chunk.length} positions of an unfinished chunk, "
+                f"chunk_size={self.chunk_size} allows at most {self.chunk_size - 1}"
+            )
         if state.h.shape[0] != batch_size:
             raise ValueError(f"memory_state has batch size {state.h.shape[0]}, the input has {batch_size}")
         if state.h.shape[1] != self.config.controller_size:
@@ -122,10 +198,16 @@ class MemoryCore(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState | None = None) -> CoreOutput:
         """x (B, T, D), mask (B, T) bool; ``state`` None starts from an empty memory."""
-        b, t, _ = x.shape
         x = self.input_norm(x)
         if state is None:
-            state = self.initial_state(b, x.dtype, x.device)
+            state = self.initial_state(x.shape[0], x.dtype, x.device)
+        if self.chunk_size is not None:
+            return self._forward_chunked(x, mask, state)
+        return self._forward_steps(x, mask, state)
+
+    def _forward_steps(self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState) -> CoreOutput:
+        """The per-token recurrence (``step``) over x (B, T, D), mask (B, T)."""
+        b, t, _ = x.shape
         outputs, steps, costs, step_outs, step_probs, resets = [], [], [], [], [], []
         for i in range(t):
             state, out, step, iface = self.step(x[:, i], state, mask[:, i])
@@ -148,6 +230,44 @@ class MemoryCore(nn.Module):
             ponder_probs=torch.stack(step_probs, 1) if step_probs else None,
             clock_resets=torch.stack(resets, 1) if resets else None,
         )
+
+    def _forward_chunked(self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState) -> CoreOutput:
+        """Chunked mode (module docstring) over x (B, T, D), mask (B, T): pieces that end at chunk boundaries."""
+        b, t, _ = x.shape
+        outputs = []
+        for start, end in segment_bounds(0, t, self.chunk_size, state.chunk.length):
+            state, out = self._chunk_piece(x[:, start:end], mask[:, start:end], state)
+            outputs.append(out)
+        zeros = torch.zeros(b, t, dtype=x.dtype, device=x.device)
+        hidden = torch.cat(outputs, 1) if outputs else x.new_zeros(b, 0, self.config.hidden_size)
+        return CoreOutput(hidden=hidden, state=state, ponder_cost=zeros, ponder_steps=zeros + 1)
+
+    def _chunk_piece(
+        self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState
+    ) -> tuple[RecurrentState, torch.Tensor]:
+        """The L positions of one chunk in this call, x (B, L, D), mask (B, L) → state, outputs (B, L, D); the
+        chunk's end (write, reads fed back) when they complete it."""
+        b, steps = mask.shape
+        h, (hh, cc) = self.controller.steps(x, state.reads, (state.h, state.c), mask)
+        iface = self.interface(h.flatten(0, 1), x.flatten(0, 1))
+        iface = {name: t.unflatten(0, (b, steps)) for name, t in iface.items()}
+        reads, weights = self.access.read_chunk(iface, state.access)
+        reads = reads.flatten(2)
+        out = self.output(torch.cat([self.bypass(h), reads], dim=-1))
+        piece = PendingChunk(mask=mask, reads=reads, read_weights=weights, **{k: iface[k] for k in CHUNK_WRITES})
+        state = RecurrentState(hh, cc, state.reads, state.access, state.chunk.extended(piece))
+        if state.chunk.length == self.chunk_size:
+            state = self._end_chunk(state)
+        return state, out
+
+    def _end_chunk(self, state: RecurrentState) -> RecurrentState:
+        """The chunk's single write, and its last real position's reads as the controller's next read input."""
+        chunk = state.chunk
+        access = self.access.write_chunk(state.access, chunk.as_dict(), chunk.mask)
+        rows = torch.arange(chunk.mask.shape[0], device=chunk.mask.device)
+        last = chunk.reads[rows, last_real(chunk.mask)]
+        reads = torch.where(chunk.mask.any(-1)[:, None], last, state.reads)
+        return RecurrentState(state.h, state.c, reads, access, chunk.cleared())
 
     def statistics(self, ponder_steps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(3,) mean inner steps, p90 and share at the cap over the counted positions."""

@@ -34,8 +34,8 @@ soft weights ``a_i ∈ (0, 1]`` and masses ``w_i = a_i A_i``, the merged slot ha
 These g − 1 rows carry the between-slot scatter with no null direction, so ``X Xᵀ`` is non-singular for
 affinely independent keys and the fit is exact as ``λ → 0`` (for g ≤ W + 1 members). When the rows exceed ``r``,
 the slot keeps the top-``r`` principal directions of its key scatter (an eigendecomposition of the small row
-Gram, whose rotation is treated as a constant by autograd): exact while the true rank fits, least-squares
-beyond. Merging a raw pair with weight 1 is the seed's "add a slot"; consolidating a group is its
+Gram, or a QR when ``r = W``; the rotation is treated as a constant by autograd): exact while the true rank fits,
+least-squares beyond. Merging a raw pair with weight 1 is the seed's "add a slot"; consolidating a group is its
 "Penrose–Moore" step, made exact for the affine map with pre- and post-bias.
 
 Reading
@@ -353,8 +353,8 @@ def read(
     Returns:
         outputs (B, R, W) and the state with the new ``read_weights``.
     """
-    b, heads, w = state.batch_size, settings.read_heads, settings.word_size
     if check:
+        b, heads, w = state.batch_size, settings.read_heads, settings.word_size
         check_state(state, settings)
         _check_tensor("read words", words, (b, heads, w), state)
         _check_tensor("read strengths", strengths, (b, heads), state)
@@ -362,6 +362,30 @@ def read(
             if state.link is None:
                 raise ValueError("read modes need settings.temporal_links=True")
             _check_tensor("read modes", modes, (b, heads, 3), state)
+    outputs, weights = read_queries(state, words, strengths, settings, modes)
+    return outputs, dataclasses.replace(state, read_weights=weights)
+
+
+def read_queries(
+    state: MemoryState,
+    words: torch.Tensor,
+    strengths: torch.Tensor,
+    settings: SDAPMSettings,
+    modes: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``read`` of Q read words against the same memory, in parallel, without checks or a new state.
+
+    Q = R for the heads of one step; Q = C·R for the heads of C steps that all read the memory as it is
+    (step-major: query ``c·R + r`` is head ``r`` of step ``c``), which is how a chunk of C steps reads.
+
+    Args:
+        words: (B, Q, W) read words, Q a multiple of R.
+        strengths: (B, Q) content sharpness β ≥ 0.
+        modes: (B, Q, 3) read modes; each step's head ``r`` follows the links from ``state.read_weights[:, r]``.
+
+    Returns:
+        outputs (B, Q, W) and the dense read weights (B, Q, N).
+    """
     x = F.normalize(words, dim=-1) if settings.normalize_words else words
     n, top_k, candidates = settings.slots, settings.top_k, settings.candidates
     if modes is None and candidates is not None and candidates < n:
@@ -373,11 +397,12 @@ def read(
         weights = content_weights(fit, strengths, state.occupied, top_k, presence=state.usage)
         if modes is not None:
             forward, backward = directional_weights(state.link, state.read_weights)
-            weights = mix_read_modes(weights, forward, backward, modes)
+            steps = x.shape[1] // forward.shape[1]
+            weights = mix_read_modes(weights, forward.repeat(1, steps, 1), backward.repeat(1, steps, 1), modes)
         outputs = _apply_maps(settings.read_form, _fields(state, MAP_FIELDS[settings.read_form]), x, weights, q)
-        return outputs, dataclasses.replace(state, read_weights=weights)
-    dense = torch.zeros(b, heads, n, dtype=x.dtype, device=x.device).scatter(-1, idx, weights)
-    return outputs, dataclasses.replace(state, read_weights=dense)
+        return outputs, weights
+    dense = torch.zeros(*x.shape[:2], n, dtype=x.dtype, device=x.device).scatter(-1, idx, weights)
+    return outputs, dense
 
 
 # What reads stream, by name of the state field (each (B, N, ...)): addressing (``subspace_fit``'s slot
@@ -551,8 +576,8 @@ def write(
         inplace: update the slot tensors of ``state`` in place (streaming inference without autograd: a write
             then costs O(r W) instead of a copy of the memory).
     """
-    b, w = state.batch_size, settings.word_size
     if check:
+        b, w = state.batch_size, settings.word_size
         check_state(state, settings)
         _check_tensor("write key", key, (b, w), state)
         _check_tensor("write value", value, (b, w), state)
@@ -563,11 +588,71 @@ def write(
     gate = _gate("write gate", gate, state, check)
     k = F.normalize(key, dim=-1) if settings.normalize_words else key
     v = _clip_norm(value, settings.value_max)
+    location = _location(state, settings, k, free_gates, allocation_gate, write_strength, check)
+    return _store(state, _raw_slot(k, v, settings.rank), location, gate, mask, inplace)
 
+
+def write_chunk(
+    state: MemoryState,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    settings: SDAPMSettings,
+    gates: torch.Tensor,
+    free_gates: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    check: bool = True,
+) -> MemoryState:
+    """Store the C pairs of a chunk of steps as ONE slot: the least-squares affine map through them.
+
+    The pairs enter as C raw slots ``(k_t, v_t)`` merged exactly as ``consolidate`` merges slots
+    (``merge_slots``: ridge least squares under the rank, mass and gain rules), with soft weights
+    ``a_t = g_t / max_s g_s``; so ``f(k_t) = v_t`` up to the ridge for C ≤ W + 1 affinely independent keys when
+    ``max_rank ≥ C − 1``, least squares beyond. The slot goes where ``write`` puts a pair (allocation only), and
+    its usage becomes ``max_t g_t`` (a merged slot's presence is its strongest member's). One pair with gate g is
+    ``write``'s raw slot. Where ``mask`` is False or no gate is positive, the state is bit-identical.
+
+    Args:
+        keys, values: (B, C, W).
+        gates: (B, C) write gates in [0, 1]; 0 at the positions that do not count.
+        free_gates: (B, Q) free gates of the reads in ``state.read_weights`` (B, Q, N), applied to usage before
+            allocating (Q = C·R when the state carries the reads of every step of the chunk).
+        mask: (B,) bool, False where this batch element must not change.
+    """
+    b, c = keys.shape[:2]
+    if check:
+        check_state(state, settings)
+        _check_tensor("chunk write keys", keys, (b, c, settings.word_size), state)
+        _check_tensor("chunk write values", values, (b, c, settings.word_size), state)
+        _check_tensor("chunk write gates", gates, (b, c), state)
+        if free_gates is not None:
+            _check_tensor("free gates", free_gates, tuple(state.read_weights.shape[:2]), state)
+        if mask is not None:
+            _check_mask("chunk write mask", mask, state)
+    k = F.normalize(keys, dim=-1) if settings.normalize_words else keys
+    v = _clip_norm(values, settings.value_max)
+    strongest = gates.amax(-1)
+    weights = gates / strongest.clamp_min(torch.finfo(gates.dtype).tiny)[:, None]
+    member = weights > 0
+    merged = merge_slots(_raw_slot(k, v, settings.rank), weights, member, settings)
+    do = member.any(-1) if mask is None else member.any(-1) & mask
+    location = _location(state, settings, merged["key"], free_gates, None, None, check)
+    return _store(state, merged, location, strongest, do, inplace=False)
+
+
+def _location(
+    state: MemoryState,
+    settings: SDAPMSettings,
+    key: torch.Tensor,
+    free_gates: torch.Tensor | None,
+    allocation_gate: torch.Tensor | None,
+    write_strength: torch.Tensor | None,
+    check: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where ``write`` puts a slot whose key is ``key`` (B, W) (its docstring): slot (B,) and the usage (B, N)
+    after the free gates ``ψ = Π_q (1 − f_q w_q)`` over the reads in ``state.read_weights``."""
     usage = state.usage
     if free_gates is not None:
         usage = usage * retention(free_gates, state.read_weights)
-    do = torch.ones(b, dtype=torch.bool, device=k.device) if mask is None else mask
     if allocation_gate is None:
         # Allocation only: the argmax of the allocation weights, without sorting.
         slot, room = least_used_slot(usage.detach())
@@ -576,22 +661,35 @@ def write(
             location = allocation_weighting(usage)
             g_a = _gate("allocation gate", allocation_gate, state, check)
             beta = _gate("write strength", write_strength, state, check)
-            fit, _ = _fit(k[:, None], _fields(state, ADDRESS_FIELDS))
+            fit, _ = _fit(key[:, None], _fields(state, ADDRESS_FIELDS))
             content = content_weights(fit, beta[:, None], state.occupied)[:, 0]
             location = g_a[:, None] * location + (1.0 - g_a[:, None]) * content
         slot, room = location.argmax(-1), location.amax(-1) > 0
     # The best location; when every slot is fully used (no free slot, no consolidation), the oldest.
-    slot = torch.where(room, slot, state.age.argmax(-1))
-    weights = F.one_hot(slot, settings.slots).to(usage.dtype) * do[:, None].to(usage.dtype)
+    return torch.where(room, slot, state.age.argmax(-1)), usage
 
-    raw = {name: t.unsqueeze(1) for name, t in _raw_slot(k, v, state).items()}
-    new = _put_slots(state, raw, slot[:, None], do[:, None], inplace=inplace)
+
+def _store(
+    state: MemoryState,
+    contents: dict[str, torch.Tensor],
+    location: tuple[torch.Tensor, torch.Tensor],
+    presence: torch.Tensor,
+    mask: torch.Tensor | None,
+    inplace: bool,
+) -> MemoryState:
+    """Put one slot's ``contents`` (``SLOT_FIELDS``, each (B, ...)) at ``location`` = (slot (B,), usage (B, N)
+    from ``_location``): its usage becomes ``presence`` (B,), its age 0, the others age by one write; the
+    temporal links follow. Where ``mask`` (B,) is False the state is bit-identical."""
+    slot, usage = location
+    do = torch.ones_like(slot, dtype=torch.bool) if mask is None else mask
+    weights = F.one_hot(slot, state.key.shape[1]).to(usage.dtype) * do[:, None].to(usage.dtype)
+    new = _put_slots(state, {name: t.unsqueeze(1) for name, t in contents.items()}, slot[:, None], do[:, None], inplace)
     link, precedence = state.link, state.precedence
     if link is not None:
         link, precedence = updated_links(link, precedence, weights)
     new = dataclasses.replace(
         new,
-        usage=usage * (1.0 - weights) + weights * gate[:, None],
+        usage=usage * (1.0 - weights) + weights * presence[:, None],
         age=(state.age + 1.0) * (1.0 - weights),
         write_weights=weights,
         link=link,
@@ -608,20 +706,20 @@ def _clip_norm(v: torch.Tensor, max_norm: float | None) -> torch.Tensor:
     return v * (max_norm / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
 
 
-def _raw_slot(k: torch.Tensor, v: torch.Tensor, state: MemoryState) -> dict[str, torch.Tensor]:
-    """Per-batch contents of a freshly written slot (no slot dimension)."""
-    b = state.batch_size
-    one = torch.ones(b, dtype=k.dtype, device=k.device)
+def _raw_slot(k: torch.Tensor, v: torch.Tensor, rank: int) -> dict[str, torch.Tensor]:
+    """Contents of slots that hold one written pair each: k, v (..., W) → ``SLOT_FIELDS`` with leading (...)."""
+    lead, w = k.shape[:-1], k.shape[-1]
+    one = k.new_ones(lead)
     return {
         "key": k,
         "value": v,
         "mass": one,
         "radius": torch.zeros_like(one),
-        "key_factors": torch.zeros_like(state.key_factors[:, 0]),
-        "value_factors": torch.zeros_like(state.value_factors[:, 0]),
-        "gram_inv": torch.zeros_like(state.gram_inv[:, 0]),
-        "key_offsets": torch.zeros_like(state.key_offsets[:, 0]),
-        "rank": torch.zeros(b, dtype=torch.long, device=k.device),
+        "key_factors": k.new_zeros(*lead, rank, w),
+        "value_factors": k.new_zeros(*lead, rank, w),
+        "gram_inv": k.new_zeros(*lead, rank, rank),
+        "key_offsets": k.new_zeros(*lead, rank),
+        "rank": torch.zeros(lead, dtype=torch.long, device=k.device),
     }
 
 
@@ -771,8 +869,8 @@ def merge_slots(
 
     Args:
         slots: the g slots' fields, each with a leading (B, g) (see ``SLOT_FIELDS``).
-        weights: (B, g) soft membership a ∈ [0, 1]; the first slot has weight 1.
-        member: (B, g) bool, a > 0.
+        weights: (B, g) soft membership a ∈ [0, 1] (relative: the largest is 1).
+        member: (B, g) bool, a > 0 (non-members may sit anywhere in the group).
         settings: rank, ridge and stability rules.
 
     Returns:
@@ -790,25 +888,29 @@ def merge_slots(
     b = (wm.unsqueeze(-1) * key).sum(1) / total.unsqueeze(-1)
     c = (wm.unsqueeze(-1) * value).sum(1) / total.unsqueeze(-1)
 
-    # Between-slot scatter as g − 1 rows (Chan's pairwise update over the prefix 1..m and slot m+1).
-    cum = wm.cumsum(1).clamp_min(tiny)
+    # Between-slot scatter as g − 1 rows (Chan's pairwise update over the prefix 1..m and slot m+1); a member
+    # joining a prefix without members (non-members may come first) adds no row.
+    cum = wm.cumsum(1)
+    joins = member[:, 1:] & (cum[:, :-1] > 0)
+    cum = cum.clamp_min(tiny)
     prefix_key = (wm.unsqueeze(-1) * key).cumsum(1) / cum.unsqueeze(-1)
     prefix_value = (wm.unsqueeze(-1) * value).cumsum(1) / cum.unsqueeze(-1)
     coef = (cum[:, :-1] * wm[:, 1:] / cum[:, 1:]).clamp_min(0.0)
-    coef = torch.where(member[:, 1:], coef.clamp_min(tiny).sqrt(), torch.zeros_like(coef))
+    coef = torch.where(joins, coef.clamp_min(tiny).sqrt(), torch.zeros_like(coef))
     dk = prefix_key[:, :-1] - key[:, 1:]
     dv = prefix_value[:, :-1] - value[:, 1:]
     shift_x = coef.unsqueeze(-1) * dk
     shift_y = coef.unsqueeze(-1) * (dv - dk)
 
-    # Members' own rows, scaled by √a.
+    # Members' own rows, scaled by √a: only the first max(rank) rows of each can be used (none for raw slots).
+    used_rank = int(rank.max())
     root = torch.where(member, a.clamp_min(tiny).sqrt(), torch.zeros_like(a))
-    own_x = (root[..., None, None] * xf).reshape(bsz, g * r, w)
-    own_y = (root[..., None, None] * yf).reshape(bsz, g * r, w)
-    used = (torch.arange(r, device=rank.device) < rank.unsqueeze(-1)) & member.unsqueeze(-1)
+    own_x = (root[..., None, None] * xf[:, :, :used_rank]).reshape(bsz, g * used_rank, w)
+    own_y = (root[..., None, None] * yf[:, :, :used_rank]).reshape(bsz, g * used_rank, w)
+    used = (torch.arange(used_rank, device=rank.device) < rank.unsqueeze(-1)) & member.unsqueeze(-1)
     rows_x = torch.cat([own_x, shift_x], 1)
     rows_y = torch.cat([own_y, shift_y], 1)
-    used = torch.cat([used.reshape(bsz, g * r), member[:, 1:]], 1)
+    used = torch.cat([used.reshape(bsz, g * used_rank), joins], 1)
     count = used.sum(-1)
     rows_x = rows_x * used.unsqueeze(-1).to(dtype)
     rows_y = rows_y * used.unsqueeze(-1).to(dtype)
@@ -817,15 +919,10 @@ def merge_slots(
     order = torch.argsort((~used).to(torch.int8), dim=1, stable=True)
     rows_x = rows_x.gather(1, order.unsqueeze(-1).expand_as(rows_x))
     rows_y = rows_y.gather(1, order.unsqueeze(-1).expand_as(rows_y))
-    k = max(int(count.max()), 1)
+    k = int(count.max())
     rows_x, rows_y = rows_x[:, :k], rows_y[:, :k]
     if k > r:
-        # Principal directions of the key scatter: X' = Uᵀ X with U the top-r eigenvectors of X Xᵀ
-        # (solved in float64 on the trace-normalised Gram, so that large or clustered rows converge).
-        gram = (rows_x @ rows_x.transpose(1, 2)).detach().double()
-        gram = gram / gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-300)[:, None, None]
-        _, vecs = torch.linalg.eigh(gram)
-        top = vecs.flip(-1)[..., :r].to(dtype)
+        top = _row_basis(rows_x, r)
         rows_x = top.transpose(1, 2) @ rows_x
         rows_y = top.transpose(1, 2) @ rows_y
         count = count.clamp(max=r)
@@ -857,6 +954,24 @@ def merge_slots(
         "key_offsets": (rows_x @ b.unsqueeze(-1)).squeeze(-1),
         "rank": count,
     }
+
+
+def _row_basis(rows_x: torch.Tensor, r: int) -> torch.Tensor:
+    """(B, k, r) orthonormal columns U, a constant for autograd, such that the r rows ``Uᵀ X`` keep the most of the
+    key scatter of the k > r rows X (B, k, W).
+
+    For r < W: the top-r eigenvectors of X Xᵀ, the principal directions (solved in float64 on the trace-normalised
+    Gram, so that large or clustered rows converge). For r = W: any orthonormal basis of X's column span, from a
+    reduced QR (about 10× cheaper than the eigendecomposition); it loses nothing, as ``U Uᵀ X = X`` keeps both
+    ``S = XᵀX`` and ``T = XᵀY``.
+    """
+    rows = rows_x.detach()
+    if r == rows.shape[-1]:
+        return torch.linalg.qr(rows).Q
+    gram = (rows @ rows.transpose(1, 2)).double()
+    gram = gram / gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-300)[:, None, None]
+    _, vecs = torch.linalg.eigh(gram)
+    return vecs.flip(-1)[..., :r].to(rows.dtype)
 
 
 def _gram_inverse(rows_x: torch.Tensor, mass: torch.Tensor, live: torch.Tensor, ridge: float) -> torch.Tensor:
