@@ -1,6 +1,7 @@
 """The Accelerate training loop: a run folder, and a resumed run that ends where an uninterrupted one does."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -120,3 +121,37 @@ def test_sequence_classification_run_on_a_frozen_encoder(tmp_path, cache_base_st
         data = build_task("fact_recall", **task_args)
         with_states = add_base_states(data, build_model(args, data))
         assert with_states["train"].features["base_hidden_states"].shape == (None, 32)
+
+
+@pytest.fixture
+def nan_at_second_step(monkeypatch):
+    """The training forward's loss is NaN on its second call (evaluation forwards are not counted)."""
+    from sdapm_hf import DNCSDAPMForCausalLM
+
+    forward, calls = DNCSDAPMForCausalLM.forward, []
+
+    def poisoned(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        if self.training:
+            calls.append(1)
+            if len(calls) == 2:
+                out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(DNCSDAPMForCausalLM, "forward", poisoned)
+
+
+def test_a_non_finite_step_is_skipped_and_logged(tmp_path, nan_at_second_step):
+    metrics = train(experiment(tmp_path, "run", max_steps=4, eval_every=100, save_every=100))
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {"step": 2, "skipped": "non-finite loss"} in logged
+    assert metrics["steps"] == 4 and all(math.isfinite(r["loss"]) for r in logged if "loss" in r)
+    weights = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_a_non_finite_step_can_stop_the_run(tmp_path, nan_at_second_step):
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 2: stopped"):
+        train(experiment(tmp_path, "run", max_steps=4, on_nonfinite="stop"))
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert logged[-1] == {"step": 2, "skipped": "non-finite loss"}

@@ -48,6 +48,9 @@ class ExperimentArguments:
         default=None, metadata={"help": "end this invocation after this step (the schedule still spans max_steps)"}
     )
     num_threads: int = 1
+    on_nonfinite: str = field(
+        default="skip", metadata={"help": "a non-finite loss or gradient: 'skip' the step (logged) or 'stop' the run"}
+    )
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
 
     def __post_init__(self) -> None:
@@ -57,6 +60,8 @@ class ExperimentArguments:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.on_nonfinite not in ("skip", "stop"):
+            raise ValueError(f"on_nonfinite must be 'skip' or 'stop', got {self.on_nonfinite!r}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if self.head not in ("causal_lm", "sequence_classification"):

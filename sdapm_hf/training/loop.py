@@ -1,7 +1,8 @@
 """Training and evaluation on Accelerate: seeded, resumable, logged.
 
 ``train(args)`` builds the task and the model, then runs AdamW with warmup and cosine decay, gradient
-accumulation and clipping, evaluates every ``eval_every`` steps, checkpoints with ``Accelerator.save_state``
+accumulation and clipping (a step whose loss or gradient is not finite is skipped and logged, or stops the run
+with ``on_nonfinite: stop``), evaluates every ``eval_every`` steps, checkpoints with ``Accelerator.save_state``
 (written to a temporary folder and renamed, so a kill never leaves a half-written checkpoint) and resumes from
 the newest one with ``--resume``. The run folder holds ``log.jsonl``, TensorBoard events (when tensorboard is
 installed), ``checkpoints/``, the final ``model/`` and ``metrics.json``.
@@ -213,6 +214,7 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
     started, cpu_started = time.perf_counter(), time.process_time()
     history: list[dict[str, Any]] = []
     model.train()
+    bad: str | None = None  # what was non-finite in the current optimizer step
     while not _should_stop(args, step, cpu_started):
         epoch, offset = divmod(micro, micro_per_epoch)
         loader.set_epoch(epoch)  # the prepared loader's epoch counter and our sampler's order move together
@@ -221,17 +223,30 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
             micro += 1
             with accelerator.accumulate(model):
                 out = model(**batch)
-                accelerator.backward(out.loss)
+                if torch.isfinite(out.loss):
+                    accelerator.backward(out.loss)
+                else:
+                    bad = bad or "loss"
                 grad_norm = None
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
+                    bad = bad or (None if torch.isfinite(grad_norm) else "gradient")
+                    if not bad:
+                        optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
             if not accelerator.sync_gradients:
                 continue
             step += 1
-            record = _log_step(args, step, out, grad_norm, scheduler, started)
+            skipped, bad = bad, None
+            if skipped:  # nothing of this step reached the weights
+                _write_log(accelerator, output_dir, {"step": step, "skipped": f"non-finite {skipped}"})
+                if args.on_nonfinite == "stop":
+                    raise FloatingPointError(
+                        f"non-finite {skipped} at step {step}: stopped (on_nonfinite='stop'); the weights are those "
+                        f"of step {step - 1} and the last checkpoint in {output_dir / 'checkpoints'} is intact"
+                    )
+            record = None if skipped else _log_step(args, step, out, grad_norm, scheduler, started)
             if record is not None:
                 history.append(record)
                 _write_log(accelerator, output_dir, record)
