@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
@@ -200,7 +201,10 @@ class DNCSDAPMPreTrainedModel(PreTrainedModel):
                 pretrained_model_name_or_path, return_unused_kwargs=True, **kwargs
             )
         if config.text_config is None or (config.save_base_weights and base is None):
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
+            try:
+                model = super().from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
+            except SafetensorError as err:
+                raise OSError(f"{pretrained_model_name_or_path}: model.safetensors is corrupt or truncated ({err})") from err
             if model.frozen_base() is not None:
                 model.frozen_base().requires_grad_(False)  # loading materialises fresh parameters
             return model
@@ -210,7 +214,11 @@ class DNCSDAPMPreTrainedModel(PreTrainedModel):
             base = cls.base_loader.from_pretrained(config.base_model_name_or_path, dtype=kwargs.get("dtype"))
         model = cls(config, base)
         weights = cached_file(str(pretrained_model_name_or_path), "model.safetensors")
-        missing, unexpected = model.load_state_dict(load_file(weights), strict=False)
+        try:
+            state = load_file(weights)
+        except SafetensorError as err:
+            raise OSError(f"{pretrained_model_name_or_path}: model.safetensors is corrupt or truncated ({err})") from err
+        missing, unexpected = model.load_state_dict(state, strict=False)
         prefix = model._base_prefix()
         unexpected = [k for k in unexpected if not k.startswith(prefix)]
         missing = [k for k in missing if not k.startswith(prefix)]
@@ -222,10 +230,14 @@ class DNCSDAPMPreTrainedModel(PreTrainedModel):
 
 
 def _check_inputs(
-    input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None, width: int, vocab: int
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    width: int,
+    vocab: int,
+    dtype: torch.dtype | None = None,
 ) -> tuple[int, int]:
-    """(B, T) of exactly one of input_ids (B, T) in [0, vocab) or inputs_embeds (B, T, width), with errors that name
-    the problem."""
+    """(B, T) of exactly one of input_ids (B, T) in [0, vocab) or inputs_embeds (B, T, width) of ``dtype`` (None:
+    any floating dtype), with errors that name the problem."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids or inputs_embeds")
     if input_ids is not None:
@@ -238,6 +250,8 @@ def _check_inputs(
         raise ValueError(f"inputs_embeds must have shape (B, T, {width}), got {tuple(inputs_embeds.shape)}")
     if not inputs_embeds.is_floating_point():
         raise TypeError(f"inputs_embeds must be floating point, got {inputs_embeds.dtype}")
+    if dtype is not None and inputs_embeds.dtype != dtype:
+        raise TypeError(f"inputs_embeds has dtype {inputs_embeds.dtype}, the model {dtype}: cast them with .to()")
     if not torch.isfinite(inputs_embeds).all():
         raise ValueError("inputs_embeds contains NaN or inf")
     return tuple(inputs_embeds.shape[:2])
@@ -323,7 +337,7 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
         if base_hidden_states is not None:
             return self._over_base_states(base_hidden_states, attention_mask, memory_state)
         vocab = self.config.vocab_size if self.base is None else self.base.config.vocab_size
-        b, t = _check_inputs(input_ids, inputs_embeds, self.config.hidden_size, vocab)
+        b, t = _check_inputs(input_ids, inputs_embeds, self.config.hidden_size, vocab, self.dtype)
         device = self.memory.output.weight.device
         mask = _mask(attention_mask, b, t, device)
         trace = _Trace(self.memory, _start_state(self.memory, memory_state, b))
@@ -443,7 +457,8 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
                 new_cache.memory_state = out.memory_state
             mask = _mask(attention_mask, *logits.shape[:2], logits.device)
         else:
-            b, t = _check_inputs(input_ids, inputs_embeds, self.config.hidden_size, self.base_lm.config.vocab_size)
+            vocab = self.base_lm.config.vocab_size
+            b, t = _check_inputs(input_ids, inputs_embeds, self.config.hidden_size, vocab, self.dtype)
             logits, trace, new_cache, mask = self._through_base(
                 input_ids, inputs_embeds, attention_mask, memory_state, cache, bool(use_cache), b, t
             )

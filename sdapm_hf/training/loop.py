@@ -175,6 +175,9 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
     set_seed(args.seed)
     dataset = build_task(args.task, seed=args.seed, **args.task_args)
+    for split in ("train", *args.eval_splits):
+        if split not in dataset or len(dataset[split]) == 0:
+            raise ValueError(f"task {args.task!r} has no examples in its {split!r} split (check task_args)")
     model = build_model(args, dataset)
     if args.cache_base_states:
         dataset = add_base_states(dataset, model)

@@ -1,0 +1,67 @@
+"""Bad input gets an error that names the problem, and nothing saved is lost (see docs/reliability.md for the
+full list, including the cases tested next to the feature they concern)."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from sdapm_hf import DNCSDAPMConfig, DNCSDAPMForCausalLM
+from sdapm_hf.tasks import build_task
+from sdapm_hf.training import ExperimentArguments, load_experiment, train
+
+TINY = dict(vocab_size=12, hidden_size=16, controller_size=16, memory_slots=4, word_size=8)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    DNCSDAPMForCausalLM(DNCSDAPMConfig(**TINY)).save_pretrained(tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def test_truncated_weights_are_named(saved):
+    weights = saved / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(OSError, match="model.safetensors is corrupt or truncated"):
+        AutoModelForCausalLM.from_pretrained(saved)
+
+
+def test_config_that_does_not_fit_the_weights_is_refused(saved):
+    config = json.loads((saved / "config.json").read_text())
+    (saved / "config.json").write_text(json.dumps({**config, "word_size": 12}))
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):  # after a report of every mismatched tensor
+        AutoModelForCausalLM.from_pretrained(saved)
+
+
+def test_embeddings_of_another_dtype_are_named():
+    model = DNCSDAPMForCausalLM(DNCSDAPMConfig(**TINY))
+    with pytest.raises(TypeError, match="inputs_embeds has dtype torch.float64, the model torch.float32"):
+        model.model(inputs_embeds=torch.zeros(1, 3, 16, dtype=torch.float64))
+
+
+def test_an_empty_split_stops_training_before_it_starts(tmp_path):
+    args = ExperimentArguments(task="copy", task_args={"train_size": 0}, model=TINY, output_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="no examples in its 'train' split"):
+        train(args)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_task_is_named():
+    with pytest.raises(ValueError, match="unknown task 'copy_twice'"):
+        build_task("copy_twice")
+
+
+def test_malformed_yaml_is_named(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("task: copy\nmodel: {memory_slots: 4\n")
+    with pytest.raises(ValueError, match="broken.yaml is not valid YAML"):
+        load_experiment(path)
+
+
+def test_unknown_experiment_field_is_named(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("task: copy\nmax_step: 10\n")
+    with pytest.raises(ValueError, match="max_step"):
+        load_experiment(path)
