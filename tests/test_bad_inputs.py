@@ -65,3 +65,29 @@ def test_unknown_experiment_field_is_named(tmp_path):
     path.write_text("task: copy\nmax_step: 10\n")
     with pytest.raises(ValueError, match="max_step"):
         load_experiment(path)
+
+
+def test_memory_state_of_another_config_is_named():
+    small = DNCSDAPMForCausalLM(DNCSDAPMConfig(**TINY))
+    wider = DNCSDAPMForCausalLM(DNCSDAPMConfig(**{**TINY, "controller_size": 24}))
+    state = wider(input_ids=torch.ones(1, 3, dtype=torch.long)).memory_state
+    with pytest.raises(ValueError, match="memory_state has controller_size 24, this config has 16"):
+        small(input_ids=torch.ones(1, 3, dtype=torch.long), memory_state=state)
+
+
+def test_pondernet_needs_the_standalone_model():
+    from test_plugin import MEMORY, tiny_base
+
+    with pytest.raises(ValueError, match="act_mode='pondernet' needs the standalone model"):
+        DNCSDAPMForCausalLM.from_base(tiny_base(), act_mode="pondernet", **MEMORY)
+
+
+def test_adapter_that_names_no_base_is_refused_on_load(tmp_path):
+    from test_plugin import plugged
+
+    model = plugged(base_model_name_or_path="some/base", save_base_weights=False)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "base_model_name_or_path": None}))
+    with pytest.raises(ValueError, match="adapter checkpoint that names no base model"):
+        DNCSDAPMForCausalLM.from_pretrained(tmp_path)
