@@ -22,10 +22,11 @@ A call that ends inside a chunk keeps the chunk's positions so far (``PendingChu
 ``chunk.<field>``), so a stream fed in pieces (segments, cached generation) meets the same chunk boundaries as one
 pass over it. ``chunk_size=1`` is the per-token recurrence.
 
-With a frozen base, ``x_t`` is the base's hidden state after LayerNorm and ``W_o`` starts at zero, so an untrained
-memory adds nothing to the base's residual stream. The recurrent state (controller, last reads, clock, memory) is
-a ``RecurrentState``; as a plain dict of tensors it is the models' ``memory_state``. Positions where the mask is
-False leave the state untouched (in chunked mode: a chunk without a real position leaves it bit-identical).
+With a frozen base, ``x_t`` is the base's hidden state after LayerNorm, the output is scaled by the hidden state's
+RMS (``forward``) and ``W_o`` starts at zero, so an untrained memory adds nothing to the base's residual stream.
+The recurrent state (controller, last reads, clock, memory) is a ``RecurrentState``; as a plain dict of tensors it
+is the models' ``memory_state``. Positions where the mask is False leave the state untouched (in chunked mode: a
+chunk without a real position leaves it bit-identical).
 """
 
 from __future__ import annotations
@@ -197,13 +198,21 @@ class MemoryCore(nn.Module):
         return new.where(mask, state), out, step, iface
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState | None = None) -> CoreOutput:
-        """x (B, T, D), mask (B, T) bool; ``state`` None starts from an empty memory."""
+        """x (B, T, D), mask (B, T) bool; ``state`` None starts from an empty memory.
+
+        With a frozen base the output is in units of the residual stream's scale at each position,
+        ``o_t · rms(x_t)``: the memory reads the stream normalised and writes back at its scale, so a projection of
+        order one can steer a stream of any norm (a random or pretrained base's residual is often 10–100 × the
+        memory's own outputs)."""
+        scale = x.pow(2).mean(-1, keepdim=True).sqrt() if self.config.text_config is not None else None
         x = self.input_norm(x)
         if state is None:
             state = self.initial_state(x.shape[0], x.dtype, x.device)
-        if self.chunk_size is not None:
-            return self._forward_chunked(x, mask, state)
-        return self._forward_steps(x, mask, state)
+        chunked = self.chunk_size is not None
+        out = self._forward_chunked(x, mask, state) if chunked else self._forward_steps(x, mask, state)
+        if scale is not None:
+            out.hidden = out.hidden * scale
+        return out
 
     def _forward_steps(self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState) -> CoreOutput:
         """The per-token recurrence (``step``) over x (B, T, D), mask (B, T)."""
