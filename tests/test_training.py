@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -155,3 +158,56 @@ def test_a_non_finite_step_can_stop_the_run(tmp_path, nan_at_second_step):
         train(experiment(tmp_path, "run", max_steps=4, on_nonfinite="stop"))
     logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert logged[-1] == {"step": 2, "skipped": "non-finite loss"}
+
+
+KILL_RUNNER = """
+import os, signal, sys
+import accelerate
+import sdapm_hf.training.loop as loop
+from sdapm_hf.training import ExperimentArguments, train
+
+args = ExperimentArguments(**{settings!r})
+where = {where!r}
+save_state = accelerate.Accelerator.save_state
+calls = []
+
+def killing_save_state(self, output_dir, *a, **k):
+    calls.append(output_dir)
+    if where == "mid-checkpoint" and len(calls) == 2:  # the second checkpoint dies half-written
+        os.makedirs(output_dir, exist_ok=True)
+        open(os.path.join(output_dir, "model.safetensors"), "wb").write(b"half")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save_state(self, output_dir, *a, **k)
+
+save_checkpoint = loop._save_checkpoint
+
+def killing_save_checkpoint(*a, **k):
+    save_checkpoint(*a, **k)
+    if where == "after-checkpoint":  # dies right after the first complete checkpoint (step 3 of 9)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+accelerate.Accelerator.save_state = killing_save_state
+loop._save_checkpoint = killing_save_checkpoint
+train(args)
+"""
+
+
+@pytest.mark.parametrize("where", ["after-checkpoint", "mid-checkpoint"])
+def test_sigkill_then_resume_ends_identical(tmp_path, where):
+    settings = dict(task="copy", task_args=TASK_ARGS, model=MODEL, max_steps=9, batch_size=8, eval_every=100,
+                    save_every=3, log_every=1, warmup_steps=2)
+    train(ExperimentArguments(output_dir=str(tmp_path / "whole"), **settings))
+    killed = {**settings, "output_dir": str(tmp_path / "killed")}
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_CACHE": str(tmp_path / "hf" / "datasets")}
+    result = subprocess.run([sys.executable, "-c", KILL_RUNNER.format(settings=killed, where=where)], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == -9, result.stderr[-2000:]  # SIGKILL
+    checkpoints = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
+    assert "step_3" in checkpoints and not (tmp_path / "killed" / "model").exists()
+    if where == "mid-checkpoint":  # the half-written one is a temporary folder, never taken for a checkpoint
+        assert checkpoints == ["step_3", "step_6.tmp"]
+    train(ExperimentArguments(output_dir=str(tmp_path / "killed"), resume=True, **settings))
+    whole = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    resumed = load_file(tmp_path / "killed" / "model" / "model.safetensors")
+    for name in whole:
+        assert torch.equal(whole[name], resumed[name]), name
