@@ -127,7 +127,8 @@ def test_padding_leaves_the_state_untouched():
 
 
 def test_small_copy_task_is_learned_within_a_minute():
-    """A learning test that can fail: copy of 2..5 symbols (8 symbols) to >= 90% token accuracy in 60 s."""
+    """A learning test that can fail: copy of 2..5 symbols (8 symbols) to >= 90% token accuracy in 60 s of CPU time
+    (CPU time, not wall time, so that a busy shared machine does not decide the outcome)."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     config = DNCSDAPMConfig(vocab_size=10, hidden_size=32, controller_size=64, memory_slots=8, word_size=16)
@@ -154,7 +155,7 @@ def test_small_copy_task_is_learned_within_a_minute():
         model.train()
         return hits / total
 
-    start, best = time.perf_counter(), 0.0
+    start, best = time.process_time(), 0.0
     model.train()
     for step in range(1, 2000):
         ids, labels = batch(int(torch.randint(2, 6, (1,), generator=g)), 32)
@@ -165,9 +166,9 @@ def test_small_copy_task_is_learned_within_a_minute():
         optimizer.step()
         if step % 25 == 0:
             best = max(best, accuracy())
-            if best >= 0.9 or time.perf_counter() - start > 60:
+            if best >= 0.9 or time.process_time() - start > 60:
                 break
-    assert best >= 0.9, f"token accuracy {best:.3f} after {time.perf_counter() - start:.0f} s"
+    assert best >= 0.9, f"token accuracy {best:.3f} after {time.process_time() - start:.0f} CPU s"
 
 
 @pytest.mark.parametrize(
