@@ -6,6 +6,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import Trainer, TrainingArguments
 
 from sdapm_hf import DNCSDAPMForCausalLM
+from sdapm_hf.metrics import causal_lm_metrics
 from sdapm_hf.tasks import build_task, pad_collate
 
 from test_plugin import MEMORY, ids, plugged, tiny_base
@@ -50,18 +51,13 @@ def test_trainer_trains_and_evaluates_on_a_datasets_task(tmp_path):
     data = data.select_columns(["input_ids", "labels"])
     model = DNCSDAPMForCausalLM.from_base(tiny_base(), segment_length=8, **MEMORY).train()
 
-    def accuracy(prediction):
-        predicted, labels = prediction.predictions[:, :-1], prediction.label_ids[:, 1:]
-        counted = labels != -100
-        return {"token_accuracy": float((predicted[counted] == labels[counted]).mean())}
-
     args = TrainingArguments(
         output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=8, per_device_eval_batch_size=8,
         learning_rate=1e-2, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1, seed=0,
     )
     trainer = Trainer(
         model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"], data_collator=pad_collate,
-        compute_metrics=accuracy, preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
+        compute_metrics=causal_lm_metrics, preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
     )
     before = model.memory.output.weight.detach().clone()
     result = trainer.train()

@@ -30,6 +30,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrained
 
 from ..configuration_dnc_sdapm import DNCSDAPMConfig
 from ..modeling_dnc_sdapm import DNCSDAPMForCausalLM, DNCSDAPMForSequenceClassification
+from ..metrics import load_metric
 from ..tasks import build_task, pad_collate
 from ..tasks.text import default_tokenizer_path
 from .arguments import ExperimentArguments
@@ -61,30 +62,32 @@ def batches(split, batch_size: int, seed: int = 0, shuffle: bool = False) -> Dat
 @torch.no_grad()
 def evaluate_model(model: PreTrainedModel, split, batch_size: int = 64) -> dict[str, float]:
     """Over the labelled positions of a split: token accuracy, sequence exact match and loss (a causal LM), or
-    accuracy and loss (a sequence classifier: one label per row)."""
+    accuracy and loss (a sequence classifier: one label per row); scored by the ``sdapm_hf.metrics`` modules."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    correct = total = exact = sequences = 0
-    loss_sum = 0.0
+    tokens, sequences = load_metric("token_accuracy"), load_metric("sequence_exact_match")
+    loss_sum = scored = 0.0
     for batch in batches(split, batch_size):
         batch = {k: v.to(device) for k, v in batch.items()}
         out = model(**batch)
         if out.logits.dim() == 2:  # one label per sequence
-            hits = (out.logits.argmax(-1) == batch["labels"])[:, None]
-            counted = torch.ones_like(hits)
-        else:
-            target = batch["labels"][:, 1:]
-            counted = target != -100
-            hits = (out.logits[:, :-1].argmax(-1) == target) & counted
-        correct += hits.sum().item()
-        total += counted.sum().item()
-        exact += (hits.sum(-1) == counted.sum(-1)).sum().item()
-        sequences += hits.shape[0]
-        loss_sum += out.loss.item() * counted.sum().item()
+            predicted, target = out.logits.argmax(-1)[:, None], batch["labels"][:, None]
+        else:  # position t predicts the label at t + 1
+            predicted, target = out.logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
+        pairs = dict(predictions=predicted.tolist(), references=target.tolist())
+        tokens.add_batch(**pairs)
+        sequences.add_batch(**pairs)
+        counted = (target != -100).sum().item()
+        loss_sum += out.loss.item() * counted
+        scored += counted
     model.train(was_training)
-    name = "token_accuracy" if total > sequences else "accuracy"
-    return {name: correct / max(total, 1), "sequence_accuracy": exact / max(sequences, 1), "loss": loss_sum / max(total, 1)}
+    name = "accuracy" if out.logits.dim() == 2 else "token_accuracy"
+    return {
+        name: tokens.compute()["token_accuracy"],
+        "sequence_accuracy": sequences.compute()["exact_match"],
+        "loss": loss_sum / max(scored, 1),
+    }
 
 
 def memory_norms(memory_state: dict[str, torch.Tensor]) -> dict[str, float]:

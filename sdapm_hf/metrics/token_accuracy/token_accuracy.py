@@ -1,0 +1,42 @@
+"""Token accuracy over labelled positions: the share of positions whose prediction equals the label.
+
+Self-contained (``evaluate`` copies the file alone), loaded by path: ``sdapm_hf.metrics.load_metric("token_accuracy")``.
+"""
+
+import datasets
+import evaluate
+import numpy as np
+
+_DESCRIPTION = "Share of labelled positions (label != ignore_index) whose predicted token equals the label."
+_INPUTS = """
+Args:
+    predictions: per sequence, the predicted token at each position (list of int).
+    references: per sequence, the label at each position, ``ignore_index`` where nothing is scored.
+    ignore_index: label of unscored positions (default -100).
+Returns:
+    token_accuracy (float in [0, 1]; nan without scored positions), scored (int).
+"""
+
+
+class TokenAccuracy(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_INPUTS,
+            features=datasets.Features(
+                {"predictions": datasets.Sequence(datasets.Value("int64")),
+                 "references": datasets.Sequence(datasets.Value("int64"))}
+            ),
+        )
+
+    def _compute(self, predictions, references, ignore_index: int = -100):
+        hits = scored = 0
+        for predicted, label in zip(predictions, references):
+            predicted, label = np.asarray(predicted), np.asarray(label)
+            if predicted.shape != label.shape:
+                raise ValueError(f"a prediction of length {predicted.size} for a reference of length {label.size}")
+            keep = label != ignore_index
+            hits += int((predicted[keep] == label[keep]).sum())
+            scored += int(keep.sum())
+        return {"token_accuracy": hits / scored if scored else float("nan"), "scored": scored}
