@@ -66,7 +66,7 @@ def evaluate_model(model: PreTrainedModel, split, batch_size: int = 64) -> dict[
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    tokens, sequences = load_metric("token_accuracy"), load_metric("sequence_exact_match")
+    metric = load_metric("token_accuracy")
     loss_sum = scored = 0.0
     for batch in batches(split, batch_size):
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -75,19 +75,14 @@ def evaluate_model(model: PreTrainedModel, split, batch_size: int = 64) -> dict[
             predicted, target = out.logits.argmax(-1)[:, None], batch["labels"][:, None]
         else:  # position t predicts the label at t + 1
             predicted, target = out.logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
-        pairs = dict(predictions=predicted.tolist(), references=target.tolist())
-        tokens.add_batch(**pairs)
-        sequences.add_batch(**pairs)
+        metric.add_batch(predictions=predicted.tolist(), references=target.tolist())
         counted = (target != -100).sum().item()
         loss_sum += out.loss.item() * counted
         scored += counted
     model.train(was_training)
+    result = metric.compute()
     name = "accuracy" if out.logits.dim() == 2 else "token_accuracy"
-    return {
-        name: tokens.compute()["token_accuracy"],
-        "sequence_accuracy": sequences.compute()["exact_match"],
-        "loss": loss_sum / max(scored, 1),
-    }
+    return {name: result["token_accuracy"], "sequence_accuracy": result["exact_match"], "loss": loss_sum / max(scored, 1)}
 
 
 def memory_norms(memory_state: dict[str, torch.Tensor]) -> dict[str, float]:
