@@ -52,6 +52,8 @@ def largest_read_norm(settings: SDAPMSettings, steps: int, batch: int, seed: int
         x = torch.where(fresh, torch.randn(batch, w, generator=g), y + 0.1 * torch.randn(batch, w, generator=g))
         out, state = sdapm.read(state, x[:, None], torch.full((batch, 1), 10.0), settings, check=False)
         y = out[:, 0]
+        if not torch.isfinite(y).all():  # the stream overflowed (only without the stability rules)
+            return float("inf")
         full = sdapm.is_full(state)
         state = sdapm.consolidate(state, state.read_weights[:, 0], settings, 8, mask=full, check=False)
         state = sdapm.write(state, x, y, settings, check=False)

@@ -439,3 +439,12 @@ def test_inplace_consolidation_of_larger_groups_under_a_mask_matches_functional(
     assert functional.usage[0, merged] == 1 and functional.usage[0, freed].eq(0).all()
     assert functional.age[0, merged] == state.age[0, selection[0].topk(4).indices].min()
     assert functional.read_weights[0][:, freed].eq(0).all() and functional.write_weights[0, freed].eq(0).all()
+
+
+def test_the_demo_runs_end_to_end(capsys):
+    from sdapm_hf.demo import main
+
+    main(["--slots", "4", "--word-size", "8", "--batch", "2"])
+    printed = capsys.readouterr().out
+    rules, bare = printed.split("with the stability rules ")[1].split(" (bound ")[0], printed.split("without them ")[1]
+    assert float(rules) <= 19.0 and float(bare) > 19.0
