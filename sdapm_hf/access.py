@@ -70,7 +70,7 @@ class AccessState(TensorState):
     clock: torch.Tensor | None = None  # (B, W)
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        out = {f"memory.{k}": v for k, v in self.memory.as_dict().items()} if self.memory is not None else {}
+        out = self.memory.prefixed("memory") if self.memory is not None else {}
         if self.clock is not None:
             out["clock"] = self.clock
         return out
@@ -122,9 +122,8 @@ class MemoryAccess(nn.Module):
         return AccessState(memory, clock)
 
     def state_from_dict(self, tensors: dict[str, torch.Tensor]) -> AccessState:
-        memory = {k[len("memory."):]: v for k, v in tensors.items() if k.startswith("memory.")}
         cls = MemoryState if self.kind == "sdapm" else DNCMemoryState
-        return AccessState(cls.from_dict(memory) if self.kind != "none" else None, tensors.get("clock"))
+        return AccessState(cls.from_prefixed(tensors, "memory") if self.kind != "none" else None, tensors.get("clock"))
 
     def advance_clock(self, iface: dict[str, torch.Tensor], state: AccessState, mask: torch.Tensor) -> AccessState:
         """Step the clock where ``mask`` (B,) (no-op without clock keys)."""

@@ -84,7 +84,7 @@ class RecurrentState:
     chunk: PendingChunk | None = None  # chunked mode only
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        chunk = {} if self.chunk is None else {f"chunk.{k}": v for k, v in self.chunk.as_dict().items()}
+        chunk = {} if self.chunk is None else self.chunk.prefixed("chunk")
         return {"controller.h": self.h, "controller.c": self.c, "reads": self.reads, **self.access.as_dict(), **chunk}
 
     def where(self, mask: torch.Tensor, other: RecurrentState) -> RecurrentState:
@@ -155,9 +155,7 @@ class MemoryCore(nn.Module):
                 tensors["controller.c"],
                 tensors["reads"],
                 self.access.state_from_dict(tensors),
-                None if self.chunk_size is None else PendingChunk.from_dict(
-                    {k[len("chunk."):]: v for k, v in tensors.items() if k.startswith("chunk.")}
-                ),
+                None if self.chunk_size is None else PendingChunk.from_prefixed(tensors, "chunk"),
             )
         except (KeyError, ValueError) as err:
             raise ValueError(f"memory_state does not come from a model with this config: {err}") from err

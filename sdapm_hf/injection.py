@@ -42,6 +42,16 @@ def layer_index(inject_layer: int, num_layers: int) -> int:
     return inject_layer % num_layers
 
 
+def injection_point(base: nn.Module, inject_layer: int) -> tuple[str, bool]:
+    """Where the memory hooks into ``base``: the qualified name of layer ``inject_layer`` of its block stack (for
+    ``base.get_submodule``, found once instead of at every call) and whether it is the top layer."""
+    num_layers = base.config.num_hidden_layers
+    index = layer_index(inject_layer, num_layers)
+    stack = decoder_layers(base, num_layers)
+    name = next(name for name, module in base.named_modules() if module is stack)
+    return f"{name}.{index}", index == num_layers - 1
+
+
 @contextmanager
 def residual_hook(layer: nn.Module, add: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
     """While open, the layer's output hidden states h (B, T, D) become ``h + add(h)``."""

@@ -30,7 +30,8 @@ from transformers.utils import ModelOutput, cached_file
 from .configuration_dnc_sdapm import DNCSDAPMConfig
 from .controller import Clock
 from .core import MemoryCore, RecurrentState
-from .injection import decoder_layers, layer_index, residual_hook, segment_bounds
+from .access import last_real
+from .injection import injection_point, residual_hook, segment_bounds
 
 
 @dataclass
@@ -307,9 +308,7 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size) if self.base is None else None
         self.memory = MemoryCore(config)
         if self.base is not None:
-            num_layers = self.base.config.num_hidden_layers
-            self._layer = layer_index(config.inject_layer, num_layers)
-            self._num_layers = num_layers
+            self._inject_path, self._inject_at_top = injection_point(self.base, config.inject_layer)
         self.post_init()
 
     def frozen_base(self) -> nn.Module | None:
@@ -360,7 +359,7 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
         return torch.cat(seen, 1)
 
     def _over_base_states(self, states: torch.Tensor, attention_mask, memory_state) -> DNCSDAPMModelOutput:
-        if self.base is None or self._layer != self._num_layers - 1:
+        if self.base is None or not self._inject_at_top:
             raise ValueError(
                 "base_hidden_states stand for the base's top layer: they need a frozen base and inject_layer=-1"
             )
@@ -373,12 +372,12 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
 
     def _through_base(self, input_ids, inputs_embeds, mask: torch.Tensor, add) -> torch.Tensor:
         """Each segment through the base on its own, ``add(h, piece_mask)`` added at the injection layer."""
-        layers = decoder_layers(self.base, self._num_layers)
+        layer = self.base.get_submodule(self._inject_path)
         segment = _segment_length(self.config, self.base.config)
         hidden = []
         for start, end in segment_bounds(0, mask.shape[1], segment):
             piece_mask = mask[:, start:end]
-            with residual_hook(layers[self._layer], lambda h: add(h, piece_mask)):
+            with residual_hook(layer, lambda h: add(h, piece_mask)):
                 out = self.base(
                     input_ids=None if input_ids is None else input_ids[:, start:end],
                     inputs_embeds=None if inputs_embeds is None else inputs_embeds[:, start:end],
@@ -420,9 +419,7 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
             if self.base_lm.get_output_embeddings() is None:
                 raise ValueError(f"{type(self.base_lm).__name__} has no LM head: DNCSDAPMForCausalLM needs a causal LM")
             self.memory = MemoryCore(config)
-            self._num_layers = self.base_lm.config.num_hidden_layers
-            self._layer = layer_index(config.inject_layer, self._num_layers)
-            decoder_layers(self.base_lm, self._num_layers)  # fails early for an architecture it cannot inject into
+            self._inject_path, _ = injection_point(self.base_lm, config.inject_layer)
         self.post_init()
 
     def frozen_base(self) -> nn.Module | None:
@@ -494,7 +491,7 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
             memory_state = cache.memory_state
         trace = _Trace(self.memory, _start_state(self.memory, memory_state, b))
         segment = _segment_length(self.config, self.base_lm.config)
-        layers = decoder_layers(self.base_lm, self._num_layers)
+        layer = self.base_lm.get_submodule(self._inject_path)
         logits, current = [], None
         for i, (start, end) in enumerate(segment_bounds(0, t, segment, filled)):
             continues = i == 0 and 0 < filled < segment
@@ -504,7 +501,7 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
             if use_cache:
                 current = cache if continues else MemoryCache(self.base_lm.config)
             piece_mask = full_mask[:, filled + start : filled + end].bool()
-            with residual_hook(layers[self._layer], lambda h: trace.run(h, piece_mask)):
+            with residual_hook(layer, lambda h: trace.run(h, piece_mask)):
                 out = self.base_lm(
                     input_ids=None if input_ids is None else input_ids[:, start:end],
                     inputs_embeds=None if inputs_embeds is None else inputs_embeds[:, start:end],
@@ -579,8 +576,7 @@ class DNCSDAPMForSequenceClassification(DNCSDAPMPreTrainedModel):
             base_hidden_states=base_hidden_states,
         )
         hidden = out.last_hidden_state
-        mask = _mask(attention_mask, *hidden.shape[:2], hidden.device).long()
-        last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)  # last real position
+        last = last_real(_mask(attention_mask, *hidden.shape[:2], hidden.device))
         logits = self.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
         loss = None
         if labels is not None:

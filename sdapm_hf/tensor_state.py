@@ -26,6 +26,16 @@ class TensorState:
             raise ValueError(f"not a {cls.__name__}: missing {sorted(missing)}, unknown {sorted(unknown)}")
         return cls(**tensors)
 
+    def prefixed(self, prefix: str) -> dict[str, torch.Tensor]:
+        """``as_dict`` with keys ``<prefix>.<field>``: how a nested state flattens into a model's ``memory_state``."""
+        return {f"{prefix}.{name}": t for name, t in self.as_dict().items()}
+
+    @classmethod
+    def from_prefixed(cls: type[State], tensors: dict[str, torch.Tensor], prefix: str) -> State:
+        """``from_dict`` of the entries ``<prefix>.<field>`` of a flat dict (the inverse of ``prefixed``)."""
+        start = f"{prefix}."
+        return cls.from_dict({k[len(start):]: v for k, v in tensors.items() if k.startswith(start)})
+
     def map(self: State, fn: Callable[[torch.Tensor], torch.Tensor]) -> State:
         """Apply ``fn`` to every tensor field."""
         return type(self)(**{name: fn(t) for name, t in self.as_dict().items()})
