@@ -1,12 +1,10 @@
-"""`sdapm-hf`: train and evaluate experiments described by YAML files in ``configs/``."""
+"""`sdapm-hf`: train, evaluate, plot and publish experiments described by YAML files in ``configs/``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-
-import torch
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -18,33 +16,31 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from .core import MemoryCore
-    from .tasks import build_task
-    from .training import ExperimentArguments, evaluate_model
+    from .training import compare, evaluate_model, load_run
 
     run = Path(args.run)
-    experiment = ExperimentArguments(**json.loads((run / "experiment.json").read_text()))
-    torch.set_num_threads(experiment.num_threads)
-    overrides = dict(_assignment(item) for item in args.set)
-    loader = AutoModelForCausalLM if experiment.head == "causal_lm" else AutoModelForSequenceClassification
-    model = loader.from_pretrained(run / "model", **overrides)
-    dataset = build_task(experiment.task, seed=experiment.seed, **experiment.task_args)
-    core = next(module for module in model.modules() if isinstance(module, MemoryCore))
-    hook = None
-    if args.zero_memory:  # the reads that enter the output are zeroed; the controller path stays
-        hook = core.output.register_forward_pre_hook(
-            lambda module, inputs: (torch.cat([inputs[0][..., : -core.read_size], inputs[0][..., -core.read_size :] * 0], -1),)
-        )
-    if args.base_alone:
-        if model.frozen_base() is None:
-            raise ValueError(f"{run} has no frozen base: --base-alone compares a plugged model with its base")
-        hook = core.output.register_forward_hook(lambda module, inputs, output: output * 0)
-    results = {split: evaluate_model(model, dataset[split]) for split in args.splits}
-    if hook is not None:
-        hook.remove()
-    print(json.dumps(results, indent=2))
+    _, model, dataset = load_run(run, **dict(_assignment(item) for item in args.set))
+    ablation = "zero_memory" if args.zero_memory else "base_alone" if args.base_alone else None
+    if ablation is None:
+        print(json.dumps({split: evaluate_model(model, dataset[split]) for split in args.splits}, indent=2))
+        return
+    comparison = compare(model, dataset, args.splits, ablation)
+    (run / "comparison.json").write_text(json.dumps(comparison, indent=2))  # the model card reads it
+    print(json.dumps(comparison, indent=2))
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from .plots import plot_run
+
+    for path in plot_run(args.run, split=args.split):
+        print(path)
+
+
+def _push(args: argparse.Namespace) -> None:
+    from .publish import CARD_TEMPLATE, push_run
+
+    print(push_run(args.run, args.repo_id, token=args.token, private=args.private,
+                   template=args.card_template or CARD_TEMPLATE))
 
 
 def _assignment(text: str) -> tuple[str, object]:
@@ -77,11 +73,24 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("run")
     evaluate.add_argument("--splits", nargs="+", default=["test"])
     ablation = evaluate.add_mutually_exclusive_group()
-    ablation.add_argument("--zero-memory", action="store_true", help="zero the memory's reads (ablation)")
-    ablation.add_argument("--base-alone", action="store_true", help="a plugged model without its memory's output")
+    ablation.add_argument("--zero-memory", action="store_true",
+                          help="also evaluate with the memory's reads zeroed; both go into <run>/comparison.json")
+    ablation.add_argument("--base-alone", action="store_true",
+                          help="also evaluate the frozen base without the memory; both go into <run>/comparison.json")
     evaluate.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                           help="config fields changed for evaluation, e.g. top_k=1")
     evaluate.set_defaults(command_fn=_evaluate)
+    plot = commands.add_parser("plot", help="write a run folder's plots (PNG) into <run>/plots/")
+    plot.add_argument("run")
+    plot.add_argument("--split", default="test", help="the split whose examples the memory plots follow")
+    plot.set_defaults(command_fn=_plot)
+    push = commands.add_parser("push", help="write a run's model card and upload the run to the Hugging Face Hub")
+    push.add_argument("run")
+    push.add_argument("--repo-id", required=True, help="namespace/name on the Hub")
+    push.add_argument("--token", help="a Hub token with write access (default: HF_TOKEN or the stored login)")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--card-template", help="a model card template (default: model_cards/dnc_sdapm.md)")
+    push.set_defaults(command_fn=_push)
     args = parser.parse_args(argv)
     args.command_fn(args)
 

@@ -91,3 +91,18 @@ def test_adapter_that_names_no_base_is_refused_on_load(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "base_model_name_or_path": None}))
     with pytest.raises(ValueError, match="adapter checkpoint that names no base model"):
         DNCSDAPMForCausalLM.from_pretrained(tmp_path)
+
+
+def test_push_without_a_token_uploads_nothing(tmp_path, monkeypatch):
+    from sdapm_hf.publish import push_run
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no stored login either
+    run = tmp_path / "run"
+    train(ExperimentArguments(task="copy", task_args={"symbols": 4, "min_length": 2, "max_length": 3,
+                                                      "train_size": 8, "validation_size": 4, "test_size": 4},
+                              model=TINY, output_dir=str(run), max_steps=1, batch_size=4, save_every=4))
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    with pytest.raises(PermissionError, match="pushing needs a Hugging Face token: set HF_TOKEN"):
+        push_run(run, "someone/run")
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # not even the card was written

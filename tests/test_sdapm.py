@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sdapm_hf import sdapm
-from sdapm_hf.demo import stream_recall
+from sdapm_hf.memory_demo import stream_recall
 from sdapm_hf.sdapm import MemoryState, SDAPMSettings
 
 
@@ -442,7 +442,7 @@ def test_inplace_consolidation_of_larger_groups_under_a_mask_matches_functional(
 
 
 def test_the_demo_runs_end_to_end(capsys):
-    from sdapm_hf.demo import main
+    from sdapm_hf.memory_demo import main
 
     main(["--slots", "4", "--word-size", "8", "--batch", "2"])
     printed = capsys.readouterr().out

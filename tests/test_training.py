@@ -104,7 +104,10 @@ def test_plugged_run_resumes_identically_and_compares_with_its_base(tmp_path, ca
         assert torch.equal(whole[name], parts[name]), name
     capsys.readouterr()  # drop the training logs
     main(["evaluate", str(tmp_path / "whole"), "--splits", "test", "--base-alone"])
-    alone = json.loads(capsys.readouterr().out)["test"]
+    comparison = json.loads(capsys.readouterr().out)
+    alone = comparison["ablated"]["test"]
+    assert comparison["with_memory"]["test"].keys() == alone.keys()
+    assert json.loads((tmp_path / "whole" / "comparison.json").read_text()) == comparison
     assert 0 <= alone["token_accuracy"] <= 1
 
 
@@ -211,3 +214,35 @@ def test_sigkill_then_resume_ends_identical(tmp_path, where):
     resumed = load_file(tmp_path / "killed" / "model" / "model.safetensors")
     for name in whole:
         assert torch.equal(whole[name], resumed[name]), name
+
+
+def _launch_two_processes(config, tmp_path, *extra):
+    """``sdapm-hf train`` data-parallel in two CPU processes (gloo). ``accelerate launch --cpu --num_processes 2``
+    starts a single process unless MPI is configured; ``--multi_gpu`` with ``ACCELERATE_USE_CPU=1`` starts two."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "sdapm_hf.cli", "train", str(config), *extra]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_two_process_data_parallel_run_resumes_identically(tmp_path):
+    settings = dict(task="copy", task_args=TASK_ARGS, model=MODEL, max_steps=6, batch_size=8, eval_every=3,
+                    save_every=3, log_every=1, warmup_steps=2)
+    config = tmp_path / "copy.yaml"
+    config.write_text(json.dumps(settings))  # JSON is YAML
+    _launch_two_processes(config, tmp_path, "--output-dir", "whole")
+    single = train(experiment(tmp_path, "single"))
+    logged = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    alone = [json.loads(line) for line in (tmp_path / "single" / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in logged if "lr" in r] == [r["lr"] for r in alone if "lr" in r]  # one schedule step per step
+    assert [r["loss"] for r in logged if "loss" in r] != [r["loss"] for r in alone if "loss" in r]  # two shards a step
+    assert json.loads((tmp_path / "whole" / "metrics.json").read_text())["steps"] == single["steps"] == 6
+    (tmp_path / "stop.yaml").write_text(json.dumps({**settings, "stop_at_step": 3}))
+    _launch_two_processes(tmp_path / "stop.yaml", tmp_path, "--output-dir", "parts")
+    _launch_two_processes(config, tmp_path, "--output-dir", "parts", "--resume")
+    whole = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    parts = load_file(tmp_path / "parts" / "model" / "model.safetensors")
+    for name in whole:
+        assert torch.equal(whole[name], parts[name]), name

