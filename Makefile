@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test demo bench install clean
+.PHONY: test demo demo-memory bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m sdapm_hf.demo
+
+demo-memory: $(STAMP)
+	$(PY) -m sdapm_hf.memory_demo
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet ".[bench]"

@@ -106,3 +106,10 @@ def test_push_without_a_token_uploads_nothing(tmp_path, monkeypatch):
     with pytest.raises(PermissionError, match="pushing needs a Hugging Face token: set HF_TOKEN"):
         push_run(run, "someone/run")
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # not even the card was written
+
+
+def test_a_folder_that_is_not_a_run_is_named(tmp_path):
+    from sdapm_hf.cli import main
+
+    with pytest.raises(FileNotFoundError, match="is not a run folder: it has no experiment.json"):
+        main(["evaluate", str(tmp_path)])
