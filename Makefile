@@ -36,7 +36,7 @@ demo-memory: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet ".[bench]"
-	$(PY) scripts/bench_memory.py
+	$(PY) scripts/benchmark.py all --write
 
 clean:
 	rm -rf $(VENV) build *.egg-info

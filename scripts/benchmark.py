@@ -15,10 +15,12 @@ Sections (``python scripts/benchmark.py SECTION [--write]``; ``all`` runs every 
 * ``act``: ACT compression: a 10-layer network computed by 10 memory reads per input, its recorded (input, output)
   pairs consolidated into slots read once; accuracy and steps before and after, error against slots and dimension.
 * ``plugin``: the frozen-plugin overhead table (``scripts/bench_plugin.py``).
+* ``memory``: the memory core's own speed against plain attention, read forms, shortlist recall
+  (``scripts/bench_memory.py``).
 
 Usage::
 
-    python scripts/benchmark.py all --write              # regenerates docs/benchmarks.md (about an hour, one core)
+    python scripts/benchmark.py all --write              # regenerates docs/benchmarks.md (one to two hours, one core)
     python scripts/benchmark.py step --sizes 16 64       # one comparison, printed only
     python scripts/benchmark.py step --device cuda       # the same on a GPU (peer and ours on the device)
 
@@ -555,6 +557,13 @@ low-dimensional set.
 """
 
 
+def run_memory(args) -> str:
+    import bench_memory
+
+    bench_memory.main(["--threads", str(args.threads), "--out", args.out if args.write else "-"])
+    return ""  # bench_memory writes its own sections
+
+
 def run_plugin(args) -> str:
     import bench_plugin
 
@@ -586,7 +595,7 @@ def _header(args) -> str:
 
 
 SECTIONS = {"step": run_step, "learn": run_learn, "scaling": run_scaling, "capacity": run_capacity, "act": run_act,
-            "plugin": run_plugin}
+            "plugin": run_plugin, "memory": run_memory}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
