@@ -12,6 +12,7 @@ MEMORY_TYPES = ("sdapm", "dnc", "none")
 CONSOLIDATION_MODES = ("learned", "auto", "off")
 ACT_MODES = ("none", "act", "pondernet", "fixed")
 READ_FORMS = ("mixture", "averaged")
+READ_SOURCES = ("layer", "embeddings")
 # What chunked mode supports: one read per token, no clock (a per-token chain), consolidation without the learned head.
 CHUNKED_MODE = {
     "memory_type": ("sdapm",),
@@ -72,6 +73,9 @@ class DNCSDAPMConfig(PreTrainedConfig):
         text_config: config of a frozen base model (dict or config), None for a standalone model.
         base_model_name_or_path: where to load the frozen base from (adapter checkpoints).
         inject_layer: decoder layer whose output the memory reads and modifies (negative counts from the top).
+        read_from: what the memory reads with a base: ``"layer"`` (the output of ``inject_layer``) or
+            ``"embeddings"`` (the base's input token embeddings at the same positions: exact token identity, for
+            bases whose upper layers blur it); its output is added at ``inject_layer`` either way.
         segment_length: tokens the base sees at once (None: the base's maximum positions).
         save_base_weights: save the base's weights with the memory ("whole") or only name the base ("adapter").
         initializer_range: std of the normal initialisation of linear layers.
@@ -116,6 +120,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     base_model_name_or_path: str | None = None
     inject_layer: int = -1
+    read_from: str = "layer"
     segment_length: int | None = None
     save_base_weights: bool = True
     initializer_range: float = 0.02
@@ -148,6 +153,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
             ("consolidation", CONSOLIDATION_MODES),
             ("act_mode", ACT_MODES),
             ("read_form", READ_FORMS),
+            ("read_from", READ_SOURCES),
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")

@@ -195,14 +195,19 @@ class MemoryCore(nn.Module):
         new = RecurrentState(hh, cc, reads, access)
         return new.where(mask, state), out, step, iface
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState | None = None) -> CoreOutput:
-        """x (B, T, D), mask (B, T) bool; ``state`` None starts from an empty memory.
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> CoreOutput:
+        """x (B, T, D), mask (B, T) bool; ``state`` None starts from an empty memory; ``residual`` (B, T, D) the
+        stream the output is added to, when it is not ``x`` itself (the memory reading the base's embeddings).
 
         With a frozen base the output is in units of the residual stream's scale at each position,
-        ``o_t · rms(x_t)``: the memory reads the stream normalised and writes back at its scale, so a projection of
-        order one can steer a stream of any norm (a random or pretrained base's residual is often 10–100 × the
-        memory's own outputs)."""
-        scale = x.pow(2).mean(-1, keepdim=True).sqrt() if self.config.text_config is not None else None
+        ``o_t · rms(residual_t)``: the memory reads its input normalised and writes back at the stream's scale, so a
+        projection of order one can steer a stream of any norm (a random or pretrained base's residual is often
+        10–100 × the memory's own outputs)."""
+        stream = x if residual is None else residual
+        scale = stream.pow(2).mean(-1, keepdim=True).sqrt() if self.config.text_config is not None else None
         x = self.input_norm(x)
         if state is None:
             state = self.initial_state(x.shape[0], x.dtype, x.device)

@@ -4,8 +4,9 @@ A base of L layers with hidden states ``h^ℓ`` is changed at one layer only::
 
     h^ℓ  ←  h^ℓ + MemoryCore(h^ℓ)       (hook on layer ℓ = inject_layer mod L, registered first)
 
-so the layers above see the memory's output and ``output_hidden_states`` shows it. The layers are found
-generically: the ``nn.ModuleList`` of ``num_hidden_layers`` blocks of one class.
+so the layers above see the memory's output and ``output_hidden_states`` shows it. The memory reads ``h^ℓ``
+itself, or (``read_from="embeddings"``) the base's input token embeddings of the same positions while still adding
+at layer ℓ. The layers are found generically: the ``nn.ModuleList`` of ``num_hidden_layers`` blocks of one class.
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ def injection_point(base: nn.Module, inject_layer: int) -> tuple[str, bool]:
     stack = decoder_layers(base, num_layers)
     name = next(name for name, module in base.named_modules() if module is stack)
     return f"{name}.{index}", index == num_layers - 1
+
+
+def memory_reader(
+    base: nn.Module, read_from: str, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """For one piece of input (ids (B, T) or embeddings (B, T, D)): what the memory reads, given the injection
+    layer's output h (B, T, D): h itself (``"layer"``) or the base's input token embeddings (``"embeddings"``)."""
+    if read_from == "layer":
+        return lambda hidden: hidden
+    embeds = inputs_embeds if inputs_embeds is not None else base.get_input_embeddings()(input_ids)
+    return lambda hidden: embeds
 
 
 @contextmanager

@@ -31,7 +31,7 @@ from .configuration_dnc_sdapm import DNCSDAPMConfig
 from .controller import Clock
 from .core import MemoryCore, RecurrentState
 from .access import last_real
-from .injection import injection_point, residual_hook, segment_bounds
+from .injection import injection_point, memory_reader, residual_hook, segment_bounds
 
 
 @dataclass
@@ -273,8 +273,8 @@ class _Trace:
     def __init__(self, core: MemoryCore, state: RecurrentState | None) -> None:
         self.core, self.state, self.pieces = core, state, []
 
-    def run(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = self.core(x, mask, self.state)
+    def run(self, x: torch.Tensor, mask: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.core(x, mask, self.state, residual)
         self.state = out.state
         self.pieces.append(out)
         return out.hidden
@@ -343,7 +343,7 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
         if self.base is None:
             hidden = trace.run(inputs_embeds if input_ids is None else self.embed_tokens(input_ids), mask)
         else:
-            hidden = self._through_base(input_ids, inputs_embeds, mask, lambda h, piece: trace.run(h, piece))
+            hidden = self._through_base(input_ids, inputs_embeds, mask, trace.run)
         return DNCSDAPMModelOutput(last_hidden_state=hidden, memory_state=trace.state.as_dict(), **trace.joined(mask))
 
     @torch.no_grad()
@@ -355,13 +355,14 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
         b, t = _check_inputs(input_ids, None, self.config.hidden_size, self.base.config.vocab_size)
         seen = []
         self._through_base(input_ids, None, _mask(attention_mask, b, t, input_ids.device),
-                           lambda h, piece: seen.append(h) or torch.zeros_like(h))
+                           lambda x, piece, h: seen.append(h) or torch.zeros_like(h))
         return torch.cat(seen, 1)
 
     def _over_base_states(self, states: torch.Tensor, attention_mask, memory_state) -> DNCSDAPMModelOutput:
-        if self.base is None or not self._inject_at_top:
+        if self.base is None or not self._inject_at_top or self.config.read_from != "layer":
             raise ValueError(
-                "base_hidden_states stand for the base's top layer: they need a frozen base and inject_layer=-1"
+                "base_hidden_states stand for the base's top layer as the memory's input: they need a frozen base, "
+                "inject_layer=-1 and read_from='layer'"
             )
         b, t = _check_inputs(None, states, self.config.hidden_size, 0)
         mask = _mask(attention_mask, b, t, states.device)
@@ -371,18 +372,18 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
         return DNCSDAPMModelOutput(last_hidden_state=hidden, memory_state=trace.state.as_dict(), **trace.joined(mask))
 
     def _through_base(self, input_ids, inputs_embeds, mask: torch.Tensor, add) -> torch.Tensor:
-        """Each segment through the base on its own, ``add(h, piece_mask)`` added at the injection layer."""
+        """Each segment through the base on its own, ``add(x, piece_mask, h)`` added to the injection layer's output
+        h, with x what the memory reads (``memory_reader``)."""
         layer = self.base.get_submodule(self._inject_path)
         segment = _segment_length(self.config, self.base.config)
         hidden = []
         for start, end in segment_bounds(0, mask.shape[1], segment):
             piece_mask = mask[:, start:end]
-            with residual_hook(layer, lambda h: add(h, piece_mask)):
-                out = self.base(
-                    input_ids=None if input_ids is None else input_ids[:, start:end],
-                    inputs_embeds=None if inputs_embeds is None else inputs_embeds[:, start:end],
-                    attention_mask=piece_mask.long(),
-                )
+            ids = None if input_ids is None else input_ids[:, start:end]
+            embeds = None if inputs_embeds is None else inputs_embeds[:, start:end]
+            read = memory_reader(self.base, self.config.read_from, ids, embeds)
+            with residual_hook(layer, lambda h: add(read(h), piece_mask, h)):
+                out = self.base(input_ids=ids, inputs_embeds=embeds, attention_mask=piece_mask.long())
             hidden.append(out.last_hidden_state)
         return torch.cat(hidden, 1)
 
@@ -501,10 +502,13 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
             if use_cache:
                 current = cache if continues else MemoryCache(self.base_lm.config)
             piece_mask = full_mask[:, filled + start : filled + end].bool()
-            with residual_hook(layer, lambda h: trace.run(h, piece_mask)):
+            ids = None if input_ids is None else input_ids[:, start:end]
+            embeds = None if inputs_embeds is None else inputs_embeds[:, start:end]
+            read = memory_reader(self.base_lm, self.config.read_from, ids, embeds)
+            with residual_hook(layer, lambda h: trace.run(read(h), piece_mask, h)):
                 out = self.base_lm(
-                    input_ids=None if input_ids is None else input_ids[:, start:end],
-                    inputs_embeds=None if inputs_embeds is None else inputs_embeds[:, start:end],
+                    input_ids=ids,
+                    inputs_embeds=embeds,
                     attention_mask=seg_mask,
                     position_ids=positions,
                     cache=current,

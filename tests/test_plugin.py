@@ -80,6 +80,25 @@ def test_cached_generation_equals_uncached_across_segments(arch):
     assert (step.logits[:, -1] - whole.logits[:, -1]).abs().max() <= 1e-4
 
 
+def test_the_memory_can_read_the_base_embeddings_and_still_add_at_its_layer():
+    model = plugged(segment_length=6, read_from="embeddings")
+    x = ids(length=14)
+    seen = []
+    hook = model.memory.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        out = model(input_ids=x)
+    hook.remove()
+    embeddings = model.base_lm.get_input_embeddings()(x)
+    assert torch.equal(torch.cat(seen, 1), embeddings)  # segment by segment, the token embeddings themselves
+    model.config.read_from = "layer"
+    with torch.no_grad():  # the same weights reading the layer's output give other logits
+        assert (out.logits - model(input_ids=x).logits).abs().max() > 1e-3
+    model.config.read_from = "embeddings"
+    prompt = ids(length=8)
+    cached = model.generate(prompt, max_new_tokens=7, do_sample=False, use_cache=True)
+    assert torch.equal(cached, model.generate(prompt, max_new_tokens=7, do_sample=False, use_cache=False))
+
+
 def test_beam_search_reorders_the_memory_with_the_beams():
     model = plugged(segment_length=8)
     prompt = ids(length=5)
