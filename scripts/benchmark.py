@@ -208,7 +208,7 @@ def run_step(args) -> str:
             state = "met" if got and got >= target else "**missed**"
             verdicts.append(f"* N = {n}: target ≥ {target}× faster than pytorch-dnc; best {best}: "
                             f"{got:.1f}× — {state}" if got else f"* N = {n}: no measurement")
-    errors = [f"* {name}, N = {n}: {r['error']}" for (name, n), rs in results.items() for r in rs if "error" in r]
+    errors = sorted({f"* {name}, N = {n}: {r['error']}" for (name, n), rs in results.items() for r in rs if "error" in r})
     params = {name: _median(results.get((name, args.sizes[0]), []), "params") for name in names}
     return f"""## Training step against pytorch-dnc
 
@@ -346,7 +346,7 @@ def run_scaling(args) -> str:
     if 64 in args.scaling_sizes and 4096 in args.scaling_sizes:
         got = _ratio(_median(results[("train", 4096)], KEY), _median(results[("train", 64)], KEY))
         verdict += f"{got:.2f}× — {'met' if got <= 2 else '**missed**'}" if got else "no measurement"
-    errors = [f"* {mode}, N = {n}: {r['error']}" for (mode, n), rs in results.items() for r in rs if "error" in r]
+    errors = sorted({f"* {mode}, N = {n}: {r['error']}" for (mode, n), rs in results.items() for r in rs if "error" in r})
     return f"""## Memory scaling with sparse reads
 
 {_header(args)}
@@ -517,7 +517,7 @@ def run_act(args) -> str:
     best = max(head["after"], key=lambda s: head["after"][s]["accuracy"])
     loss_points = 100 * (head["accuracy_before"] - head["after"][best]["accuracy"])
     verdict = (f"* d = 2: {layers} memory reads per input → 1 ({layers}× fewer steps) at S′ = {best}, accuracy "
-               f"{head['accuracy_before']:.3f} → {head['after'][best]['accuracy']:.3f} ({loss_points:+.1f} points lost); "
+               f"{head['accuracy_before']:.3f} → {head['after'][best]['accuracy']:.3f} ({loss_points:.1f} points lost); "
                f"target ≥ 5× fewer steps at ≤ 1 point lost — {'met' if loss_points <= 1 else '**missed**'}")
     accuracy_rows = [[f"d={d}", f"{c['accuracy_before']:.3f}"] + [f"{c['after'][s]['accuracy']:.3f}" for s in slots]
                      for d, c in cases.items()]

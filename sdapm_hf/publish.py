@@ -71,6 +71,7 @@ def render_card(run_dir: str | Path, repo_id: str, template: str | Path = CARD_T
         repo_id=repo_id,
         base_model=base_model,
         adapter=adapter,
+        read_from=config.get("read_from", "layer"),
         memory_megabytes=f"{weights.stat().st_size / 1e6:.2f}" if weights.exists() else "?",
         task=experiment["task"],
         task_args=json.dumps(experiment["task_args"]),
