@@ -59,6 +59,8 @@ class DNCSDAPMConfig(PreTrainedConfig):
             pairs as ONE least-squares slot (``sdapm.write_chunk``). ``chunk_size=1`` is the per-token model.
             Needs ``memory_type="sdapm"``, ``act_mode="none"``, ``clock_keys=False`` and ``consolidation`` in
             ``("auto", "off")``.
+        chunk_members: M, the steps of a chunk its slot keeps: the M most strongly gated real ones (None: all C).
+            Needs ``chunk_size``; M ≤ ``max_rank`` + 1 keeps the slot an exact map of its members.
         act_mode: ``"none"`` (one read per step), ``"act"`` (Graves' adaptive computation time), ``"pondernet"``
             or ``"fixed"`` (always ``act_max_steps`` reads); in each inner step the read output is the next
             read word.
@@ -105,6 +107,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
     clock_keys: bool = True
     clock_reset_cost: float = 0.1
     chunk_size: int | None = None
+    chunk_members: int | None = None
     act_mode: str = "none"
     act_max_steps: int = 4
     act_epsilon: float = 0.01
@@ -160,10 +163,18 @@ class DNCSDAPMConfig(PreTrainedConfig):
         self.sdapm_settings()  # the memory checks its own fields (max_rank, ridge, value_max, ...)
 
     def _check_chunking(self) -> None:
+        if self.chunk_members is not None and self.chunk_size is None:
+            raise ValueError("chunk_members needs chunk_size (it selects the steps of a chunk's write)")
         if self.chunk_size is None:
             return
         if not isinstance(self.chunk_size, int) or isinstance(self.chunk_size, bool) or self.chunk_size < 1:
             raise ValueError(f"chunk_size must be an integer >= 1 or None, got {self.chunk_size!r}")
+        if self.chunk_members is not None and (
+            not isinstance(self.chunk_members, int) or isinstance(self.chunk_members, bool)
+            or not 1 <= self.chunk_members <= self.chunk_size
+        ):
+            raise ValueError(f"chunk_members must be an integer in [1, chunk_size={self.chunk_size}] or None, "
+                             f"got {self.chunk_members!r}")
         for name, supported in CHUNKED_MODE.items():
             if getattr(self, name) not in supported:
                 raise ValueError(
