@@ -69,6 +69,8 @@ class DNCSDAPMConfig(PreTrainedConfig):
         ponder_cost: weight of the ponder cost (ACT) or of the KL to the geometric prior (PonderNet) in the loss.
         pondernet_prior: λ_p of PonderNet's geometric prior.
         halting_bias_init: initial bias of the halting unit.
+        interface_window: K, inputs the interface's direct path sees, ``[x_t ; … ; x_{t−K+1}]`` (the last K real
+            positions, zeros before the first; ``controller.py``): 1 is the current input alone.
         bypass_dropout: dropout on the controller → output path that does not go through memory.
         controller_clip: clip of the controller's outputs.
         text_config: config of a frozen base model (dict or config), None for a standalone model.
@@ -114,6 +116,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
     ponder_cost: float = 1e-3
     pondernet_prior: float = 0.5
     halting_bias_init: float = 1.0
+    interface_window: int = 1
     bypass_dropout: float = 0.1
     controller_clip: float = 20.0
     text_config: dict | PreTrainedConfig | None = None
@@ -134,7 +137,8 @@ class DNCSDAPMConfig(PreTrainedConfig):
         self._check_base()
 
     def _check_sizes(self) -> None:
-        for name in ("vocab_size", "hidden_size", "controller_size", "memory_slots", "word_size", "read_heads"):
+        for name in ("vocab_size", "hidden_size", "controller_size", "memory_slots", "word_size", "read_heads",
+                     "interface_window"):
             _positive(self, name)
         if self.act_max_steps < 1:
             raise ValueError(f"act_max_steps must be >= 1, got {self.act_max_steps}")

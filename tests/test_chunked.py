@@ -55,7 +55,8 @@ def assert_same_run(a, b, tol=1e-5):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"consolidation": "off"}, {"temporal_links": True}, {"top_k": 2}, {"top_k": 2, "read_candidates": 3}],
+    [{}, {"consolidation": "off"}, {"temporal_links": True}, {"top_k": 2}, {"top_k": 2, "read_candidates": 3},
+     {"interface_window": 3}],
 )
 def test_chunk_size_one_is_the_per_token_model(overrides):
     per_token = standalone(**overrides)  # 4 slots, 20 positions: the memory fills and consolidates
@@ -76,8 +77,9 @@ def test_chunk_size_one_is_the_per_token_model_in_a_frozen_llama():
         assert_same_run(per_token(input_ids=x, attention_mask=mask), chunked(input_ids=x, attention_mask=mask))
 
 
-def test_chunks_count_from_the_start_of_the_stream_across_calls():
-    model = standalone(chunk_size=4)
+@pytest.mark.parametrize("window", [1, 3])
+def test_chunks_count_from_the_start_of_the_stream_across_calls(window):
+    model = standalone(chunk_size=4, interface_window=window)
     x, mask = tokens(), padded_mask(tokens())
     with torch.no_grad():
         whole = model(input_ids=x, attention_mask=mask)
@@ -201,7 +203,7 @@ def test_a_state_with_a_full_pending_chunk_is_refused():
         {"chunk_size": 8, "max_rank": 4},  # 7 scatter rows kept as the top 4 principal directions
         {"chunk_size": 12},  # 11 scatter rows in W = 8 dimensions, compressed exactly to 8
         {"chunk_size": 4, "temporal_links": True, "read_form": "averaged"},
-        {"chunk_size": 8, "chunk_members": 3},
+        {"chunk_size": 8, "chunk_members": 3, "interface_window": 2},
     ],
 )
 def test_chunked_mode_trains(settings):
