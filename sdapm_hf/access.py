@@ -17,7 +17,9 @@ is full and writes the C pairs as one least-squares slot (``write_chunk``, ``sda
     r_t      = Read(read keys_t)  against the memory at the chunk's start,  t in the chunk
     memory   = consolidate if full, write_chunk({(k_t, v_t, g_t)})         once, at the chunk's end
 
-With C = 1 this is the step above.
+With C = 1 this is the step above. With ``chunk_members`` M < C, the slot keeps only the chunk's M most strongly
+gated steps (the others' gates are set to 0), so that a chunk of filler around one fact stores the fact alone,
+as a thin slot that consolidation merges exactly, instead of a least-squares fit dominated by the filler.
 
 The same controller drives either the SDAPM (``sdapm.py``) or the classic DNC memory (``dnc_memory.py``);
 ``memory_type="none"`` has no access at all.
@@ -109,6 +111,7 @@ class MemoryAccess(nn.Module):
         self.settings = memory_settings(config)
         self.consolidation_mode = config.consolidation
         self.group = config.consolidation_group
+        self.chunk_members = config.chunk_members
         self.clock = Clock(config.word_size) if config.clock_keys and self.kind != "none" else None
         learned = self.kind == "sdapm" and config.consolidation == "learned"
         self.consolidation = ConsolidationHead() if learned else None
@@ -186,8 +189,12 @@ class MemoryAccess(nn.Module):
         memory = dataclasses.replace(state.memory, read_weights=chunk["read_weights"].flatten(1, 2))
         memory = self._consolidate(memory, real)
         weight = mask.to(chunk["write_gate"].dtype)
+        gates = chunk["write_gate"] * weight
+        if self.chunk_members is not None and self.chunk_members < c:  # the M strongest steps alone
+            strongest = gates.topk(self.chunk_members, dim=-1).indices
+            gates = gates * torch.zeros_like(mask).scatter(-1, strongest, True).to(gates.dtype)
         memory = sdapm_write_chunk(
-            memory, chunk["write_key"], chunk["write_value"], self.settings, chunk["write_gate"] * weight,
+            memory, chunk["write_key"], chunk["write_value"], self.settings, gates,
             (chunk["free_gates"] * weight[..., None]).flatten(1), mask=real, check=False,
         )
         last = memory.read_weights.view(b, c, heads, n)[torch.arange(b, device=mask.device), last_real(mask)]

@@ -60,6 +60,8 @@ class DNCSDAPMConfig(PreTrainedConfig):
             pairs as ONE least-squares slot (``sdapm.write_chunk``). ``chunk_size=1`` is the per-token model.
             Needs ``memory_type="sdapm"``, ``act_mode="none"``, ``clock_keys=False`` and ``consolidation`` in
             ``("auto", "off")``.
+        chunk_members: M, the steps of a chunk its slot keeps: the M most strongly gated real ones (None: all C).
+            Needs ``chunk_size``; M ≤ ``max_rank`` + 1 keeps the slot an exact map of its members.
         act_mode: ``"none"`` (one read per step), ``"act"`` (Graves' adaptive computation time), ``"pondernet"``
             or ``"fixed"`` (always ``act_max_steps`` reads); in each inner step the read output is the next
             read word.
@@ -68,6 +70,8 @@ class DNCSDAPMConfig(PreTrainedConfig):
         ponder_cost: weight of the ponder cost (ACT) or of the KL to the geometric prior (PonderNet) in the loss.
         pondernet_prior: λ_p of PonderNet's geometric prior.
         halting_bias_init: initial bias of the halting unit.
+        interface_window: K, inputs the interface's direct path sees, ``[x_t ; … ; x_{t−K+1}]`` (the last K real
+            positions, zeros before the first; ``controller.py``): 1 is the current input alone.
         bypass_dropout: dropout on the controller → output path that does not go through memory.
         controller_clip: clip of the controller's outputs.
         text_config: config of a frozen base model (dict or config), None for a standalone model.
@@ -109,12 +113,14 @@ class DNCSDAPMConfig(PreTrainedConfig):
     clock_keys: bool = True
     clock_reset_cost: float = 0.1
     chunk_size: int | None = None
+    chunk_members: int | None = None
     act_mode: str = "none"
     act_max_steps: int = 4
     act_epsilon: float = 0.01
     ponder_cost: float = 1e-3
     pondernet_prior: float = 0.5
     halting_bias_init: float = 1.0
+    interface_window: int = 1
     bypass_dropout: float = 0.1
     controller_clip: float = 20.0
     text_config: dict | PreTrainedConfig | None = None
@@ -136,7 +142,8 @@ class DNCSDAPMConfig(PreTrainedConfig):
         self._check_base()
 
     def _check_sizes(self) -> None:
-        for name in ("vocab_size", "hidden_size", "controller_size", "memory_slots", "word_size", "read_heads"):
+        for name in ("vocab_size", "hidden_size", "controller_size", "memory_slots", "word_size", "read_heads",
+                     "interface_window"):
             _positive(self, name)
         if self.act_max_steps < 1:
             raise ValueError(f"act_max_steps must be >= 1, got {self.act_max_steps}")
@@ -166,10 +173,18 @@ class DNCSDAPMConfig(PreTrainedConfig):
         self.sdapm_settings()  # the memory checks its own fields (max_rank, ridge, value_max, ...)
 
     def _check_chunking(self) -> None:
+        if self.chunk_members is not None and self.chunk_size is None:
+            raise ValueError("chunk_members needs chunk_size (it selects the steps of a chunk's write)")
         if self.chunk_size is None:
             return
         if not isinstance(self.chunk_size, int) or isinstance(self.chunk_size, bool) or self.chunk_size < 1:
             raise ValueError(f"chunk_size must be an integer >= 1 or None, got {self.chunk_size!r}")
+        if self.chunk_members is not None and (
+            not isinstance(self.chunk_members, int) or isinstance(self.chunk_members, bool)
+            or not 1 <= self.chunk_members <= self.chunk_size
+        ):
+            raise ValueError(f"chunk_members must be an integer in [1, chunk_size={self.chunk_size}] or None, "
+                             f"got {self.chunk_members!r}")
         for name, supported in CHUNKED_MODE.items():
             if getattr(self, name) not in supported:
                 raise ValueError(

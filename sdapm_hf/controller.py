@@ -3,10 +3,13 @@
 Per time step ``t`` (Graves et al. 2016)::
 
     (h_t, c_t) = LSTM([x_t ; r_{t−1}], (h_{t−1}, c_{t−1})),   h_t clipped to ±clip
-    ξ_t        = LayerNorm(W_ξ h_t + U_ξ x_t)                         (the interface vector, ADNC's normalisation)
+    ξ_t        = LayerNorm(W_ξ h_t + U_ξ [x_t ; … ; x_{t−K+1}])       (the interface vector, ADNC's normalisation)
 
-The input's direct path ``U_ξ x_t`` lets a gate depend on the current token itself (a delimiter that resets
-the clock, say) without first routing it through the recurrent state.
+The input's direct path ``U_ξ`` lets a gate depend on the current token itself (a delimiter that resets
+the clock, say) without first routing it through the recurrent state. With ``interface_window`` K > 1 it sees
+the last K inputs (a short causal convolution, as the shift before an SSM's recall): a pair can be written with
+the word two positions back as its key and the current one as its value ("the otter is jade"), and read with the
+previous word as its query ("the otter ?"), without the LSTM having to learn to carry the word first.
 
 ``ξ_t`` is split into the named parts of ``Interface.parts`` (read keys, strengths and modes, write key, value
 and gate, free gates, the classic memory's allocation gate, write strength and erase vector, the consolidation
@@ -135,13 +138,13 @@ class Interface(nn.Module):
         self.read_heads = config.read_heads
         total = sum(size for size, _ in self.parts.values())
         self.proj = nn.Linear(config.controller_size, total)
-        self.skip = nn.Linear(config.hidden_size, total, bias=False)
+        self.skip = nn.Linear(config.hidden_size * config.interface_window, total, bias=False)
         self.norm = nn.LayerNorm(total)
         # Read by the model's weight initialisation: each gate starts at its part's bias (open or closed).
         self.norm.init_bias = [bias for size, bias in self.parts.values() for _ in range(size)]
 
     def forward(self, h: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """h (B, H) controller output, x (B, D) the step's input."""
+        """h (B, H) controller output, x (B, K·D) the step's input window ``[x_t ; … ; x_{t−K+1}]``."""
         flat = self.norm(self.proj(h) + self.skip(x))
         out = {}
         for name, chunk in zip(self.parts, flat.split([size for size, _ in self.parts.values()], -1)):

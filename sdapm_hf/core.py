@@ -3,7 +3,7 @@
 One time step (``MemoryCore.step``)::
 
     h, state_c  = Controller([x_t ; r_{t−1}])                    controller.py
-    ξ           = Interface(h, x_t)                              controller.py
+    ξ           = Interface(h, [x_t ; … ; x_{t−K+1}])             controller.py (K = interface_window)
     r_t         = Ponder(read, read keys ⊕ clock)                act.py (read output → next read word)
     memory      = consolidate if full, write (k ⊕ clock, v)      access.py, sdapm.py
     o_t         = W_o [Dropout_bypass(h) ; r_t]                  the core's output (B, D)
@@ -12,7 +12,7 @@ Chunked mode (``chunk_size`` C; chunks are counted from the start of the memory'
 positions t of one chunk, with ``r_prev`` the reads of the previous chunk's last real position::
 
     h_t, state_c = Controller([x_t ; r_prev])                    token by token
-    ξ_t          = Interface(h_t, x_t)                           all positions of the chunk in one call
+    ξ_t          = Interface(h_t, [x_t ; … ; x_{t−K+1}])          all positions of the chunk in one call
     r_t          = Read(read keys_t)                             all at once, against the memory at the chunk's start
     o_t          = W_o [Dropout_bypass(h_t) ; r_t]
     at the end:  memory = consolidate if full, write_chunk({(k_t, v_t, g_t)})      one slot for the C pairs
@@ -24,7 +24,10 @@ pass over it. ``chunk_size=1`` is the per-token recurrence.
 
 With a frozen base, ``x_t`` is the base's hidden state after LayerNorm, the output is scaled by the hidden state's
 RMS (``forward``) and ``W_o`` starts at zero, so an untrained memory adds nothing to the base's residual stream.
-The recurrent state (controller, last reads, clock, memory) is a ``RecurrentState``; as a plain dict of tensors it
+The interface's window ``[x_t ; … ; x_{t−K+1}]`` holds the last K real inputs (zeros before the first), so a key
+or value can be a token's neighbour, e.g. the word two positions back, without routing it through the LSTM; the
+state carries the last K − 1 inputs. The recurrent state (controller, last reads, clock, memory, window) is a
+``RecurrentState``; as a plain dict of tensors it
 is the models' ``memory_state``. Positions where the mask is False leave the state untouched (in chunked mode: a
 chunk without a real position leaves it bit-identical).
 """
@@ -82,16 +85,21 @@ class RecurrentState:
     reads: torch.Tensor  # (B, R·W) the controller's read input
     access: AccessState
     chunk: PendingChunk | None = None  # chunked mode only
+    window: torch.Tensor | None = None  # (B, K−1, D) the last K − 1 real inputs, newest first (interface_window K > 1)
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         chunk = {} if self.chunk is None else self.chunk.prefixed("chunk")
-        return {"controller.h": self.h, "controller.c": self.c, "reads": self.reads, **self.access.as_dict(), **chunk}
+        window = {} if self.window is None else {"window": self.window}
+        return {
+            "controller.h": self.h, "controller.c": self.c, "reads": self.reads, **self.access.as_dict(), **chunk, **window
+        }
 
     def where(self, mask: torch.Tensor, other: RecurrentState) -> RecurrentState:
         """Per position (per-token mode, no pending chunk): ``self`` where mask (B,), ``other`` elsewhere."""
-        pick = lambda a, b: torch.where(mask[:, None], a, b)  # noqa: E731
+        pick = lambda a, b: torch.where(mask.view(-1, *(1,) * (a.dim() - 1)), a, b)  # noqa: E731
         return RecurrentState(
-            pick(self.h, other.h), pick(self.c, other.c), pick(self.reads, other.reads), self.access.where(mask, other.access)
+            pick(self.h, other.h), pick(self.c, other.c), pick(self.reads, other.reads), self.access.where(mask, other.access),
+            window=None if self.window is None else pick(self.window, other.window),
         )
 
 
@@ -115,6 +123,7 @@ class MemoryCore(nn.Module):
         super().__init__()
         self.config = config
         self.chunk_size = config.chunk_size
+        self.window = config.interface_window
         self.read_size = 0 if config.memory_type == "none" else config.read_heads * config.word_size
         self.input_norm = nn.LayerNorm(config.hidden_size) if config.text_config is not None else nn.Identity()
         self.controller = Controller(config, self.read_size)
@@ -131,7 +140,10 @@ class MemoryCore(nn.Module):
         reads = torch.zeros(batch_size, self.read_size, dtype=dtype, device=device)
         access = self.access.init_state(batch_size, dtype, device)
         chunk = None if self.chunk_size is None else self._empty_chunk(batch_size, dtype, device)
-        return RecurrentState(zeros, zeros.clone(), reads, access, chunk)
+        window = None
+        if self.window > 1:
+            window = torch.zeros(batch_size, self.window - 1, self.config.hidden_size, dtype=dtype, device=device)
+        return RecurrentState(zeros, zeros.clone(), reads, access, chunk, window)
 
     def _empty_chunk(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> PendingChunk:
         config = self.config
@@ -156,6 +168,7 @@ class MemoryCore(nn.Module):
                 tensors["reads"],
                 self.access.state_from_dict(tensors),
                 None if self.chunk_size is None else PendingChunk.from_prefixed(tensors, "chunk"),
+                None if self.window == 1 else tensors["window"],
             )
         except (KeyError, ValueError) as err:
             raise ValueError(f"memory_state does not come from a model with this config: {err}") from err
@@ -163,6 +176,11 @@ class MemoryCore(nn.Module):
             raise ValueError(
                 f"memory_state holds {state.chunk.length} positions of an unfinished chunk, "
                 f"chunk_size={self.chunk_size} allows at most {self.chunk_size - 1}"
+            )
+        if state.window is not None and tuple(state.window.shape[1:]) != (self.window - 1, self.config.hidden_size):
+            raise ValueError(
+                f"memory_state holds a window of shape {tuple(state.window.shape[1:])}, interface_window="
+                f"{self.window} needs ({self.window - 1}, {self.config.hidden_size})"
             )
         if state.h.shape[0] != batch_size:
             raise ValueError(f"memory_state has batch size {state.h.shape[0]}, the input has {batch_size}")
@@ -179,9 +197,10 @@ class MemoryCore(nn.Module):
         h, (hh, cc) = self.controller(x, state.reads, (state.h, state.c))
         if self.access.kind == "none":
             out = self.output(self.bypass(h))
-            new = RecurrentState(hh, cc, state.reads, state.access)
+            new = RecurrentState(hh, cc, state.reads, state.access, window=state.window)
             return new.where(mask, state), out, None, {}
-        iface = self.interface(h, x)
+        window, previous = self._windows(x[:, None], mask[:, None], state.window)
+        iface = self.interface(h, window[:, 0])
         access = self.access.advance_clock(iface, state.access, mask)
         words = self.access.first_words(iface, access)
         step = self.ponder(lambda w, st, active: self.access.read(iface, w, st, active & mask), words, access, h)
@@ -192,7 +211,7 @@ class MemoryCore(nn.Module):
             k = step.step_reads.shape[1]
             per_step = torch.cat([self.bypass(h)[:, None].expand(-1, k, -1), step.step_reads.flatten(2)], dim=-1)
             step.step_reads = self.output(per_step)  # (B, K, D): every inner step's output
-        new = RecurrentState(hh, cc, reads, access)
+        new = RecurrentState(hh, cc, reads, access, window=previous)
         return new.where(mask, state), out, step, iface
 
     def forward(
@@ -261,13 +280,14 @@ class MemoryCore(nn.Module):
         chunk's end (write, reads fed back) when they complete it."""
         b, steps = mask.shape
         h, (hh, cc) = self.controller.steps(x, state.reads, (state.h, state.c), mask)
-        iface = self.interface(h.flatten(0, 1), x.flatten(0, 1))
+        windows, previous = self._windows(x, mask, state.window)
+        iface = self.interface(h.flatten(0, 1), windows.flatten(0, 1))
         iface = {name: t.unflatten(0, (b, steps)) for name, t in iface.items()}
         reads, weights = self.access.read_chunk(iface, state.access)
         reads = reads.flatten(2)
         out = self.output(torch.cat([self.bypass(h), reads], dim=-1))
         piece = PendingChunk(mask=mask, reads=reads, read_weights=weights, **{k: iface[k] for k in CHUNK_WRITES})
-        state = RecurrentState(hh, cc, state.reads, state.access, state.chunk.extended(piece))
+        state = RecurrentState(hh, cc, state.reads, state.access, state.chunk.extended(piece), previous)
         if state.chunk.length == self.chunk_size:
             state = self._end_chunk(state)
         return state, out
@@ -279,7 +299,27 @@ class MemoryCore(nn.Module):
         rows = torch.arange(chunk.mask.shape[0], device=chunk.mask.device)
         last = chunk.reads[rows, last_real(chunk.mask)]
         reads = torch.where(chunk.mask.any(-1)[:, None], last, state.reads)
-        return RecurrentState(state.h, state.c, reads, access, chunk.cleared())
+        return RecurrentState(state.h, state.c, reads, access, chunk.cleared(), state.window)
+
+    def _windows(
+        self, x: torch.Tensor, mask: torch.Tensor, previous: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The interface's input at each of L positions, x (B, L, D), mask (B, L) bool, ``previous`` (B, K−1, D)
+        the last K − 1 real inputs (newest first; None for K = 1) → windows (B, L, K·D) ``[x_t ; … ; x_{t−K+1}]``
+        over the real positions, and the last K − 1 real inputs after the L positions (a masked one is skipped)."""
+        if previous is None:
+            return x, None
+        k = previous.shape[1] + 1
+        if bool(mask.all()):  # one unfold: (B, K−1+L, D) oldest first → (B, L, D, K) → newest first
+            stream = torch.cat([previous.flip(1), x], 1)
+            windows = stream.unfold(1, k, 1).flip(-1).transpose(-1, -2).flatten(2)
+            return windows, stream[:, -(k - 1) :].flip(1)
+        windows = []
+        for i in range(x.shape[1]):
+            window = torch.cat([x[:, i, None], previous], 1)  # (B, K, D)
+            windows.append(window.flatten(1))
+            previous = torch.where(mask[:, i, None, None], window[:, :-1], previous)
+        return torch.stack(windows, 1), previous
 
     def statistics(self, ponder_steps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(3,) mean inner steps, p90 and share at the cap over the counted positions."""

@@ -55,7 +55,8 @@ def assert_same_run(a, b, tol=1e-5):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"consolidation": "off"}, {"temporal_links": True}, {"top_k": 2}, {"top_k": 2, "read_candidates": 3}],
+    [{}, {"consolidation": "off"}, {"temporal_links": True}, {"top_k": 2}, {"top_k": 2, "read_candidates": 3},
+     {"interface_window": 3}],
 )
 def test_chunk_size_one_is_the_per_token_model(overrides):
     per_token = standalone(**overrides)  # 4 slots, 20 positions: the memory fills and consolidates
@@ -76,8 +77,9 @@ def test_chunk_size_one_is_the_per_token_model_in_a_frozen_llama():
         assert_same_run(per_token(input_ids=x, attention_mask=mask), chunked(input_ids=x, attention_mask=mask))
 
 
-def test_chunks_count_from_the_start_of_the_stream_across_calls():
-    model = standalone(chunk_size=4)
+@pytest.mark.parametrize("window", [1, 3])
+def test_chunks_count_from_the_start_of_the_stream_across_calls(window):
+    model = standalone(chunk_size=4, interface_window=window)
     x, mask = tokens(), padded_mask(tokens())
     with torch.no_grad():
         whole = model(input_ids=x, attention_mask=mask)
@@ -102,6 +104,20 @@ def test_a_chunk_reads_the_memory_of_its_start_and_writes_one_slot_at_its_end():
     assert whole["chunk.mask"].shape == (3, 0)
     assert (whole["memory.mass"] > 0).sum(-1).tolist() == [1, 1, 1]
     assert whole["memory.rank"].amax(-1).tolist() == [3, 3, 3]  # the 4 pairs as one least-squares slot
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_chunk_members_keeps_the_most_strongly_gated_steps_alone(members):
+    model = standalone(chunk_size=4, chunk_members=members)
+    x = tokens(length=4)
+    with torch.no_grad():
+        whole = model(input_ids=x).memory_state
+    slot = whole["memory.write_weights"].argmax(-1)
+    rows = torch.arange(3)
+    gates = whole["memory.usage"][rows, slot]  # the slot's presence: its strongest member's gate
+    assert whole["memory.rank"][rows, slot].tolist() == [members - 1] * 3  # an exact map of M members
+    assert torch.allclose(whole["memory.mass"][rows, slot], whole["memory.mass"][rows, slot].clamp(max=members))
+    assert (gates > 0).all()
 
 
 def test_chunk_members_read_back_their_values_from_one_slot():
@@ -163,6 +179,8 @@ def test_a_chunk_without_real_positions_leaves_the_state_bit_identical():
         ({"chunk_size": 4, "act_mode": "act"}, "chunk_size=4 needs act_mode"),
         ({"chunk_size": 4, "clock_keys": True}, "chunk_size=4 needs clock_keys"),
         ({"chunk_size": 4, "consolidation": "learned"}, "chunk_size=4 needs consolidation"),
+        ({"chunk_members": 2}, "chunk_members needs chunk_size"),
+        ({"chunk_size": 4, "chunk_members": 5}, "chunk_members must be an integer in"),
     ],
 )
 def test_unsupported_chunked_configs_are_refused(overrides, field):
@@ -185,6 +203,7 @@ def test_a_state_with_a_full_pending_chunk_is_refused():
         {"chunk_size": 8, "max_rank": 4},  # 7 scatter rows kept as the top 4 principal directions
         {"chunk_size": 12},  # 11 scatter rows in W = 8 dimensions, compressed exactly to 8
         {"chunk_size": 4, "temporal_links": True, "read_form": "averaged"},
+        {"chunk_size": 8, "chunk_members": 3, "interface_window": 2},
     ],
 )
 def test_chunked_mode_trains(settings):

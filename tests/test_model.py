@@ -100,7 +100,9 @@ def test_remote_code_loads_without_the_package(tmp_path, clean_python):
     assert "remote-ok" in out
 
 
-@pytest.mark.parametrize("overrides", [{}, {"memory_type": "dnc"}, {"act_mode": "act", "temporal_links": True}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"memory_type": "dnc"}, {"act_mode": "act", "temporal_links": True}, {"interface_window": 3}]
+)
 def test_memory_state_carries_a_sequence_across_calls(overrides):
     model = tiny(**overrides)
     ids = tokens(length=14)  # 4 slots: the second half consolidates
@@ -114,8 +116,9 @@ def test_memory_state_carries_a_sequence_across_calls(overrides):
         assert (t.float() - second.memory_state[name].float()).abs().max() <= 1e-5, name
 
 
-def test_padding_leaves_the_state_untouched():
-    model = tiny()
+@pytest.mark.parametrize("window", [1, 3])
+def test_padding_leaves_the_state_untouched(window):
+    model = tiny(interface_window=window)
     ids = tokens(batch=2, length=6)
     padded = torch.cat([ids, torch.zeros(2, 3, dtype=torch.long)], 1)
     mask = torch.cat([torch.ones(2, 6), torch.zeros(2, 3)], 1).long()
@@ -187,11 +190,23 @@ def test_small_copy_task_is_learned_within_a_minute():
         ("ridge", -1.0, "ridge"),
         ("word_size", "8", "word_size"),
         ("read_form", "sum", "read_form"),
+        ("interface_window", 0, "interface_window must be >= 1"),
     ],
 )
 def test_config_errors_name_the_field(field, value, message):
     with pytest.raises(Exception, match=message):
         DNCSDAPMConfig(**{**TINY, field: value})
+
+
+def test_interface_window_sees_the_last_real_inputs_newest_first():
+    core = tiny(interface_window=3, chunk_size=2, clock_keys=False, consolidation="auto").model.memory
+    x = torch.arange(1.0, 6.0)[None, :, None].expand(1, 5, 2)  # inputs 1..5 of width 2
+    mask = torch.tensor([[True, True, False, True, True]])
+    windows, last = core._windows(x, mask, torch.zeros(1, 2, 2))
+    assert windows[0, :, ::2].tolist() == [[1, 0, 0], [2, 1, 0], [3, 2, 1], [4, 2, 1], [5, 4, 2]]
+    assert last[0, :, 0].tolist() == [5, 4]
+    whole, _ = core._windows(x, torch.ones(1, 5, dtype=torch.bool), torch.zeros(1, 2, 2))
+    assert whole[0, :, ::2].tolist() == [[1, 0, 0], [2, 1, 0], [3, 2, 1], [4, 3, 2], [5, 4, 3]]
 
 
 @pytest.mark.parametrize(
