@@ -310,7 +310,9 @@ class MemoryCore(nn.Module):
         if previous is None:
             return x, None
         k = previous.shape[1] + 1
-        if bool(mask.all()):  # one unfold: (B, K−1+L, D) oldest first → (B, L, D, K) → newest first
+        # one unfold for a chunk without padding; a single position (the per-token step) takes the loop, which needs
+        # no host-side look at the mask
+        if x.shape[1] > 1 and bool(mask.all()):  # (B, K−1+L, D) oldest first → (B, L, D, K) → newest first
             stream = torch.cat([previous.flip(1), x], 1)
             windows = stream.unfold(1, k, 1).flip(-1).transpose(-1, -2).flatten(2)
             return windows, stream[:, -(k - 1) :].flip(1)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .plots import plot_run
 from .publish import write_card
-from .training import compare, evaluate_model, load_experiment, load_run, train
+from .training import compare, load_experiment, load_run, train
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_minilm.yaml"
 
@@ -38,12 +38,14 @@ def run_demo(config: str | Path = DEFAULT_CONFIG, output_dir: str | None = None,
     comparison["train_cpu_seconds"] = trained["train_cpu_seconds"]
     comparison["steps"] = trained["steps"]
     comparison["trained_test_accuracy"] = trained.get("test/accuracy")
+    comparison["task_args"] = experiment.task_args
     comparison["files"] = [str(p) for p in [run / "model", card, run / "metrics.json", run / "comparison.json", *plots]]
     return comparison
 
 
-def report(comparison: dict, task: dict) -> str:
+def report(comparison: dict) -> str:
     """The demo's printed comparison."""
+    task = comparison["task_args"]
     ours, alone = comparison["with_memory"]["test"], comparison["ablated"]["test"]
     return "\n".join([
         f"fact recall over {task['num_segments']} segments x {task['segment_length']} tokens, "
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int)
     args = parser.parse_args(argv)
     comparison = run_demo(args.config, args.output_dir, max_steps=args.max_steps)
-    print(report(comparison, load_experiment(args.config).task_args))
+    print(report(comparison))
 
 
 if __name__ == "__main__":
