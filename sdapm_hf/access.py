@@ -38,7 +38,9 @@ from .dnc_memory import DNCMemorySettings, DNCMemoryState
 from .dnc_memory import init_state as dnc_init_state
 from .dnc_memory import read as dnc_read
 from .dnc_memory import write as dnc_write
-from .sdapm import MemoryState, SDAPMSettings, closest_pair_selection, consolidate, is_full
+from .sdapm import (
+    MemoryState, SDAPMSettings, closest_pair_selection, consolidate, is_full, most_similar_pair_selection,
+)
 from .sdapm import init_state as sdapm_init_state
 from .sdapm import read as sdapm_read
 from .sdapm import read_queries as sdapm_read_queries
@@ -47,6 +49,9 @@ from .sdapm import write_chunk as sdapm_write_chunk
 from .configuration_dnc_sdapm import DNCSDAPMConfig
 from .controller import Clock, ConsolidationHead, mix_keys
 from .tensor_state import TensorState
+
+# The consolidation modes whose group is chosen by a fixed rule (no learned parts).
+FIXED_SELECTIONS = {"auto": closest_pair_selection, "similar": most_similar_pair_selection}
 
 
 def memory_settings(config: DNCSDAPMConfig) -> SDAPMSettings | DNCMemorySettings | None:
@@ -210,8 +215,8 @@ class MemoryAccess(nn.Module):
         full = is_full(memory) & mask
         if not bool(full.any()):  # nothing to do: skip choosing a group (consolidate would change nothing)
             return memory
-        if self.consolidation_mode == "auto":
-            selection = closest_pair_selection(memory)
+        if self.consolidation_mode in FIXED_SELECTIONS:
+            selection = FIXED_SELECTIONS[self.consolidation_mode](memory)
             return consolidate(memory, selection, self.settings, 2, mask=full, check=False)
         query = iface["consolidation_key"][:, None]
         fit, _ = subspace_fit(

@@ -19,14 +19,16 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .training import compare, evaluate_model, load_run
 
     run = Path(args.run)
-    _, model, dataset = load_run(run, **dict(_assignment(item) for item in args.set))
+    task_args = dict(_assignment(item) for item in args.task_args)
+    _, model, dataset = load_run(run, task_args, **dict(_assignment(item) for item in args.set))
     ablation = "zero_memory" if args.zero_memory else "base_alone" if args.base_alone else None
     if ablation is None:
         print(json.dumps({split: evaluate_model(model, dataset[split]) for split in args.splits}, indent=2))
         return
     comparison = compare(model, dataset, args.splits, ablation)
-    (run / "comparison.json").write_text(json.dumps(comparison, indent=2))  # the model card reads it
-    print(json.dumps(comparison, indent=2))
+    if not task_args:  # the model card reads it; a variant of the task is printed only
+        (run / "comparison.json").write_text(json.dumps(comparison, indent=2))
+    print(json.dumps({"task_args": task_args, **comparison} if task_args else comparison, indent=2))
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -79,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
                           help="also evaluate the frozen base without the memory; both go into <run>/comparison.json")
     evaluate.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                           help="config fields changed for evaluation, e.g. top_k=1")
+    evaluate.add_argument("--task-args", nargs="*", default=[], metavar="KEY=VALUE",
+                          help="task arguments changed for evaluation, e.g. seq_len=512 (another length or gap; "
+                               "the comparison is then printed, not saved)")
     evaluate.set_defaults(command_fn=_evaluate)
     plot = commands.add_parser("plot", help="write a run folder's plots (PNG) into <run>/plots/")
     plot.add_argument("run")

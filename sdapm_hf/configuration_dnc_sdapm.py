@@ -9,7 +9,7 @@ from transformers.configuration_utils import SubConfigSpec
 from .sdapm import SDAPMSettings
 
 MEMORY_TYPES = ("sdapm", "dnc", "none")
-CONSOLIDATION_MODES = ("learned", "auto", "off")
+CONSOLIDATION_MODES = ("learned", "auto", "similar", "off")
 ACT_MODES = ("none", "act", "pondernet", "fixed")
 READ_FORMS = ("mixture", "averaged")
 READ_SOURCES = ("layer", "embeddings")
@@ -18,7 +18,7 @@ CHUNKED_MODE = {
     "memory_type": ("sdapm",),
     "act_mode": ("none",),
     "clock_keys": (False,),
-    "consolidation": ("auto", "off"),
+    "consolidation": ("auto", "similar", "off"),
 }
 
 
@@ -47,8 +47,9 @@ class DNCSDAPMConfig(PreTrainedConfig):
         temporal_links: DNC forward/backward read modes.
         read_form: ``"mixture"`` or ``"averaged"`` (the seed's averaged parameters).
         consolidation: ``"learned"`` (the controller's gate and group selection, which sees slot metadata),
-            ``"auto"`` (merge the closest pair of slots whenever the memory is full) or ``"off"`` (a full memory
-            overwrites its least-used slot).
+            ``"auto"`` (whenever the memory is full, merge its lightest slot with the slot nearest to it),
+            ``"similar"`` (whenever it is full, merge the two slots with the most similar keys) or ``"off"`` (a full
+            memory overwrites its least-used slot).
         consolidation_group: slots merged per consolidation.
         clock_keys: give the controller a clock addressing mode: keys from a fixed random rotation of the
             previous clock, with a learned reset gate (position keys that extend to any length).
@@ -59,7 +60,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
             of the previous chunk's last real token as its controller input, and the chunk's end writes its C
             pairs as ONE least-squares slot (``sdapm.write_chunk``). ``chunk_size=1`` is the per-token model.
             Needs ``memory_type="sdapm"``, ``act_mode="none"``, ``clock_keys=False`` and ``consolidation`` in
-            ``("auto", "off")``.
+            ``("auto", "similar", "off")``.
         chunk_members: M, the steps of a chunk its slot keeps: the M most strongly gated real ones (None: all C).
             Needs ``chunk_size``; M ≤ ``max_rank`` + 1 keeps the slot an exact map of its members.
         act_mode: ``"none"`` (one read per step), ``"act"`` (Graves' adaptive computation time), ``"pondernet"``

@@ -1004,6 +1004,27 @@ def is_full(state: MemoryState) -> torch.Tensor:
     return state.occupied.all(-1)
 
 
+def most_similar_pair_selection(state: MemoryState) -> torch.Tensor:
+    """Consolidate-when-full policy in O(N² W): the two occupied slots whose keys have the highest cosine
+    ``cos(Bv_i, Bv_j)``, whatever their mass and age: redundant slots merge first, and a distinct slot stays
+    exact while near-duplicates exist (``closest_pair_selection`` instead always takes the lightest slot,
+    however unlike the others it is).
+
+    Returns:
+        (B, N) selection with 1 on the two chosen slots (use with ``group_size=2``).
+    """
+    n = state.mass.shape[1]
+    unit = state.key / state.key.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    cosine = unit @ unit.transpose(1, 2)  # (B, N, N)
+    pair = state.occupied[:, :, None] & state.occupied[:, None, :]
+    pair = pair & ~torch.eye(n, dtype=torch.bool, device=pair.device)
+    best = cosine.masked_fill(~pair, -float("inf")).flatten(1).argmax(-1)
+    selection = torch.zeros_like(state.mass)
+    selection.scatter_(1, (best // n)[:, None], 1.0)
+    selection.scatter_(1, (best % n)[:, None], 1.0)
+    return selection
+
+
 def closest_pair_selection(state: MemoryState) -> torch.Tensor:
     """Consolidate-when-full policy in O(N W): the lightest occupied slot (the oldest among equals) and the
     occupied slot that minimises ``mass_j − cos(Bv_i, Bv_j)`` (similar and small, so groups stay balanced).

@@ -56,7 +56,7 @@ def assert_same_run(a, b, tol=1e-5):
 @pytest.mark.parametrize(
     "overrides",
     [{}, {"consolidation": "off"}, {"temporal_links": True}, {"top_k": 2}, {"top_k": 2, "read_candidates": 3},
-     {"interface_window": 3}],
+     {"interface_window": 3}, {"consolidation": "similar"}],
 )
 def test_chunk_size_one_is_the_per_token_model(overrides):
     per_token = standalone(**overrides)  # 4 slots, 20 positions: the memory fills and consolidates
@@ -204,6 +204,7 @@ def test_a_state_with_a_full_pending_chunk_is_refused():
         {"chunk_size": 12},  # 11 scatter rows in W = 8 dimensions, compressed exactly to 8
         {"chunk_size": 4, "temporal_links": True, "read_form": "averaged"},
         {"chunk_size": 8, "chunk_members": 3, "interface_window": 2},
+        {"chunk_size": 3, "consolidation": "similar"},
     ],
 )
 def test_chunked_mode_trains(settings):

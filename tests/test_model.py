@@ -29,6 +29,7 @@ def tokens(batch=3, length=10, seed=0):
         {"memory_type": "dnc"},
         {"memory_type": "none"},
         {"consolidation": "auto"},
+        {"consolidation": "similar"},
         {"consolidation": "off", "clock_keys": False},
         {"temporal_links": True, "top_k": 2},
         {"act_mode": "act", "act_max_steps": 3},

@@ -98,6 +98,21 @@ def test_merging_consolidated_slots_equals_consolidating_all_members():
         assert torch.allclose(x[[0, 1], i], y[[0, 1], j], atol=1e-10)
 
 
+def test_most_similar_pair_merges_near_duplicates_and_keeps_a_distinct_oldest_slot():
+    """``closest_pair_selection`` always merges the lightest (oldest) slot; ``most_similar_pair_selection`` merges
+    the two keys with the highest cosine, so the oldest, distinct pair stays exact (empty slots are never picked)."""
+    settings = SDAPMSettings(slots=6, word_size=8, ridge=1e-6)
+    keys, values = unit(1, 4, 8, seed=1), unit(1, 4, 8, seed=2)
+    keys[0, 2] = F.normalize(keys[0, 1] + 0.01 * keys[0, 3], dim=-1)  # slots 1 and 2: near duplicates
+    state = fill(settings, keys, values)
+    assert sdapm.closest_pair_selection(state)[0, 0] == 1
+    selection = sdapm.most_similar_pair_selection(state)
+    assert selection[0].tolist() == [0, 1, 1, 0, 0, 0]
+    merged = sdapm.consolidate(state, selection, settings, 2)
+    assert int(merged.occupied.sum()) == 3
+    assert torch.allclose(read_all(merged, settings, keys[:, :1]), values[:, :1], atol=1e-5)
+
+
 def test_gradcheck_through_write_consolidate_read():
     settings = SDAPMSettings(slots=5, word_size=4, read_heads=2, ridge=1e-3, gain_max=None)
     g = torch.Generator().manual_seed(0)

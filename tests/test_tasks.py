@@ -247,12 +247,24 @@ def test_mqar_matches_the_zoology_layout_in_the_docstring():
 
 def test_mqar_queries_after_keeps_a_long_gap_free_of_queries():
     d, gap = 4, 40
-    data = build("mqar", vocab_size=128, seq_len=64, num_kv_pairs=d, queries_after=gap, train_size=50)
+    data = build("mqar", vocab_size=32, seq_len=64, num_kv_pairs=d, queries_after=gap, train_size=50)  # V < length
     for row in data["train"]:
         span = answer_span(row)
         assert len(span) == d and min(t - 1 for t, _ in span) >= 2 * d + gap
         table = latest_values(row["input_ids"][: 2 * d])
         assert all(label == table[row["input_ids"][t - 1]] for t, label in span)
+
+
+def test_mqar_train_queries_after_draws_each_training_gap_and_keeps_the_evaluation_gap():
+    d, lo, hi = 4, 0, 40
+    data = build("mqar", vocab_size=128, seq_len=64, num_kv_pairs=d, queries_after=hi, train_queries_after=[lo, hi],
+                 train_size=200, validation_size=20, test_size=20)
+    first_query = {split: [min(t - 1 for t, _ in answer_span(row)) - 2 * d for row in data[split]] for split in data}
+    assert min(first_query["train"]) < 10 and max(first_query["train"]) >= hi - 2  # gaps across the range
+    assert all(gap >= hi for split in ("validation", "test") for gap in first_query[split])
+    for row in data["train"]:
+        table = latest_values(row["input_ids"][: 2 * d])
+        assert all(label == table[row["input_ids"][t - 1]] for t, label in answer_span(row))
 
 
 def test_forgetting_mqar_targets_the_latest_value():
@@ -393,9 +405,12 @@ def test_pad_collate_in_a_dataloader():
         ("associative_recall", {"symbols": 3, "item_length": 1, "max_items": 6}, "symbols"),
         ("associative_recall", {"min_items": 1}, "min_items"),
         ("mqar", {"seq_len": 63}, "seq_len"),
-        ("mqar", {"vocab_size": 64}, "vocab_size"),
+        ("mqar", {"vocab_size": 3}, "vocab_size"),
         ("mqar", {"num_kv_pairs": 20}, "seq_len"),
         ("mqar", {"queries_after": 60}, "context, queries_after and queries need 76 tokens"),
+        ("mqar", {"train_queries_after": [8, 2]}, r"train_queries_after\[0\] \(8\) must not exceed"),
+        ("mqar", {"train_queries_after": 8}, r"train_queries_after must be a pair \[lo, hi\]"),
+        ("mqar", {"train_queries_after": [0, 60]}, "context, queries_after and queries need 76 tokens"),
         ("mqar", {"vocab_size": 300, "seq_len": 256, "num_kv_pairs": 150}, "num_kv_pairs"),
         ("forgetting_mqar", {"num_updates": 5}, "num_updates"),
         ("passkey", {"depth": 1.5}, "depth"),

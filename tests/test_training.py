@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from safetensors.torch import load_file
 
 from sdapm_hf.tasks import build_task
 from sdapm_hf.training import ExperimentArguments, load_experiment, train
-from sdapm_hf.training.loop import add_base_states, build_model
+from sdapm_hf.training.loop import add_base_states, build_model, memory_statistics
 from sdapm_hf.training.data import LengthBucketBatchSampler
 
 TASK_ARGS = {"symbols": 6, "min_length": 2, "max_length": 4, "train_size": 64, "validation_size": 8, "test_size": 8}
@@ -69,6 +70,23 @@ def test_yaml_experiment(tmp_path):
         ExperimentArguments(max_steps=0)
 
 
+@pytest.mark.parametrize("memory_type", ["sdapm", "dnc"])
+def test_memory_statistics_report_the_last_write_gate(memory_type):
+    from sdapm_hf import DNCSDAPMConfig, DNCSDAPMForCausalLM
+
+    torch.manual_seed(0)
+    model = DNCSDAPMForCausalLM(DNCSDAPMConfig(vocab_size=10, memory_type=memory_type, act_mode="none", **MODEL))
+    gates = []
+    model.model.memory.interface.register_forward_hook(lambda m, a, out: gates.append(out["write_gate"]))
+    out = model(input_ids=torch.tensor([[3, 1, 4]]))
+    stats = memory_statistics(out.memory_state)
+    assert 0.0 < stats["write_gate_mean"] < 1.0
+    if memory_type == "sdapm":
+        assert stats["write_gate_mean"] == pytest.approx(gates[-1].item(), abs=1e-6)
+    else:  # the gate times the soft location's total
+        assert 0.9 * gates[-1].item() < stats["write_gate_mean"] <= gates[-1].item()
+
+
 def test_length_buckets_are_seeded_and_uniform():
     lengths = [3, 5, 3, 5, 5, 7, 3, 3, 5]
     sampler = LengthBucketBatchSampler(lengths, batch_size=2, seed=1)
@@ -109,6 +127,32 @@ def test_plugged_run_resumes_identically_and_compares_with_its_base(tmp_path, ca
     assert comparison["with_memory"]["test"].keys() == alone.keys()
     assert json.loads((tmp_path / "whole" / "comparison.json").read_text()) == comparison
     assert 0 <= alone["token_accuracy"] <= 1
+    # A longer variant of the task (4 segments instead of 2.5): printed with its arguments, the saved one kept.
+    main(["evaluate", str(tmp_path / "whole"), "--base-alone", "--task-args", "seq_len=64", "queries_after=40",
+          "train_size=0"])
+    longer = json.loads(capsys.readouterr().out)
+    assert longer["task_args"] == {"seq_len": 64, "queries_after": 40, "train_size": 0}
+    assert longer["with_memory"]["test"] != comparison["with_memory"]["test"]
+    assert json.loads((tmp_path / "whole" / "comparison.json").read_text()) == comparison
+
+
+def test_query_reads_script_follows_the_reads_of_a_chunked_run(tmp_path):
+    script = Path(__file__).resolve().parent.parent / "scripts" / "query_reads.py"
+    task_args = {"vocab_size": 32, "seq_len": 24, "num_kv_pairs": 2, "queries_after": 8, "random_non_queries": False,
+                 "train_size": 16, "validation_size": 4, "test_size": 4}
+    chunked = {**MODEL, "chunk_size": 4, "clock_keys": False, "consolidation": "auto"}
+    train(experiment(tmp_path, "chunked", task="mqar", task_args=task_args, model=chunked, max_steps=2))
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "chunked"), "--task-args", "seq_len=32",
+                             "queries_after=16"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["queries"] == 4 * 2 and report["task_args"] == {"seq_len": 32, "queries_after": 16}
+    assert 0 <= report["accuracy"] <= 1 and 0 < report["largest_read_weight_mean"] <= 1
+    assert sum(report["age_of_the_most_read_slot"].values()) == 8
+    assert 0 <= report["first_chunk_kept_exactly"] <= 1
+    train(experiment(tmp_path, "steps", task="mqar", task_args=task_args, max_steps=1))
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "steps")], capture_output=True, text=True)
+    assert result.returncode != 0 and "does not run in chunked mode" in result.stderr
 
 
 @pytest.mark.parametrize("cache_base_states", [False, True])

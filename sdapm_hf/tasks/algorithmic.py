@@ -367,9 +367,11 @@ def _mqar_example(
     num_passes: int,
     power_a: float,
     random_non_queries: bool,
-    queries_after: int,
+    queries_after: int | tuple[int, int],
 ) -> dict[str, Any]:
     size, half = vocab.vocab_size, vocab.first_value
+    if isinstance(queries_after, tuple):  # a range: each example draws its own gap
+        queries_after = int(rng.integers(queries_after[0], queries_after[1] + 1))
     keys = rng.choice(np.arange(vocab.first_key, half), size=num_kv_pairs, replace=False)
     values = rng.choice(np.arange(half, size), size=num_kv_pairs, replace=False)
     # Forgetting variant: some keys get a new value (different from their first) later in the context.
@@ -408,8 +410,6 @@ def _check_mqar(
     require_int("queries_after", queries_after, 0)
     if seq_len % 2:
         raise ValueError(f"seq_len must be even, got {seq_len}")
-    if vocab_size <= seq_len:
-        raise ValueError(f"vocab_size ({vocab_size}) must exceed seq_len ({seq_len})")
     if num_kv_pairs >= vocab_size // 2:
         raise ValueError(
             f"num_kv_pairs ({num_kv_pairs}) must be below vocab_size // 2 ({vocab_size // 2}) distinct keys"
@@ -435,6 +435,7 @@ def mqar(
     power_a: float = 0.01,
     random_non_queries: bool = True,
     queries_after: int = 0,
+    train_queries_after: tuple[int, int] | None = None,
     train_size: int = 1000,
     validation_size: int = 100,
     test_size: int = 100,
@@ -452,6 +453,8 @@ def mqar(
     ``input_ids[t + 1]`` keeps the filler, so the answer is never visible. ``queries_after`` > 0 keeps the
     first that many tokens after the context free of queries (filler only): the long-gap variant, where the
     pairs sit in the first segments of a long input and the queries come many segments later.
+    ``train_queries_after`` = ``(lo, hi)`` gives each training example its own ``queries_after``, drawn uniformly
+    from ``lo..hi`` (gaps of every length in one training set); validation and test keep ``queries_after``.
 
     ``num_updates`` > 0 is Zoology's forgetting variant (see :func:`forgetting_mqar`): that many keys appear a
     second time, after all first pairs, with a different value, and the target is the latest value.
@@ -465,6 +468,9 @@ def mqar(
     """
     vocab = MQARVocab(vocab_size)
     _check_mqar(vocab_size, seq_len, num_kv_pairs, num_updates, num_passes, power_a, queries_after)
+    if train_queries_after is not None:
+        train_queries_after = _queries_after_range(train_queries_after)
+        _check_mqar(vocab_size, seq_len, num_kv_pairs, num_updates, num_passes, power_a, train_queries_after[1])
     params = {
         "vocab": vocab,
         "seq_len": seq_len,
@@ -476,8 +482,18 @@ def mqar(
         "queries_after": int(queries_after),
     }
     splits = standard_splits(params, train_size, validation_size, test_size)
+    if train_queries_after is not None:
+        splits["train"] = (splits["train"][0], params | {"queries_after": train_queries_after})
     features = token_features(num_pairs="int32", num_updates="int32")
     return build_splits("mqar", _mqar_example, splits, features, seed, cache_dir)
+
+
+def _queries_after_range(bounds: Any) -> tuple[int, int]:
+    """``train_queries_after`` as ``(lo, hi)``, checked: two integers with 0 <= lo <= hi."""
+    if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
+        raise ValueError(f"train_queries_after must be a pair [lo, hi], got {bounds!r}")
+    require_range("train_queries_after[0]", bounds[0], "train_queries_after[1]", bounds[1], minimum=0)
+    return int(bounds[0]), int(bounds[1])
 
 
 def forgetting_mqar(*, num_updates: int = 2, **kwargs: Any) -> datasets.DatasetDict:

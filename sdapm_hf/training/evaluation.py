@@ -35,9 +35,10 @@ def load_base(name_or_path: str, head: str) -> PreTrainedModel:
     return loader.from_pretrained(default_tokenizer_path() if name_or_path == MINILM else name_or_path)
 
 
-def load_run(run_dir: str | Path, **config_overrides: Any):
+def load_run(run_dir: str | Path, task_overrides: dict[str, Any] | None = None, **config_overrides: Any):
     """(experiment, model, dataset) of a finished run folder: its ``experiment.json``, the model saved in
-    ``model/`` (an adapter checkpoint gets its base from the experiment) and the task's splits regenerated."""
+    ``model/`` (an adapter checkpoint gets its base from the experiment; ``config_overrides`` change its config)
+    and the task's splits regenerated, with ``task_overrides`` merged over the run's task arguments."""
     run_dir = Path(run_dir)
     try:
         experiment = ExperimentArguments(**json.loads((run_dir / "experiment.json").read_text()))
@@ -50,7 +51,7 @@ def load_run(run_dir: str | Path, **config_overrides: Any):
     if experiment.base_model and not config.get("save_base_weights", True):
         config_overrides["base"] = load_base(experiment.base_model, experiment.head)
     model = loader.from_pretrained(run_dir / "model", **config_overrides)
-    dataset = build_task(experiment.task, seed=experiment.seed, **experiment.task_args)
+    dataset = build_task(experiment.task, seed=experiment.seed, **{**experiment.task_args, **(task_overrides or {})})
     return experiment, model, dataset
 
 

@@ -41,15 +41,19 @@ def vocab_size_of(dataset) -> int:
 
 def memory_statistics(memory_state: dict[str, torch.Tensor]) -> dict[str, float]:
     """Of a batch's memory after its last position: the largest stored value, key and last read norms (the
-    seed's "bigness"), the mean write gate of the last write (its write weights' sum) and the mean slot usage."""
+    seed's "bigness"), the mean gate of the last write and the mean slot usage. The SDAPM writes one whole slot,
+    whose usage becomes the gate (a chunk's strongest); the classic memory's write weights sum to its gate times
+    the soft location's total (at most the gate)."""
     out = {}
     for name, key in (("memory_value_max", "memory.value"), ("memory_key_max", "memory.key"),
                       ("memory_dnc_max", "memory.memory"), ("read_max", "reads")):
         if key in memory_state:
             out[name] = memory_state[key].detach().float().norm(dim=-1).max().item()
     if "memory.write_weights" in memory_state:
-        out["write_gate_mean"] = memory_state["memory.write_weights"].detach().float().sum(-1).mean().item()
-        out["usage_mean"] = memory_state["memory.usage"].detach().float().mean().item()
+        weights, usage = memory_state["memory.write_weights"].detach().float(), memory_state["memory.usage"].detach()
+        gates = (weights * usage.float()).sum(-1) if "memory.mass" in memory_state else weights.sum(-1)
+        out["write_gate_mean"] = gates.mean().item()
+        out["usage_mean"] = usage.float().mean().item()
     return out
 
 
