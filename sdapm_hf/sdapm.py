@@ -710,15 +710,16 @@ def _raw_slot(k: torch.Tensor, v: torch.Tensor, rank: int) -> dict[str, torch.Te
     """Contents of slots that hold one written pair each: k, v (..., W) → ``SLOT_FIELDS`` with leading (...)."""
     lead, w = k.shape[:-1], k.shape[-1]
     one = k.new_ones(lead)
+    zero = k.new_zeros(())  # the empty factors as broadcast views of one zero: nothing to allocate or fill
     return {
         "key": k,
         "value": v,
         "mass": one,
-        "radius": torch.zeros_like(one),
-        "key_factors": k.new_zeros(*lead, rank, w),
-        "value_factors": k.new_zeros(*lead, rank, w),
-        "gram_inv": k.new_zeros(*lead, rank, rank),
-        "key_offsets": k.new_zeros(*lead, rank),
+        "radius": zero.expand(lead),
+        "key_factors": zero.expand(*lead, rank, w),
+        "value_factors": zero.expand(*lead, rank, w),
+        "gram_inv": zero.expand(*lead, rank, rank),
+        "key_offsets": zero.expand(*lead, rank),
         "rank": torch.zeros(lead, dtype=torch.long, device=k.device),
     }
 
