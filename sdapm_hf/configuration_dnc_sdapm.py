@@ -71,6 +71,9 @@ class DNCSDAPMConfig(PreTrainedConfig):
         ponder_cost: weight of the ponder cost (ACT) or of the KL to the geometric prior (PonderNet) in the loss.
         pondernet_prior: λ_p of PonderNet's geometric prior.
         halting_bias_init: initial bias of the halting unit.
+        read_strength_bias_init: initial bias of the read strengths' pre-activation b, so that they start near
+            β = exp(2 + 3 tanh(b / 3)): 1.0 gives β ≈ 20 (sharp first reads, mostly of the best-matching slot),
+            −3.0 gives β ≈ 0.75 (first reads spread over every slot, so that every slot gets gradient).
         interface_window: K, inputs the interface's direct path sees, ``[x_t ; … ; x_{t−K+1}]`` (the last K real
             positions, zeros before the first; ``controller.py``): 1 is the current input alone.
         bypass_dropout: dropout on the controller → output path that does not go through memory.
@@ -121,6 +124,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
     ponder_cost: float = 1e-3
     pondernet_prior: float = 0.5
     halting_bias_init: float = 1.0
+    read_strength_bias_init: float = 1.0
     interface_window: int = 1
     bypass_dropout: float = 0.1
     controller_clip: float = 20.0

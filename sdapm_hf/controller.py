@@ -94,7 +94,7 @@ def interface_parts(config: DNCSDAPMConfig) -> dict[str, tuple[int, float]]:
     if config.memory_type == "none":
         return parts
     parts["read_key"] = (r * w, 0.0)
-    parts["read_strength"] = (r, 1.0)
+    parts["read_strength"] = (r, config.read_strength_bias_init)
     parts["write_key"] = (w, 0.0)
     parts["write_value"] = (w, 0.0)
     parts["write_gate"] = (1, 1.0)

@@ -230,3 +230,14 @@ def test_bad_inputs_name_the_problem(call, message):
 
 def test_package_exports():
     assert sdapm_hf.DNCSDAPMConfig.model_type == "dnc_sdapm"
+
+
+@pytest.mark.parametrize(("bias", "low", "high"), [(1.0, 12.0, 30.0), (-3.0, 0.4, 1.5)])
+def test_read_strengths_start_near_their_configured_bias(bias, low, high):
+    model = tiny(read_strength_bias_init=bias)
+    interface = model.model.memory.interface
+    h = torch.randn(64, model.config.controller_size, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(64, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        beta = interface(h, x)["read_strength"]
+    assert low < beta.median() < high
