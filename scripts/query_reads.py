@@ -17,7 +17,7 @@ from collections import Counter
 
 import torch
 
-from sdapm_hf.cli import _assignment
+from sdapm_hf.cli import parse_assignment
 from sdapm_hf.core import MemoryCore
 from sdapm_hf.training.evaluation import load_run
 
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--task-args", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    task_args = dict(_assignment(item) for item in args.task_args)
+    task_args = dict(parse_assignment(item) for item in args.task_args)
     experiment, model, dataset = load_run(args.run, {"train_size": 0, "validation_size": 0, **task_args})
     chunk = model.config.chunk_size
     if chunk is None:

@@ -16,18 +16,18 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .training import compare, evaluate_model, load_run
+    from .training import compare, evaluate_model, load_run, save_comparison
 
     run = Path(args.run)
-    task_args = dict(_assignment(item) for item in args.task_args)
-    _, model, dataset = load_run(run, task_args, **dict(_assignment(item) for item in args.set))
+    task_args = dict(parse_assignment(item) for item in args.task_args)
+    _, model, dataset = load_run(run, task_args, **dict(parse_assignment(item) for item in args.set))
     ablation = "zero_memory" if args.zero_memory else "base_alone" if args.base_alone else None
     if ablation is None:
         print(json.dumps({split: evaluate_model(model, dataset[split]) for split in args.splits}, indent=2))
         return
     comparison = compare(model, dataset, args.splits, ablation)
     if not task_args:  # the model card reads it; a variant of the task is printed only
-        (run / "comparison.json").write_text(json.dumps(comparison, indent=2))
+        save_comparison(run, comparison)
     print(json.dumps({"task_args": task_args, **comparison} if task_args else comparison, indent=2))
 
 
@@ -45,7 +45,8 @@ def _push(args: argparse.Namespace) -> None:
                    template=args.card_template or CARD_TEMPLATE))
 
 
-def _assignment(text: str) -> tuple[str, object]:
+def parse_assignment(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` from the command line → (key, value read as YAML: numbers, booleans, lists)."""
     import yaml
 
     key, sep, value = text.partition("=")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .plots import plot_run
 from .publish import write_card
-from .training import compare, load_experiment, load_run, train
+from .training import compare, load_experiment, load_run, save_comparison, train
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_minilm.yaml"
 
@@ -30,7 +30,7 @@ def run_demo(config: str | Path = DEFAULT_CONFIG, output_dir: str | None = None,
     train(experiment)
     _, model, dataset = load_run(run)  # through AutoModelForSequenceClassification, the adapter onto its base
     comparison = compare(model, dataset, ["test"], "base_alone")
-    (run / "comparison.json").write_text(json.dumps(comparison, indent=2))
+    saved = save_comparison(run, comparison)
     trained = json.loads((run / "metrics.json").read_text())
     plots = plot_run(run)
     card = write_card(run, repo_id)
@@ -39,7 +39,7 @@ def run_demo(config: str | Path = DEFAULT_CONFIG, output_dir: str | None = None,
     comparison["steps"] = trained["steps"]
     comparison["trained_test_accuracy"] = trained.get("test/accuracy")
     comparison["task_args"] = experiment.task_args
-    comparison["files"] = [str(p) for p in [run / "model", card, run / "metrics.json", run / "comparison.json", *plots]]
+    comparison["files"] = [str(p) for p in [run / "model", card, run / "metrics.json", saved, *plots]]
     return comparison
 
 

