@@ -11,7 +11,7 @@ are left as they are):
   selection), each interleaved with plain softmax attention over the same N slots. The memory is full and
   realistic: half raw slots, half consolidated slots of 2–12 member pairs (rank 1–8).
 * ``forms``: (i) read time of the low-rank slots against dense ``M`` (one bmm over (B, R, N·W) @ (B, N·W, W));
-  (ii) error of the "mixture" and "averaged" read forms at member keys under soft addressing;
+  (ii) error of the mixture read at member keys under soft addressing;
   (iii) recall of P ≫ N stored pairs with exact dense, exact top-K and shortlisted top-K reads.
 
 Usage::
@@ -32,8 +32,6 @@ import argparse
 import dataclasses
 import datetime
 import math
-import os
-import shlex
 import statistics
 import sys
 import time
@@ -43,12 +41,11 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from sdapm_hf import sdapm  # noqa: E402
 from sdapm_hf.addressing import content_weights, subspace_fit, top_k_weights  # noqa: E402
-from sdapm_hf.sdapm import MemoryState, SDAPMSettings  # noqa: E402
+from sdapm_hf.reporting import code_revision, command_line, fmt, machine, ratio, replace_section, table  # noqa: E402
+from sdapm_hf.sdapm import MemoryState, SDAPMSettings, SlotContents  # noqa: E402
 
 BATCH, WORD, HEADS, RANK, TOP_K, SHORTLIST = 32, 64, 4, 8, 8, 32
 STRENGTH = 10.0  # β of the benchmark reads: softmax over fit ∈ [−1, 1]
@@ -66,82 +63,6 @@ def unit(*shape: int, gen: torch.Generator) -> torch.Tensor:
     return F.normalize(torch.randn(*shape, generator=gen), dim=-1)
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = ""
-    if hasattr(os, "getloadavg"):
-        load = f"; load average {os.getloadavg()[0]:.2f} at start (cores shared with other jobs)"
-    return (
-        f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread(s){load}"
-    )
-
-
-def code_revision() -> str:
-    """The git commit of the checkout, and whether the memory package differs from it."""
-    import subprocess
-
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "sdapm_hf"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"commit {head}" + (" with uncommitted changes in `sdapm_hf/`" if dirty else "")
-
-
-def command_line(argv: list[str], script: str = "scripts/bench_memory.py") -> str:
-    """The command that ran ``script`` as typed from the repository root, without any path of this machine."""
-    args = []
-    for arg in argv:
-        path = Path(arg)
-        if path.is_absolute():
-            try:
-                arg = str(path.resolve().relative_to(REPO))
-            except ValueError:
-                arg = path.name
-        args.append(arg)
-    return shlex.join(["python", script, *args])
-
-
-def fmt(ms: float | None) -> str:
-    if ms is None or ms != ms:
-        return "–"
-    if ms >= 100:
-        return f"{ms:.0f}"
-    if ms >= 10:
-        return f"{ms:.1f}"
-    if ms >= 1:
-        return f"{ms:.2f}"
-    return f"{ms:.3f}"
-
-
-def ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None or b == 0:
-        return "–"
-    return f"{a / b:.1f}×" if a / b >= 10 else f"{a / b:.2f}×"
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------- state
-
-
 def build_state(settings: SDAPMSettings, batch: int, seed: int, max_group: int = 12) -> MemoryState:
     """A full, valid memory: half raw slots (one unit pair each), half consolidated slots.
 
@@ -157,18 +78,18 @@ def build_state(settings: SDAPMSettings, batch: int, seed: int, max_group: int =
     sizes = torch.randint(2, max_group + 1, (pool,), generator=gen)
     member = torch.arange(max_group) < sizes[:, None]
     zeros = lambda *shape, **kw: torch.zeros(pool, max_group, *shape, **kw)  # noqa: E731
-    members = {
-        "key": unit(pool, max_group, w, gen=gen),
-        "value": unit(pool, max_group, w, gen=gen),
-        "mass": member.float(),
-        "radius": zeros(),
-        "key_factors": zeros(r, w),
-        "value_factors": zeros(r, w),
-        "gram_inv": zeros(r, r),
-        "key_offsets": zeros(r),
-        "rank": zeros(dtype=torch.long),
-    }
-    merged = sdapm.merge_slots(members, member.float(), member, settings)
+    members = SlotContents(
+        key=unit(pool, max_group, w, gen=gen),
+        value=unit(pool, max_group, w, gen=gen),
+        mass=member.float(),
+        radius=zeros(),
+        key_factors=zeros(r, w),
+        value_factors=zeros(r, w),
+        gram_inv=zeros(r, r),
+        key_offsets=zeros(r),
+        rank=zeros(dtype=torch.long),
+    )
+    merged = sdapm.merge_slots(members, member.float(), member, settings).as_dict()
 
     pick = torch.randint(0, pool, (batch, n), generator=gen)
     perm = torch.argsort(torch.rand(batch, n, w, generator=gen), dim=-1)
@@ -328,8 +249,8 @@ POLICIES = {
 def read_settings(settings: SDAPMSettings) -> dict[str, SDAPMSettings]:
     return {
         "dense": settings,
-        "topk": dataclasses.replace(settings, top_k=TOP_K),
-        "short": dataclasses.replace(settings, top_k=TOP_K, candidates=min(SHORTLIST, settings.slots)),
+        "topk": dataclasses.replace(settings, read_top_k=TOP_K),
+        "short": dataclasses.replace(settings, read_top_k=TOP_K, read_candidates=min(SHORTLIST, settings.slots)),
     }
 
 
@@ -728,7 +649,7 @@ What is measured:
 * Plain attention: `softmax(q Kᵀ) V` with q the (unit) read words (B, R, W) and K, V the N slot keys and
   values, interleaved with the memory calls at every N.
 * Reads: dense exact (softmax over all N subspace-fit scores); top-{TOP_K} exact (all N scored, softmax over
-  the best {TOP_K}, only their maps applied); top-{TOP_K} of a {SHORTLIST}-slot shortlist (`candidates={SHORTLIST}`:
+  the best {TOP_K}, only their maps applied); top-{TOP_K} of a {SHORTLIST}-slot shortlist (`read_candidates={SHORTLIST}`:
   centroid cosine picks {SHORTLIST} slots per head, only those are scored exactly). Two parts are also timed
   alone: the scoring of all N slots with the top-{TOP_K} choice (`subspace_fit` + `top_k_weights`, the part of
   the exact reads that grows with N) and the shortlist pass (`shortlist_slots`, the part of the shortlisted
@@ -789,7 +710,6 @@ def forms_speed(args) -> tuple[str, list[list[str]]]:
     rows = []
     for n in args.form_sizes:
         settings = SDAPMSettings(slots=n, word_size=WORD, read_heads=HEADS, max_rank=RANK)
-        averaged = dataclasses.replace(settings, read_form="averaged")
         state = build_state(settings, BATCH, args.seed)
         inp = Inputs(settings, BATCH, args.seed + 1)
         with torch.no_grad():
@@ -809,7 +729,6 @@ def forms_speed(args) -> tuple[str, list[list[str]]]:
             case(lambda x: torch.softmax(x @ state.key.transpose(1, 2), -1) @ state.value),
             case(lambda x: address_only(x, inp.strengths, state)),
             case(lambda x: sdapm.read(state, x, inp.strengths, settings)),
-            case(lambda x: sdapm.read(state, x, inp.strengths, averaged)),
             case(lambda x: dense_map_read(x, inp.strengths, state, maps)),
         ]
         log(f"forms: read representations, N = {n}")
@@ -819,11 +738,11 @@ def forms_speed(args) -> tuple[str, list[list[str]]]:
         rows.append(
             [str(n)]
             + [fmt(c.median_ms()) for c in cases]
-            + [ratio(cases[4].median_ms(), cases[2].median_ms()), f"{low_mib:.0f} / {dense_mib:.0f}", f"{check:.1e}"]
+            + [ratio(cases[3].median_ms(), cases[2].median_ms()), f"{low_mib:.0f} / {dense_mib:.0f}", f"{check:.1e}"]
         )
         del maps, state
     header = [
-        "N", "attention", "addressing only", "low-rank, mixture", "low-rank, averaged", "dense M, mixture (bmm)",
+        "N", "attention", "addressing only", "low-rank, mixture", "dense M, mixture (bmm)",
         "dense / low-rank", "state MiB low-rank / dense", "max |dense − low-rank|",
     ]
     return table(header, rows), rows
@@ -853,18 +772,14 @@ def forms_accuracy(args) -> str:
         for query in ("member", "raw"):
             sl = slice(0, groups * size) if query == "member" else slice(groups * size, None)
             q, v = keys[:, sl], values[:, sl]
-            for form in ("mixture", "averaged"):
-                s = dataclasses.replace(settings, read_heads=q.shape[1], read_form=form)
-                st = dataclasses.replace(state, read_weights=torch.zeros(batch, q.shape[1], settings.slots))
-                with torch.no_grad():
-                    out, _ = sdapm.read(st, q, torch.full(q.shape[:2], float(beta)), s)
-                err = (out - v).norm(dim=-1) / v.norm(dim=-1)
-                cells.append(f"{err.mean():.3g} (max {err.max():.3g})")
+            s = dataclasses.replace(settings, read_heads=q.shape[1])
+            st = dataclasses.replace(state, read_weights=torch.zeros(batch, q.shape[1], settings.slots))
+            with torch.no_grad():
+                out, _ = sdapm.read(st, q, torch.full(q.shape[:2], float(beta)), s)
+            err = (out - v).norm(dim=-1) / v.norm(dim=-1)
+            cells.append(f"{err.mean():.3g} (max {err.max():.3g})")
         rows.append(cells)
-    header = [
-        "β", "member keys: mixture", "member keys: averaged", "raw keys: mixture", "raw keys: averaged",
-    ]
-    return table(header, rows)
+    return table(["β", "member keys", "raw keys"], rows)
 
 
 def forms_recall(args) -> str:
@@ -874,10 +789,11 @@ def forms_recall(args) -> str:
     rows = []
     for n in args.recall_slots:
         settings = SDAPMSettings(slots=n, word_size=w)
-        variants = {"dense exact": settings, f"top-{TOP_K} exact": dataclasses.replace(settings, top_k=TOP_K)}
+        variants = {"dense exact": settings, f"top-{TOP_K} exact": dataclasses.replace(settings, read_top_k=TOP_K)}
         for c in args.recall_candidates:
             if TOP_K <= c < n:
-                variants[f"top-{TOP_K} of {c} shortlisted"] = dataclasses.replace(settings, top_k=TOP_K, candidates=c)
+                variants[f"top-{TOP_K} of {c} shortlisted"] = dataclasses.replace(
+                    settings, read_top_k=TOP_K, read_candidates=c)
         checkpoints = {n * r for r in args.recall_ratios}
         pairs = max(checkpoints)
         gen = torch.Generator().manual_seed(args.seed + 7)
@@ -929,7 +845,7 @@ compute the same read.
 
 {speed}
 
-(ii) Accuracy of the read forms under soft addressing: W = 32, 8 consolidated slots of 6 member pairs each
+(ii) Accuracy of the mixture read under soft addressing: W = 32, 8 consolidated slots of 6 member pairs each
 (rank 5) plus 16 raw slots, all keys and values random unit vectors, default settings; each stored key read
 back by its own head at strength β; relative error ‖y − v‖ / ‖v‖, mean (max) over {args.form_batch} memories
 × 48 member keys (or × 16 raw keys).
@@ -938,7 +854,7 @@ back by its own head at strength β; relative error ‖y − v‖ / ‖v‖, mea
 
 (iii) Recall cost of the shortlist: N slots, W = 32, default settings (`max_rank = W`), a stream of P
 random unit pairs written one by one, consolidating the closest pair (`closest_pair_selection`, group 2)
-whenever the memory is full, as in `sdapm_hf.demo.stream_recall` (the capacity test uses it too). Then every stored key is read
+whenever the memory is full, as in `sdapm_hf.memory_demo.stream_recall` (the capacity test uses it too). Then every stored key is read
 (β = 10⁴, one head per key) and decoded to the nearest of the P values; fraction recalled over 4 memories.
 
 {recall}
@@ -946,18 +862,6 @@ whenever the memory is full, as in `sdapm_hf.demo.stream_recall` (the capacity t
 
 
 # --------------------------------------------------------------------------------------------- output
-
-
-def replace_section(text: str, name: str, body: str, mark: str = MARK) -> str:
-    """``text`` with the section between the markers ``mark`` of ``name`` replaced by ``body`` (appended if absent)."""
-    start, end = mark.format(name, "start"), mark.format(name, "end")
-    block = f"<!-- {start} -->\n{body.rstrip()}\n<!-- {end} -->"
-    i, j = text.find(f"<!-- {start} -->"), text.find(f"<!-- {end} -->")
-    if i >= 0 and j > i:
-        return text[:i] + block + text[j + len(f"<!-- {end} -->") :]
-    if not text.strip():
-        text = "# Benchmarks\n\nEach section names the command that produced it, the date and the machine.\n"
-    return text.rstrip() + "\n\n" + block + "\n"
 
 
 def header(args, title: str) -> str:
@@ -998,7 +902,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    args.command = command_line(argv)
+    args.command = command_line(argv, "scripts/bench_memory.py")
     quick = args.quick
     args.sizes = args.sizes or ([64, 256] if quick else [64, 256, 1024, 4096])
     args.groups = args.groups or ([2] if quick else [2, 8])
@@ -1036,7 +940,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         text = out.read_text() if out.exists() else ""
         for name, body in sections.items():
-            text = replace_section(text, name, body)
+            text = replace_section(text, name, body, MARK)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         log(f"wrote the {' and '.join(sections)} section(s) of {out.name}")

@@ -6,15 +6,15 @@ tokens (batch 1) as two segments of 512: alone, and with the memory on its last 
 (``DNCSDAPMModel.from_base``; memory_slots=16, word_size=32, controller_size=128, other settings at their defaults
 unless named):
 
-* per-token recurrence, the config's defaults (learned consolidation, clock keys);
+* per-token recurrence with learned consolidation and clock keys;
 * per-token recurrence with the settings chunked mode needs (``consolidation="auto"``, ``clock_keys=False``);
 * chunked mode (``chunk_size`` 64, 32 and 128 by default), same settings.
 
 Every variant runs under ``torch.no_grad()`` once per round, the variants in a rotated order each round (so load
 from other jobs hits them alike), after one warm-up call. Reported: the median over rounds, tokens/s, the ratio to
-the base alone, the memory core's own time (its forward, timed from inside the run; the rest of a plugged run is
-the base and the hook) and, for chunked mode, the core's parts (``PARTS``). Target: chunked mode with chunk_size
-64 costs at most 30% more than the base alone.
+the base alone and, from separate profiled runs (``torch.profiler``, the core's ``record_function`` labels in
+``PARTS``), the memory core's own time and, for chunked mode, its parts. Target: chunked mode with chunk_size 64
+costs at most 30% more than the base alone.
 
 Usage::
 
@@ -36,12 +36,11 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from bench_memory import code_revision, command_line, fmt, machine, replace_section, table  # noqa: E402
+from sdapm_hf.reporting import code_revision, command_line, fmt, machine, replace_section, table  # noqa: E402
 
 from sdapm_hf import DNCSDAPMModel  # noqa: E402
 
@@ -52,74 +51,51 @@ MARK = "bench_plugin:{}:{}"
 FIRST_WORD_PIECE = 1000  # BERT's ids below this are [PAD], [unused*], [CLS], [SEP], [MASK] and single characters
 
 
-# Parts of the memory core timed inside every plugged run: name → (submodule of the core or "", its method).
+# Parts of the memory core, by the ``record_function`` label the core gives them.
 CORE = "memory core"
 PARTS = {
-    CORE: ("", "forward"),
-    "controller": ("controller", "steps"),
-    "interface": ("interface", "forward"),
-    "reads": ("access", "read_chunk"),
-    "chunk end": ("access", "write_chunk"),
-    "consolidation": ("access", "_consolidate"),
+    CORE: "memory.core",
+    "controller": "memory.controller",
+    "interface": "memory.interface",
+    "reads": "memory.reads",
+    "chunk end": "memory.chunk_end",
+    "consolidation": "memory.consolidation",
 }
-
-
-class Stopwatch:
-    """Seconds spent inside wrapped methods, by name, since the last ``reset``."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = {}
-
-    def wrap(self, owner: object, method: str, name: str) -> None:
-        """Time every call of ``owner.method`` (an instance attribute shadows the class's method)."""
-        fn = getattr(owner, method)
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - start
-
-        setattr(owner, method, timed)
-
-    def reset(self) -> None:
-        self.totals = {}
+PROFILED_ROUNDS = 3
 
 
 @dataclass
 class Variant:
-    """One configuration timed round after round, with the parts of its memory core."""
+    """One configuration timed round after round; ``plugged`` ones also get the parts of their memory core."""
 
     name: str
     run: Callable[[], object]
-    core: nn.Module | None = None
+    plugged: bool = False
     seconds: list[float] = field(default_factory=list)
     parts: dict[str, list[float]] = field(default_factory=dict)
-    watch: Stopwatch = field(default_factory=Stopwatch)
-
-    def __post_init__(self) -> None:
-        if self.core is not None:
-            for name, (child, method) in PARTS.items():
-                self.watch.wrap(self.core.get_submodule(child), method, name)
 
     def time_once(self) -> float:
-        """One call, recorded with its parts; returns its seconds."""
-        self.watch.reset()
+        """One call; returns its seconds."""
         start = time.perf_counter()
         self.run()
         seconds = time.perf_counter() - start
         self.seconds.append(seconds)
-        for name in PARTS:
-            self.parts.setdefault(name, []).append(self.watch.totals.get(name, 0.0))
         return seconds
+
+    def profile_once(self) -> None:
+        """One call under the profiler, recording the CPU time of every part."""
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            self.run()
+        totals = {event.key: event.cpu_time_total for event in prof.key_averages()}
+        for name, label in PARTS.items():
+            self.parts.setdefault(name, []).append(totals.get(label, 0.0) / 1e6)
 
     @property
     def median_ms(self) -> float:
         return 1e3 * statistics.median(self.seconds)
 
     def part_ms(self, name: str) -> float | None:
-        return 1e3 * statistics.median(self.parts[name]) if self.core is not None else None
+        return 1e3 * statistics.median(self.parts[name]) if self.plugged else None
 
     @property
     def spread(self) -> float:
@@ -150,12 +126,13 @@ def variants(encoder: nn.Module, ids: torch.Tensor, chunks: list[int]) -> list[V
 
     def plugged(name: str, **settings) -> Variant:
         model = DNCSDAPMModel.from_base(encoder, **MEMORY, **settings)
-        return Variant(name, lambda: model(input_ids=ids, attention_mask=ones), model.memory)
+        return Variant(name, lambda: model(input_ids=ids, attention_mask=ones), plugged=True)
 
     out = [
         Variant("base alone", base_alone),
-        plugged("per-token, defaults (learned consolidation, clock keys)"),
-        plugged("per-token, auto consolidation, no clock keys", **CHUNKABLE),
+        plugged("per-token, learned consolidation, clock keys", chunk_size=None, clock_keys=True,
+                consolidation="learned"),
+        plugged("per-token, auto consolidation, no clock keys", chunk_size=None, **CHUNKABLE),
     ]
     out += [plugged(f"chunked, chunk_size={c}", chunk_size=c, **CHUNKABLE) for c in chunks]
     return out
@@ -168,6 +145,10 @@ def measure(cases: list[Variant], rounds: int) -> None:
         order = cases[r % len(cases) :] + cases[: r % len(cases)]
         times = {case.name: case.time_once() for case in order}
         print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {1e3 * s:.0f} ms" for n, s in times.items()), flush=True)
+    for _ in range(PROFILED_ROUNDS):
+        for case in cases:
+            if case.plugged:
+                case.profile_once()
 
 
 def results_table(cases: list[Variant], tokens: int) -> str:
@@ -235,13 +216,14 @@ Setup: the real all-MiniLM-L6-v2 (BERT, 6 layers × 384, 512 positions) reads {a
 tokens (batch 1) in segments of 512, alone and with the memory plugged into its last layer
 (`DNCSDAPMModel.from_base`, memory_slots=16, word_size=32, controller_size=128, one read head, dense reads, other
 settings at their defaults unless named); float32, `torch.no_grad()`. Median over {args.rounds} interleaved rounds
-(each variant once per round, rotated order, after one warm-up call); "memory core ms" is the time inside the
-memory core (timed from inside the run), the rest of a plugged run is the base and the injection hook; "spread" is the
-interquartile range over the median.
+(each variant once per round, rotated order, after one warm-up call); "memory core ms" is the CPU time inside the
+memory core in {PROFILED_ROUNDS} further runs under `torch.profiler` (median; the profiler adds its own overhead to
+it), the rest of a plugged run is the base and the injection hook; "spread" is the interquartile range over the
+median.
 
 {results_table(cases, args.tokens)}
 
-Where the chunked memory core's time goes (ms per {args.tokens:,} tokens, medians over the rounds; "chunk end" is
+Where the chunked memory core's time goes (ms per {args.tokens:,} tokens, medians of the profiled runs; "chunk end" is
 the consolidation when the memory is full plus the chunk's one least-squares write; "other" is the input
 LayerNorm, the output projection and the bookkeeping of the unfinished chunk):
 

@@ -45,11 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
-for path in (REPO, REPO / "scripts"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
 
-from bench_memory import code_revision, command_line, fmt, machine, ratio, replace_section, table  # noqa: E402
+from sdapm_hf.reporting import code_revision, command_line, fmt, machine, ratio, replace_section, table  # noqa: E402
 from sdapm_hf import sdapm  # noqa: E402
 from sdapm_hf import dnc_memory  # noqa: E402
 from sdapm_hf.configuration_dnc_sdapm import DNCSDAPMConfig  # noqa: E402
@@ -59,11 +56,13 @@ from sdapm_hf.sdapm import SDAPMSettings  # noqa: E402
 MARK = "benchmark:{}:{}"
 KEY = "cpu_ms"  # what the ratios compare (on one thread: the step's time without the load of other jobs)
 BITS, LENGTH, BATCH, WORD, CONTROLLER = 8, 8, 32, 16, 64
+# The per-token recurrence with clock keys and learned consolidation, as the copy task trains it.
+PER_TOKEN = {"chunk_size": None, "clock_keys": True, "consolidation": "learned"}
 MODELS = {
-    "ours (SDAPM, dense)": {},
-    "ours (SDAPM, top-8 of 32)": {"top_k": 8, "read_candidates": 32},
+    "ours (SDAPM, dense)": PER_TOKEN,
+    "ours (SDAPM, top-8 of 32)": {**PER_TOKEN, "read_top_k": 8, "read_candidates": 32},
     "ours (SDAPM, chunks of 4)": {"chunk_size": 4, "consolidation": "auto", "clock_keys": False},
-    "ours (classic DNC memory, links)": {"memory_type": "dnc", "temporal_links": True},
+    "ours (classic DNC memory, links)": {**PER_TOKEN, "memory_type": "dnc", "temporal_links": True},
     "pytorch-dnc 1.1.0 (DNC)": None,
 }
 PEER = "pytorch-dnc 1.1.0 (DNC)"
@@ -292,7 +291,7 @@ held-out batch is checked; a run stops at 99% or after {args.budget_s:.0f} CPU s
 
 
 SCALING_MODEL = "ours (SDAPM, top-8 of 32, rank 4)"
-MODELS_EXTRA = {SCALING_MODEL: {"top_k": 8, "read_candidates": 32, "max_rank": 4}}
+MODELS_EXTRA = {SCALING_MODEL: {**PER_TOKEN, "read_top_k": 8, "read_candidates": 32, "max_rank": 4}}
 TRAIN_STATE_LIMIT_GB = 4.0
 
 
@@ -633,10 +632,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def measure_main(task: dict) -> dict:
+    """One measurement, named by ``task["kind"]``, with the rest of ``task`` as its arguments."""
     kind = task.pop("kind")
     if kind == "nothing":
         return {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    return {"step": measure_step, "learn": learn_one, "scaling": scaling_one}[kind](**task)
+    if kind == "capacity":
+        return {"recall": capacity_recall(task.pop("kind_of_memory"), **task)}
+    return {"step": measure_step, "learn": learn_one, "scaling": scaling_one, "act": act_case}[kind](**task)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from sdapm_hf import DNCSDAPMConfig, DNCSDAPMForCausalLM
+from sdapm_hf.access import memory_settings
 from sdapm_hf.sdapm import stability_bound
 
 
@@ -38,7 +39,7 @@ def soak(steps: int, piece: int, seed: int, chunk_size: int | None) -> dict[str,
     config = DNCSDAPMConfig(vocab_size=64, hidden_size=64, controller_size=64, memory_slots=16, word_size=32,
                             consolidation="auto", clock_keys=chunk_size is None, chunk_size=chunk_size)
     model = DNCSDAPMForCausalLM(config).eval()
-    settings = config.sdapm_settings()
+    settings = memory_settings(config)
     tokens = torch.Generator().manual_seed(seed)
     state, done = None, 0
     largest = {"value": 0.0, "key": 0.0, "read": 0.0}

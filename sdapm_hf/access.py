@@ -4,7 +4,7 @@ Order within a step::
 
     κ_t   = clock(κ_{t−1}, reset)                               (clock_keys)
     words = read keys ⊕ κ  →  Ponder loop of reads              (act.py)
-    if the memory is full:  consolidate(selection, gate)         (SDAPM; learned, automatic or off)
+    if the memory is full:  consolidate(selection, gate)         (SDAPM; automatic, learned or off)
     write(key ⊕ κ, value, gates)                                 (masked where the token does not count)
 
 Reads come before the write, so the memory's output at position t depends on positions < t only (the token
@@ -12,7 +12,7 @@ itself reaches the model through the controller), and a write cannot disturb the
 
 Chunked mode (``chunk_size`` C, SDAPM only) splits a step in two: every step of a chunk reads the memory as it
 was at the chunk's start (``read_chunk``, all C steps in one call), and the chunk's end consolidates if the memory
-is full and writes the C pairs as one least-squares slot (``write_chunk``, ``sdapm.write_chunk``)::
+is full and writes the C pairs as one least-squares slot (``write_chunk``, ``sdapm_write.write_chunk``)::
 
     r_t      = Read(read keys_t)  against the memory at the chunk's start,  t in the chunk
     memory   = consolidate if full, write_chunk({(k_t, v_t, g_t)})         once, at the chunk's end
@@ -21,7 +21,7 @@ With C = 1 this is the step above. With ``chunk_members`` M < C, the slot keeps 
 gated steps (the others' gates are set to 0), so that a chunk of filler around one fact stores the fact alone,
 as a thin slot that consolidation merges exactly, instead of a least-squares fit dominated by the filler.
 
-The same controller drives either the SDAPM (``sdapm.py``) or the classic DNC memory (``dnc_memory.py``);
+The same controller drives either the SDAPM (``sdapm_*.py``) or the classic DNC memory (``dnc_memory.py``);
 ``memory_type="none"`` has no access at all.
 """
 
@@ -29,41 +29,59 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from .addressing import subspace_fit
+from .controller import Clock, InterfaceVector, mix_keys
 from .dnc_memory import DNCMemorySettings, DNCMemoryState
 from .dnc_memory import init_state as dnc_init_state
 from .dnc_memory import read as dnc_read
 from .dnc_memory import write as dnc_write
-from .sdapm import (
-    MemoryState, SDAPMSettings, closest_pair_selection, consolidate, is_full, most_similar_pair_selection,
+from .sdapm_merge import consolidate
+from .sdapm_read import read as sdapm_read
+from .sdapm_read import read_queries as sdapm_read_queries
+from .sdapm_selection import (
+    ConsolidationHead, closest_pair_selection, is_full, most_similar_pair_selection, slot_metadata,
 )
-from .sdapm import init_state as sdapm_init_state
-from .sdapm import read as sdapm_read
-from .sdapm import read_queries as sdapm_read_queries
-from .sdapm import write as sdapm_write
-from .sdapm import write_chunk as sdapm_write_chunk
-from .configuration_dnc_sdapm import DNCSDAPMConfig
-from .controller import Clock, ConsolidationHead, mix_keys
+from .sdapm_state import MemoryState, SDAPMSettings
+from .sdapm_state import init_state as sdapm_init_state
+from .sdapm_write import write as sdapm_write
+from .sdapm_write import write_chunk as sdapm_write_chunk
 from .tensor_state import TensorState
 
-# The consolidation modes whose group is chosen by a fixed rule (no learned parts).
+if TYPE_CHECKING:
+    from .configuration_dnc_sdapm import DNCSDAPMConfig
+
+# The consolidation modes whose pair is chosen by a fixed rule (no learned parts).
 FIXED_SELECTIONS = {"auto": closest_pair_selection, "similar": most_similar_pair_selection}
 
 
 def memory_settings(config: DNCSDAPMConfig) -> SDAPMSettings | DNCMemorySettings | None:
-    """The memory core's settings for a model config."""
+    """The memory's settings for a model config (built, and so checked, here)."""
     if config.memory_type == "sdapm":
-        return config.sdapm_settings()
+        return SDAPMSettings(
+            slots=config.memory_slots,
+            word_size=config.word_size,
+            read_heads=config.read_heads,
+            max_rank=config.max_rank,
+            ridge=config.ridge,
+            value_max=config.value_max,
+            gain_max=config.gain_max,
+            mass_max=config.mass_max,
+            read_top_k=config.read_top_k,
+            read_candidates=config.read_candidates,
+            temporal_links=config.temporal_links,
+        )
     if config.memory_type == "dnc":
         return DNCMemorySettings(
             slots=config.memory_slots,
             word_size=config.word_size,
             read_heads=config.read_heads,
-            top_k=config.top_k,
+            read_top_k=config.read_top_k,
             temporal_links=config.temporal_links,
         )
     return None
@@ -97,16 +115,6 @@ def last_real(mask: torch.Tensor) -> torch.Tensor:
     return (mask.to(torch.long) * positions).argmax(-1)
 
 
-def slot_metadata(state: MemoryState, ridge: float) -> torch.Tensor:
-    """(B, N, 5) per-slot features for the consolidation head: usage, age/(1+age), log(1+mass), rank/r and the
-    slot's ridge fit residual per unit mass ``‖λA · G Y‖²_F / A``."""
-    mass = state.mass
-    residual = (ridge * mass).pow(2) * (state.gram_inv @ state.value_factors).pow(2).sum((-1, -2))
-    residual = residual / mass.clamp_min(1e-6)
-    rank = state.rank.to(mass.dtype) / state.key_factors.shape[2]
-    return torch.stack([state.usage, state.age / (1.0 + state.age), torch.log1p(mass), rank, residual], dim=-1)
-
-
 class MemoryAccess(nn.Module):
     """Write side and read side of one time step (module docstring)."""
 
@@ -115,7 +123,6 @@ class MemoryAccess(nn.Module):
         self.kind = config.memory_type
         self.settings = memory_settings(config)
         self.consolidation_mode = config.consolidation
-        self.group = config.consolidation_group
         self.chunk_members = config.chunk_members
         self.clock = Clock(config.word_size) if config.clock_keys and self.kind != "none" else None
         learned = self.kind == "sdapm" and config.consolidation == "learned"
@@ -133,51 +140,60 @@ class MemoryAccess(nn.Module):
         cls = MemoryState if self.kind == "sdapm" else DNCMemoryState
         return AccessState(cls.from_prefixed(tensors, "memory") if self.kind != "none" else None, tensors.get("clock"))
 
-    def advance_clock(self, iface: dict[str, torch.Tensor], state: AccessState, mask: torch.Tensor) -> AccessState:
+    def advance_clock(self, iface: InterfaceVector, state: AccessState, mask: torch.Tensor) -> AccessState:
         """Step the clock where ``mask`` (B,) (no-op without clock keys)."""
         if state.clock is None:
             return state
-        clock = torch.where(mask[:, None], self.clock(state.clock, iface["clock_reset"]), state.clock)
+        clock = torch.where(mask[:, None], self.clock(state.clock, iface.clock_reset), state.clock)
         return dataclasses.replace(state, clock=clock)
 
-    def update(self, iface: dict[str, torch.Tensor], state: AccessState, mask: torch.Tensor) -> AccessState:
-        """Consolidation and write for this step; iface from ``controller.Interface``, mask (B,) bool."""
+    def update(self, iface: InterfaceVector, state: AccessState, mask: torch.Tensor) -> AccessState:
+        """Consolidation and write for this step; mask (B,) bool."""
         if self.kind == "none":
             return state
         clock = state.clock
-        key = iface["write_key"] if clock is None else mix_keys(iface["write_key"], clock, iface["write_clock"])
+        key = iface.write_key if clock is None else mix_keys(iface.write_key, clock, iface.write_clock)
         memory = state.memory
         if self.kind == "dnc":
             memory = dnc_write(
-                memory, key, iface["write_value"], self.settings, iface["write_gate"], iface["free_gates"],
-                iface["allocation_gate"], iface["write_strength"], iface["erase"], mask,
+                memory, key, iface.write_value, self.settings, iface.write_gate, iface.free_gates,
+                iface.allocation_gate, iface.write_strength, iface.erase, mask,
             )
             return AccessState(memory, clock)
         memory = self._consolidate(memory, mask, iface)
         memory = sdapm_write(
-            memory, key, iface["write_value"], self.settings, gate=iface["write_gate"],
-            free_gates=iface["free_gates"], mask=mask, check=False,
+            memory, key, iface.write_value, self.settings, gate=iface.write_gate,
+            free_gates=iface.free_gates, mask=mask, check=False,
         )
         return AccessState(memory, clock)
 
-    def read_chunk(self, iface: dict[str, torch.Tensor], state: AccessState) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every step of a chunk reads the memory as it is, in one call (``sdapm.read_queries``).
+    def read_chunk(self, iface: InterfaceVector, state: AccessState) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every step of a chunk reads the memory as it is, in one call (``sdapm_read.read_queries``).
 
         Args:
-            iface: the steps' interface parts, each (B, L, ...).
+            iface: the steps' interface, each part (B, L, ...).
 
         Returns:
             reads (B, L, R, W) and read weights (B, L, R, N).
         """
-        b, steps, heads, w = iface["read_key"].shape
-        modes = iface.get("read_mode")
+        b, steps, heads, w = iface.read_key.shape
+        modes = iface.read_mode
         out, weights = sdapm_read_queries(
-            state.memory, iface["read_key"].flatten(1, 2), iface["read_strength"].flatten(1), self.settings,
+            state.memory, iface.read_key.flatten(1, 2), iface.read_strength.flatten(1), self.settings,
             None if modes is None else modes.flatten(1, 2),
         )
         return out.view(b, steps, heads, w), weights.view(b, steps, heads, -1)
 
-    def write_chunk(self, state: AccessState, chunk: dict[str, torch.Tensor], mask: torch.Tensor) -> AccessState:
+    def write_chunk(
+        self,
+        state: AccessState,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        gates: torch.Tensor,
+        free_gates: torch.Tensor,
+        read_weights: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> AccessState:
         """The end of a chunk of C steps: consolidate if the memory is full, then write the C pairs as one slot.
 
         Every step's reads enter the memory's read weights as C·R heads first, so that consolidation maps them
@@ -185,64 +201,64 @@ class MemoryAccess(nn.Module):
         the read weights are the last real step's. Batch elements without a real step are bit-identical.
 
         Args:
-            chunk: the steps' ``write_key``, ``write_value`` (B, C, W), ``write_gate`` (B, C), ``free_gates``
-                (B, C, R) and ``read_weights`` (B, C, R, N).
+            keys, values: (B, C, W) the steps' write keys and values.
+            gates: (B, C) their write gates; free_gates (B, C, R); read_weights (B, C, R, N).
             mask: (B, C) bool, the steps that count.
         """
-        b, c, heads, n = chunk["read_weights"].shape
+        b, c, heads, n = read_weights.shape
         real = mask.any(-1)
-        memory = dataclasses.replace(state.memory, read_weights=chunk["read_weights"].flatten(1, 2))
+        memory = dataclasses.replace(state.memory, read_weights=read_weights.flatten(1, 2))
         memory = self._consolidate(memory, real)
-        weight = mask.to(chunk["write_gate"].dtype)
-        gates = chunk["write_gate"] * weight
+        weight = mask.to(gates.dtype)
+        gates = gates * weight
         if self.chunk_members is not None and self.chunk_members < c:  # the M strongest steps alone
             strongest = gates.topk(self.chunk_members, dim=-1).indices
             gates = gates * torch.zeros_like(mask).scatter(-1, strongest, True).to(gates.dtype)
         memory = sdapm_write_chunk(
-            memory, chunk["write_key"], chunk["write_value"], self.settings, gates,
-            (chunk["free_gates"] * weight[..., None]).flatten(1), mask=real, check=False,
+            memory, keys, values, self.settings, gates, (free_gates * weight[..., None]).flatten(1), mask=real,
+            check=False,
         )
         last = memory.read_weights.view(b, c, heads, n)[torch.arange(b, device=mask.device), last_real(mask)]
         weights = torch.where(real[:, None, None], last, state.memory.read_weights)
         return AccessState(dataclasses.replace(memory, read_weights=weights), state.clock)
 
-    def _consolidate(
-        self, memory: MemoryState, mask: torch.Tensor, iface: dict[str, torch.Tensor] | None = None
-    ) -> MemoryState:
+    def _consolidate(self, memory: MemoryState, mask: torch.Tensor, iface: InterfaceVector | None = None) -> MemoryState:
         """Consolidate where the memory is full and ``mask`` (B,); ``iface`` feeds the learned head."""
         if self.consolidation_mode == "off":
             return memory
         full = is_full(memory) & mask
-        if not bool(full.any()):  # nothing to do: skip choosing a group (consolidate would change nothing)
+        if not bool(full.any()):  # nothing to do: skip choosing a pair (consolidate would change nothing)
             return memory
+        with record_function("memory.consolidation"):
+            return self._merge_pair(memory, full, iface)
+
+    def _merge_pair(self, memory: MemoryState, full: torch.Tensor, iface: InterfaceVector | None) -> MemoryState:
+        """Merge the pair the consolidation mode selects, where ``full`` (B,)."""
         if self.consolidation_mode in FIXED_SELECTIONS:
             selection = FIXED_SELECTIONS[self.consolidation_mode](memory)
             return consolidate(memory, selection, self.settings, 2, mask=full, check=False)
-        query = iface["consolidation_key"][:, None]
-        fit, _ = subspace_fit(
-            query, memory.key, memory.key_factors, memory.key_offsets, memory.gram_inv, memory.radius
-        )
+        query = iface.consolidation_key[:, None]
+        fit, _ = subspace_fit(query, memory.key, memory.key_factors, memory.key_offsets, memory.gram_inv, memory.radius)
         meta = slot_metadata(memory, self.settings.ridge)
         selection, gate = self.consolidation(
-            fit[:, 0], iface["consolidation_strength"], iface["consolidation_gate"], meta, memory.occupied, full
+            fit[:, 0], iface.consolidation_strength, iface.consolidation_gate, meta, memory.occupied, full
         )
-        return consolidate(memory, selection, self.settings, self.group, gate=gate, mask=full, check=False)
+        return consolidate(memory, selection, self.settings, 2, gate=gate, mask=full, check=False)
 
-    def first_words(self, iface: dict[str, torch.Tensor], state: AccessState) -> torch.Tensor:
+    def first_words(self, iface: InterfaceVector, state: AccessState) -> torch.Tensor:
         """(B, R, W) first read words: the read keys, mixed with the clock."""
-        keys = iface["read_key"]
         if state.clock is None:
-            return keys
-        return mix_keys(keys, state.clock[:, None], iface["read_clock"])
+            return iface.read_key
+        return mix_keys(iface.read_key, state.clock[:, None], iface.read_clock)
 
     def read(
-        self, iface: dict[str, torch.Tensor], words: torch.Tensor, state: AccessState, active: torch.Tensor
+        self, iface: InterfaceVector, words: torch.Tensor, state: AccessState, active: torch.Tensor
     ) -> tuple[torch.Tensor, AccessState]:
         """One read of every head; the read weights change only where ``active`` (B,)."""
-        modes = iface.get("read_mode")
         if self.kind == "sdapm":
-            out, memory = sdapm_read(state.memory, words, iface["read_strength"], self.settings, modes, check=False)
+            out, memory = sdapm_read(state.memory, words, iface.read_strength, self.settings, iface.read_mode,
+                                     check=False)
         else:
-            out, memory = dnc_read(state.memory, words, iface["read_strength"], self.settings, modes)
+            out, memory = dnc_read(state.memory, words, iface.read_strength, self.settings, iface.read_mode)
         weights = torch.where(active[:, None, None], memory.read_weights, state.memory.read_weights)
         return out, dataclasses.replace(state, memory=dataclasses.replace(memory, read_weights=weights))

@@ -7,8 +7,6 @@ For one time step with first read word ``x_0`` and controller output ``h``::
 
 * ``act`` (Graves 2016): ``N = min{n : Σ_{m≤n} λ_m ≥ 1 − ε}`` (capped), remainder ``R = 1 − Σ_{m<N} λ_m``,
   output ``Σ_{n<N} λ_n y_n + R y_N``, ponder cost ``N + R`` (its gradient flows through ``R``).
-* ``pondernet`` (Banino et al. 2021): ``p_n = λ_n Π_{j<n}(1 − λ_j)`` (the last step takes what is left); the
-  loss is ``Σ_n p_n L(y_n) + β KL(p ‖ Geometric(λ_p))``, so every step's output is returned.
 * ``fixed``: always ``K`` steps, output ``y_K`` (the baseline ACT must beat at equal mean compute).
 * ``none``: one read.
 
@@ -19,26 +17,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
-from .configuration_dnc_sdapm import DNCSDAPMConfig
+if TYPE_CHECKING:
+    from .configuration_dnc_sdapm import DNCSDAPMConfig
 
 ReadFn = Callable[[torch.Tensor, object, torch.Tensor], tuple[torch.Tensor, object]]
+# Graves' halting threshold 1 − ε.
+ACT_EPSILON = 0.01
+# Initial bias of the halting unit: σ(1) ≈ 0.73, so an untrained loop halts after one or two steps.
+HALTING_BIAS_INIT = 1.0
+# Tolerance when counting positions whose (integer) step count reached the cap.
+CAP_TOLERANCE = 1e-6
 
 
 @dataclass
 class PonderStep:
     """Result of one time step's ponder loop."""
 
-    reads: torch.Tensor  # (B, R, W) the reads that go on (mean-field output)
+    reads: torch.Tensor  # (B, R, W) the reads that go on
     state: object  # memory after the loop
-    steps: torch.Tensor  # (B,) inner steps taken (the expected count for PonderNet)
-    cost: torch.Tensor  # (B,) ponder cost (ACT) or KL to the prior (PonderNet), 0 otherwise
-    step_reads: torch.Tensor | None = None  # (B, K, R, W) every step's reads (PonderNet)
-    step_probs: torch.Tensor | None = None  # (B, K) halting distribution (PonderNet)
+    steps: torch.Tensor  # (B,) inner steps taken
+    cost: torch.Tensor  # (B,) ponder cost (ACT), 0 otherwise
 
 
 class Ponder(nn.Module):
@@ -48,26 +51,22 @@ class Ponder(nn.Module):
         super().__init__()
         self.mode = config.act_mode
         self.max_steps = 1 if config.act_mode == "none" else config.act_max_steps
-        self.epsilon = config.act_epsilon
-        self.prior = config.pondernet_prior
         read_size = config.read_heads * config.word_size
         self.halting = None
-        if self.mode in ("act", "pondernet"):
+        if self.mode == "act":
             self.halting = nn.Linear(config.controller_size + read_size, 1)
-            self.halting.init_bias = config.halting_bias_init
+            self.halting.init_bias = HALTING_BIAS_INIT
 
     def forward(self, read: ReadFn, words: torch.Tensor, state: object, h: torch.Tensor) -> PonderStep:
         """read(words (B, R, W), state, active (B,) bool) → (outputs (B, R, W), state); h (B, H)."""
+        if self.mode == "act":
+            return self._act(read, words, state, h)
         b = words.shape[0]
         zeros = torch.zeros(b, dtype=words.dtype, device=words.device)
         everyone = torch.ones(b, dtype=torch.bool, device=words.device)
-        if self.mode in ("none", "fixed"):
-            for _ in range(self.max_steps):
-                words, state = read(words, state, everyone)
-            return PonderStep(words, state, zeros + self.max_steps, zeros)
-        if self.mode == "act":
-            return self._act(read, words, state, h)
-        return self._pondernet(read, words, state, h)
+        for _ in range(self.max_steps):
+            words, state = read(words, state, everyone)
+        return PonderStep(words, state, zeros + self.max_steps, zeros)
 
     def _halt(self, h: torch.Tensor, reads: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.halting(torch.cat([h, reads.flatten(1)], dim=-1))).squeeze(-1)
@@ -83,7 +82,7 @@ class Ponder(nn.Module):
             words, state = read(words, state, running)
             halt = self._halt(h, words)
             last = n == self.max_steps
-            stops = running & ((total + halt >= 1.0 - self.epsilon) | last)
+            stops = running & ((total + halt >= 1.0 - ACT_EPSILON) | last)
             weight = torch.where(stops, 1.0 - total, halt) * running
             output = output + weight[:, None, None] * words
             remainder = torch.where(stops, 1.0 - total, remainder)
@@ -94,26 +93,6 @@ class Ponder(nn.Module):
                 break
         return PonderStep(output, state, steps, steps + remainder)
 
-    def _pondernet(self, read: ReadFn, words: torch.Tensor, state: object, h: torch.Tensor) -> PonderStep:
-        b, k = words.shape[0], self.max_steps
-        everyone = torch.ones(b, dtype=torch.bool, device=words.device)
-        survive = torch.ones(b, dtype=words.dtype, device=words.device)
-        probs, outputs = [], []
-        for n in range(1, k + 1):
-            words, state = read(words, state, everyone)
-            halt = self._halt(h, words) if n < k else torch.ones_like(survive)
-            probs.append(survive * halt)
-            outputs.append(words)
-            survive = survive * (1.0 - halt)
-        p = torch.stack(probs, 1)  # (B, K), sums to 1
-        step_reads = torch.stack(outputs, 1)
-        n = torch.arange(1, k + 1, dtype=p.dtype, device=p.device)
-        prior = self.prior * (1.0 - self.prior) ** (n - 1)
-        prior = prior / prior.sum()
-        kl = (p * (torch.log(p.clamp_min(1e-12)) - torch.log(prior))).sum(-1)
-        mean_reads = (p[:, :, None, None] * step_reads).sum(1)
-        return PonderStep(mean_reads, state, (p * n).sum(-1), kl, step_reads, p)
-
 
 def ponder_statistics(steps: torch.Tensor, mask: torch.Tensor, cap: int) -> dict[str, float]:
     """Mean, 90th percentile and share at the cap of inner steps per counted token. steps, mask (B, T)."""
@@ -123,5 +102,5 @@ def ponder_statistics(steps: torch.Tensor, mask: torch.Tensor, cap: int) -> dict
     return {
         "ponder_mean": counted.mean().item(),
         "ponder_p90": torch.quantile(counted, 0.9).item(),
-        "ponder_at_cap": (counted >= cap - 1e-6).float().mean().item(),
+        "ponder_at_cap": (counted >= cap - CAP_TOLERANCE).float().mean().item(),
     }

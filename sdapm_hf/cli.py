@@ -1,26 +1,34 @@
-"""`sdapm-hf`: train, evaluate, plot and publish experiments described by YAML files in ``configs/``."""
+"""`sdapm-hf`: train, evaluate, plot and publish experiments described by YAML files in ``configs/``.
+
+    sdapm-hf train CONFIG [any ExperimentArguments field as --name VALUE] [--set KEY=VALUE ...] [--task-args KEY=VALUE ...]
+    sdapm-hf evaluate RUN [--splits ...] [--zero-memory | --base-alone] [--set KEY=VALUE ...] [--task-args KEY=VALUE ...]
+    sdapm-hf plot RUN [--split test]
+    sdapm-hf push RUN --repo-id NAMESPACE/NAME [--private] [--token TOKEN]
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+from .training.arguments import ExperimentParser, parse_assignment
 
-def _train(args: argparse.Namespace) -> None:
-    from .training import load_experiment, train
 
-    overrides = {"output_dir": args.output_dir, "seed": args.seed, "max_steps": args.max_steps,
-                 "resume": args.resume or None, "time_budget_s": args.time_budget_s}
-    print(json.dumps(train(load_experiment(args.config, **overrides)), indent=2))
+def _train(argv: list[str]) -> None:
+    from .training import train
+
+    args = ExperimentParser(prog="sdapm-hf train", description="run an experiment YAML").parse_experiment(argv)
+    print(json.dumps(train(args), indent=2))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from .training import compare, evaluate_model, load_run, save_comparison
 
     run = Path(args.run)
-    task_args = dict(parse_assignment(item) for item in args.task_args)
-    _, model, dataset = load_run(run, task_args, **dict(parse_assignment(item) for item in args.set))
+    task_args = dict(args.task_args)
+    _, model, dataset = load_run(run, task_args, **dict(args.set))
     ablation = "zero_memory" if args.zero_memory else "base_alone" if args.base_alone else None
     if ablation is None:
         print(json.dumps({split: evaluate_model(model, dataset[split]) for split in args.splits}, indent=2))
@@ -45,33 +53,14 @@ def _push(args: argparse.Namespace) -> None:
                    template=args.card_template or CARD_TEMPLATE))
 
 
-def parse_assignment(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` from the command line → (key, value read as YAML: numbers, booleans, lists)."""
-    import yaml
-
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--set takes KEY=VALUE, got {text!r}")
-    parsed = yaml.safe_load(value)
-    if isinstance(parsed, str):  # YAML reads 1e-6 as a string
-        try:
-            parsed = float(parsed)
-        except ValueError:
-            pass
-    return key, parsed
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="sdapm-hf", description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # every experiment field is an option: HfArgumentParser over the dataclass
+        _train(argv[1:])
+        return
+    parser = argparse.ArgumentParser(prog="sdapm-hf", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="run an experiment YAML")
-    train.add_argument("config")
-    train.add_argument("--output-dir")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--max-steps", type=int)
-    train.add_argument("--time-budget-s", type=float)
-    train.add_argument("--resume", action="store_true")
-    train.set_defaults(command_fn=_train)
+    commands.add_parser("train", help="run an experiment YAML (sdapm-hf train --help)", add_help=False)
     evaluate = commands.add_parser("evaluate", help="evaluate a run folder")
     evaluate.add_argument("run")
     evaluate.add_argument("--splits", nargs="+", default=["test"])
@@ -80,9 +69,9 @@ def main(argv: list[str] | None = None) -> None:
                           help="also evaluate with the memory's reads zeroed; both go into <run>/comparison.json")
     ablation.add_argument("--base-alone", action="store_true",
                           help="also evaluate the frozen base without the memory; both go into <run>/comparison.json")
-    evaluate.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                          help="config fields changed for evaluation, e.g. top_k=1")
-    evaluate.add_argument("--task-args", nargs="*", default=[], metavar="KEY=VALUE",
+    evaluate.add_argument("--set", nargs="*", default=[], type=parse_assignment, metavar="KEY=VALUE",
+                          help="config fields changed for evaluation, e.g. read_top_k=1")
+    evaluate.add_argument("--task-args", nargs="*", default=[], type=parse_assignment, metavar="KEY=VALUE",
                           help="task arguments changed for evaluation, e.g. seq_len=512 (another length or gap; "
                                "the comparison is then printed, not saved)")
     evaluate.set_defaults(command_fn=_evaluate)

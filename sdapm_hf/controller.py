@@ -29,19 +29,24 @@ itself, the others are driven to ρ ≈ 0. Write and read keys are ``normalize((
 share ``c = (1 − g)³`` from learned gates ``g``: an open clock gate leaks almost no content into a position
 key (content keys out of the trained range are what stopped a copy model from generalising in length), a closed
 one gives a pure content key.
-
-The consolidation head sees slot metadata (the seed found this halved its loss): per slot ``[usage,
-age/(1+age), log(1+mass), rank/W, fit residual]``; the group is selected by
-``β_c fit(q_c, slot) + w · meta`` and the gate by the controller plus the memory's fullness.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configuration_dnc_sdapm import DNCSDAPMConfig
+from .tensor_state import TensorState
+
+if TYPE_CHECKING:
+    from .configuration_dnc_sdapm import DNCSDAPMConfig
+
+# The controller's outputs are clipped to ±CONTROLLER_CLIP (the DNC's stabiliser).
+CONTROLLER_CLIP = 20.0
 
 
 class Controller(nn.Module):
@@ -50,7 +55,7 @@ class Controller(nn.Module):
     def __init__(self, config: DNCSDAPMConfig, read_size: int) -> None:
         super().__init__()
         self.cell = nn.LSTMCell(config.hidden_size + read_size, config.controller_size)
-        self.clip = config.controller_clip
+        self.clip = CONTROLLER_CLIP
 
     def forward(
         self, x: torch.Tensor, reads: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
@@ -87,8 +92,31 @@ class Controller(nn.Module):
         return torch.stack(outputs, 1), state
 
 
+@dataclass(frozen=True)
+class InterfaceVector(TensorState):
+    """The named parts of the interface vector ξ of one step, batch-first (B, ...), or of L steps (B, L, ...); a
+    part the config does not use is None."""
+
+    read_key: torch.Tensor | None = None  # (B, R, W)
+    read_strength: torch.Tensor | None = None  # (B, R) β
+    write_key: torch.Tensor | None = None  # (B, W)
+    write_value: torch.Tensor | None = None  # (B, W)
+    write_gate: torch.Tensor | None = None  # (B,)
+    free_gates: torch.Tensor | None = None  # (B, R)
+    read_mode: torch.Tensor | None = None  # (B, R, 3) over (backward, content, forward)
+    allocation_gate: torch.Tensor | None = None  # (B,) classic memory
+    write_strength: torch.Tensor | None = None  # (B,) classic memory
+    erase: torch.Tensor | None = None  # (B, W) classic memory
+    consolidation_gate: torch.Tensor | None = None  # (B,) learned consolidation
+    consolidation_key: torch.Tensor | None = None  # (B, W)
+    consolidation_strength: torch.Tensor | None = None  # (B,)
+    clock_reset: torch.Tensor | None = None  # (B,) ρ
+    write_clock: torch.Tensor | None = None  # (B,)
+    read_clock: torch.Tensor | None = None  # (B, R)
+
+
 def interface_parts(config: DNCSDAPMConfig) -> dict[str, tuple[int, float]]:
-    """Name → (size, initial bias) of every part of the interface vector this config needs."""
+    """Name (an ``InterfaceVector`` field) → (size, initial bias) of every part of ξ this config needs."""
     r, w = config.read_heads, config.word_size
     parts: dict[str, tuple[int, float]] = {}
     if config.memory_type == "none":
@@ -119,7 +147,6 @@ def interface_parts(config: DNCSDAPMConfig) -> dict[str, tuple[int, float]]:
 _SIGMOID = {"write_gate", "allocation_gate", "free_gates", "erase", "consolidation_gate", "write_clock",
             "read_clock"}
 _STRENGTH = {"read_strength", "write_strength", "consolidation_strength"}
-_PER_HEAD = {"read_strength", "free_gates", "read_clock"}  # (B, R)
 _SCALAR = {"write_gate", "allocation_gate", "write_strength", "consolidation_gate", "consolidation_strength",
            "clock_reset", "write_clock"}  # (B,)
 
@@ -130,7 +157,7 @@ def strength(raw: torch.Tensor) -> torch.Tensor:
 
 
 class Interface(nn.Module):
-    """Controller output (B, H) and input (B, D) → named interface tensors (module docstring)."""
+    """Controller output (B, H) and input window (B, K·D) → the interface vector (module docstring)."""
 
     def __init__(self, config: DNCSDAPMConfig) -> None:
         super().__init__()
@@ -143,7 +170,7 @@ class Interface(nn.Module):
         # Read by the model's weight initialisation: each gate starts at its part's bias (open or closed).
         self.norm.init_bias = [bias for size, bias in self.parts.values() for _ in range(size)]
 
-    def forward(self, h: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, h: torch.Tensor, x: torch.Tensor) -> InterfaceVector:
         """h (B, H) controller output, x (B, K·D) the step's input window ``[x_t ; … ; x_{t−K+1}]``."""
         flat = self.norm(self.proj(h) + self.skip(x))
         out = {}
@@ -161,7 +188,7 @@ class Interface(nn.Module):
             elif name in _SCALAR:
                 chunk = chunk.squeeze(-1)
             out[name] = chunk
-        return out
+        return InterfaceVector(**out)
 
 
 class Clock(nn.Module):
@@ -196,32 +223,3 @@ def mix_keys(key: torch.Tensor, clock: torch.Tensor, gate: torch.Tensor) -> torc
     broadcastable, gate (B, ...)."""
     content = (1.0 - gate.unsqueeze(-1)).pow(3)
     return F.normalize((1.0 - content) * clock + content * F.normalize(key, dim=-1), dim=-1)
-
-
-META_FEATURES = 5
-
-
-class ConsolidationHead(nn.Module):
-    """Which slots to merge and whether to, from the interface and slot metadata."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.meta_score = nn.Linear(META_FEATURES, 1)
-        self.meta_gate = nn.Linear(META_FEATURES + 1, 1)
-        # The gate starts from the memory's fullness alone; the selection starts as "merge the lightest slots"
-        # (weight −4 on log(1 + mass)), which keeps groups balanced, and learns from there.
-        self.meta_score.init_std = self.meta_gate.init_std = 0.0
-        self.meta_score.init_weight = [0.0, 0.0, -4.0, 0.0, 0.0]
-
-    def forward(
-        self, fit: torch.Tensor, strength_: torch.Tensor, gate: torch.Tensor, meta: torch.Tensor,
-        occupied: torch.Tensor, full: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """fit (B, N) of the consolidation key, strength (B,), gate (B,) in [0, 1], meta (B, N, F),
-        occupied (B, N), full (B,) → selection weights (B, N) and gate (B,)."""
-        scores = strength_[:, None] * fit + self.meta_score(meta).squeeze(-1)
-        scores = scores.masked_fill(~occupied, -1e9)
-        selection = torch.softmax(scores, dim=-1) * occupied.to(scores.dtype)
-        summary = torch.cat([(meta * occupied[..., None]).mean(1), full[:, None].to(meta.dtype)], dim=-1)
-        logit = torch.logit(gate.clamp(1e-6, 1 - 1e-6)) + self.meta_gate(summary).squeeze(-1)
-        return selection, torch.sigmoid(logit)

@@ -5,8 +5,8 @@ One time step (``MemoryCore.step``)::
     h, state_c  = Controller([x_t ; r_{t−1}])                    controller.py
     ξ           = Interface(h, [x_t ; … ; x_{t−K+1}])             controller.py (K = interface_window)
     r_t         = Ponder(read, read keys ⊕ clock)                act.py (read output → next read word)
-    memory      = consolidate if full, write (k ⊕ clock, v)      access.py, sdapm.py
-    o_t         = W_o [Dropout_bypass(h) ; r_t]                  the core's output (B, D)
+    memory      = consolidate if full, write (k ⊕ clock, v)      access.py, sdapm_*.py
+    f_t         = [Dropout_bypass(h) ; r_t]                      the core's features (B, H + R·W)
 
 Chunked mode (``chunk_size`` C; chunks are counted from the start of the memory's stream, across calls): for the
 positions t of one chunk, with ``r_prev`` the reads of the previous chunk's last real position::
@@ -14,7 +14,7 @@ positions t of one chunk, with ``r_prev`` the reads of the previous chunk's last
     h_t, state_c = Controller([x_t ; r_prev])                    token by token
     ξ_t          = Interface(h_t, [x_t ; … ; x_{t−K+1}])          all positions of the chunk in one call
     r_t          = Read(read keys_t)                             all at once, against the memory at the chunk's start
-    o_t          = W_o [Dropout_bypass(h_t) ; r_t]
+    f_t          = [Dropout_bypass(h_t) ; r_t]
     at the end:  memory = consolidate if full, write_chunk({(k_t, v_t, g_t)})      one slot for the C pairs
                  r_prev = r of the chunk's last real position
 
@@ -22,32 +22,47 @@ A call that ends inside a chunk keeps the chunk's positions so far (``PendingChu
 ``chunk.<field>``), so a stream fed in pieces (segments, cached generation) meets the same chunk boundaries as one
 pass over it. ``chunk_size=1`` is the per-token recurrence.
 
-With a frozen base, ``x_t`` is the base's hidden state after LayerNorm, the output is scaled by the hidden state's
-RMS (``forward``) and ``W_o`` starts at zero, so an untrained memory adds nothing to the base's residual stream.
-The interface's window ``[x_t ; … ; x_{t−K+1}]`` holds the last K real inputs (zeros before the first), so a key
-or value can be a token's neighbour, e.g. the word two positions back, without routing it through the LSTM; the
-state carries the last K − 1 inputs. The recurrent state (controller, last reads, clock, memory, window) is a
-``RecurrentState``; as a plain dict of tensors it
-is the models' ``memory_state``. Positions where the mask is False leave the state untouched (in chunked mode: a
-chunk without a real position leaves it bit-identical).
+The core knows nothing of a base model: the models map its features to their outputs (modeling_dnc_sdapm.py, and
+the plug of injection.py). The interface's window ``[x_t ; … ; x_{t−K+1}]`` holds the last K real inputs (zeros
+before the first), so a key or value can be a token's neighbour without routing it through the LSTM; the state
+carries the last K − 1 inputs. The recurrent state (controller, last reads, clock, memory, window) is a
+``RecurrentState``; as a plain dict of tensors it is the models' ``memory_state``. Positions where the mask is False
+leave the state untouched (in chunked mode: a chunk without a real position leaves it bit-identical).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from .access import AccessState, MemoryAccess, last_real
-from .act import Ponder, ponder_statistics
-from .configuration_dnc_sdapm import DNCSDAPMConfig
-from .controller import Controller, Interface
-from .injection import segment_bounds
+from .act import Ponder, PonderStep, ponder_statistics
+from .controller import Controller, Interface, InterfaceVector
 from .tensor_state import TensorState
 
-# The interface parts a chunk's end writes.
-CHUNK_WRITES = ("write_key", "write_value", "write_gate", "free_gates")
+if TYPE_CHECKING:
+    from .configuration_dnc_sdapm import DNCSDAPMConfig
+
+
+def piece_bounds(start: int, length: int, size: int, filled: int = 0) -> list[tuple[int, int]]:
+    """Split positions [start, start + length) into pieces that end where blocks of ``size`` end.
+
+    ``filled`` positions of the current block came before ``start``, so the first piece is at most
+    ``size − filled`` long (0 < filled = size opens a new block). Chunks of the memory and segments of a base are
+    such blocks.
+    """
+    bounds, at, room = [], start, size - filled
+    if room <= 0:
+        room = size
+    while at < start + length:
+        end = min(at + room, start + length)
+        bounds.append((at, end))
+        at, room = end, size
+    return bounds
 
 
 @dataclass(frozen=True)
@@ -104,59 +119,88 @@ class RecurrentState:
 
 
 @dataclass
-class CoreOutput:
-    """The core's outputs over T positions (see ``DNCSDAPMModelOutput`` for the fields)."""
+class MemoryUpdate:
+    """The memory after one update (a position in per-token mode, the piece of a chunk in a call in chunked mode),
+    and the reads of the positions ``[start, end)`` it covers, which were made against the memory of the update
+    before it (entry 0 of a model's ``memory_states`` is the memory before the first position: no reads)."""
 
-    hidden: torch.Tensor  # (B, T, D)
+    start: int
+    end: int
+    read_weights: torch.Tensor | None  # (B, end − start, R, N) the last read of each position
+    memory: dict[str, torch.Tensor]  # the memory state's fields (detached), e.g. usage, age, write_weights, key
+
+    @property
+    def usage(self) -> torch.Tensor:
+        return self.memory["usage"]
+
+    @property
+    def write_weights(self) -> torch.Tensor:
+        return self.memory["write_weights"]
+
+    def shifted(self, offset: int) -> MemoryUpdate:
+        """The same update with its positions counted ``offset`` later (a segment of a longer input)."""
+        return MemoryUpdate(self.start + offset, self.end + offset, self.read_weights, self.memory)
+
+
+@dataclass
+class CoreOutput:
+    """The core's outputs over T positions."""
+
+    features: torch.Tensor  # (B, T, H + R·W) [bypass(h) ; reads]
     state: RecurrentState
     ponder_cost: torch.Tensor  # (B, T)
     ponder_steps: torch.Tensor  # (B, T)
-    ponder_hidden_states: torch.Tensor | None = None  # (B, T, K, D)
-    ponder_probs: torch.Tensor | None = None  # (B, T, K)
     clock_resets: torch.Tensor | None = None  # (B, T)
+    memory_states: list[MemoryUpdate] | None = None  # with ``record``: one per memory update
 
 
 class MemoryCore(nn.Module):
-    """Controller + memory, stepped over the positions of (B, T, D) inputs."""
+    """Controller + memory, stepped over the positions of (B, T, D) inputs, giving (B, T, H + R·W) features."""
 
     def __init__(self, config: DNCSDAPMConfig) -> None:
         super().__init__()
-        self.config = config
         self.chunk_size = config.chunk_size
         self.window = config.interface_window
+        self.width = config.hidden_size
+        self.controller_size = config.controller_size
+        self.read_heads = config.read_heads
+        self.slots = config.memory_slots
+        self.word_size = config.word_size
         self.read_size = 0 if config.memory_type == "none" else config.read_heads * config.word_size
-        self.input_norm = nn.LayerNorm(config.hidden_size) if config.text_config is not None else nn.Identity()
+        self.features = config.controller_size + self.read_size
         self.controller = Controller(config, self.read_size)
         self.interface = Interface(config)
         self.access = MemoryAccess(config)
         self.ponder = Ponder(config)
         self.bypass = nn.Dropout(config.bypass_dropout)
-        self.output = nn.Linear(config.controller_size + self.read_size, config.hidden_size)
-        if config.text_config is not None:
-            self.output.init_std = 0.0  # the memory's path into a frozen base starts closed
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the core's parameters, in which it computes and keeps its state."""
+        return self.controller.cell.weight_ih.dtype
+
+    # -- state --------------------------------------------------------------------------------------------
 
     def initial_state(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> RecurrentState:
-        zeros = torch.zeros(batch_size, self.config.controller_size, dtype=dtype, device=device)
+        zeros = torch.zeros(batch_size, self.controller_size, dtype=dtype, device=device)
         reads = torch.zeros(batch_size, self.read_size, dtype=dtype, device=device)
         access = self.access.init_state(batch_size, dtype, device)
         chunk = None if self.chunk_size is None else self._empty_chunk(batch_size, dtype, device)
         window = None
         if self.window > 1:
-            window = torch.zeros(batch_size, self.window - 1, self.config.hidden_size, dtype=dtype, device=device)
+            window = torch.zeros(batch_size, self.window - 1, self.width, dtype=dtype, device=device)
         return RecurrentState(zeros, zeros.clone(), reads, access, chunk, window)
 
     def _empty_chunk(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> PendingChunk:
-        config = self.config
-        heads, w = config.read_heads, config.word_size
         empty = lambda *shape: torch.zeros(batch_size, 0, *shape, dtype=dtype, device=device)  # noqa: E731
         return PendingChunk(
             mask=torch.zeros(batch_size, 0, dtype=torch.bool, device=device),
             reads=empty(self.read_size),
-            read_weights=empty(heads, config.memory_slots),
-            write_key=empty(w),
-            write_value=empty(w),
+            read_weights=empty(self.read_heads, self.slots),
+            write_key=empty(self.word_size),
+            write_value=empty(self.word_size),
             write_gate=empty(),
-            free_gates=empty(heads),
+            free_gates=empty(self.read_heads),
         )
 
     def state_from_dict(self, tensors: dict[str, torch.Tensor], batch_size: int) -> RecurrentState:
@@ -177,28 +221,46 @@ class MemoryCore(nn.Module):
                 f"memory_state holds {state.chunk.length} positions of an unfinished chunk, "
                 f"chunk_size={self.chunk_size} allows at most {self.chunk_size - 1}"
             )
-        if state.window is not None and tuple(state.window.shape[1:]) != (self.window - 1, self.config.hidden_size):
+        if state.window is not None and tuple(state.window.shape[1:]) != (self.window - 1, self.width):
             raise ValueError(
                 f"memory_state holds a window of shape {tuple(state.window.shape[1:])}, interface_window="
-                f"{self.window} needs ({self.window - 1}, {self.config.hidden_size})"
+                f"{self.window} needs ({self.window - 1}, {self.width})"
             )
         if state.h.shape[0] != batch_size:
             raise ValueError(f"memory_state has batch size {state.h.shape[0]}, the input has {batch_size}")
-        if state.h.shape[1] != self.config.controller_size:
+        if state.h.shape[1] != self.controller_size:
             raise ValueError(
-                f"memory_state has controller_size {state.h.shape[1]}, this config has {self.config.controller_size}"
+                f"memory_state has controller_size {state.h.shape[1]}, this config has {self.controller_size}"
             )
         return state
 
+    # -- the recurrence -----------------------------------------------------------------------------------
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState | None = None, zero_reads: bool = False,
+        record: bool = False,
+    ) -> CoreOutput:
+        """x (B, T, D), mask (B, T) bool; ``state`` None starts from an empty memory. ``zero_reads`` zeroes the
+        reads in the features (the memory ablation; the controller's path stays); ``record`` returns the memory
+        after every update (``MemoryUpdate``)."""
+        if state is None:
+            state = self.initial_state(x.shape[0], x.dtype, x.device)
+        run = self._forward_steps if self.chunk_size is None else self._forward_chunked
+        with record_function("memory.core"):
+            out = run(x, mask, state, record)
+        if zero_reads and self.read_size:
+            out.features = torch.cat([out.features[..., : self.controller_size],
+                                      torch.zeros_like(out.features[..., self.controller_size :])], -1)
+        return out
+
     def step(
         self, x: torch.Tensor, state: RecurrentState, mask: torch.Tensor
-    ) -> tuple[RecurrentState, torch.Tensor, object, dict[str, torch.Tensor]]:
-        """One position: x (B, D), mask (B,) → new state, output (B, D), ponder step, interface."""
+    ) -> tuple[RecurrentState, torch.Tensor, PonderStep | None, InterfaceVector | None]:
+        """One position: x (B, D), mask (B,) → new state, features (B, H + R·W), ponder step, interface."""
         h, (hh, cc) = self.controller(x, state.reads, (state.h, state.c))
         if self.access.kind == "none":
-            out = self.output(self.bypass(h))
             new = RecurrentState(hh, cc, state.reads, state.access, window=state.window)
-            return new.where(mask, state), out, None, {}
+            return new.where(mask, state), self.bypass(h), None, None
         window, previous = self._windows(x[:, None], mask[:, None], state.window)
         iface = self.interface(h, window[:, 0])
         access = self.access.advance_clock(iface, state.access, mask)
@@ -206,96 +268,77 @@ class MemoryCore(nn.Module):
         step = self.ponder(lambda w, st, active: self.access.read(iface, w, st, active & mask), words, access, h)
         access = self.access.update(iface, step.state, mask)
         reads = step.reads.flatten(1)
-        out = self.output(torch.cat([self.bypass(h), reads], dim=-1))
-        if step.step_reads is not None:
-            k = step.step_reads.shape[1]
-            per_step = torch.cat([self.bypass(h)[:, None].expand(-1, k, -1), step.step_reads.flatten(2)], dim=-1)
-            step.step_reads = self.output(per_step)  # (B, K, D): every inner step's output
         new = RecurrentState(hh, cc, reads, access, window=previous)
-        return new.where(mask, state), out, step, iface
+        return new.where(mask, state), torch.cat([self.bypass(h), reads], dim=-1), step, iface
 
-    def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState | None = None,
-        residual: torch.Tensor | None = None,
-    ) -> CoreOutput:
-        """x (B, T, D), mask (B, T) bool; ``state`` None starts from an empty memory; ``residual`` (B, T, D) the
-        stream the output is added to, when it is not ``x`` itself (the memory reading the base's embeddings).
-
-        With a frozen base the output is in units of the residual stream's scale at each position,
-        ``o_t · rms(residual_t)``: the memory reads its input normalised and writes back at the stream's scale, so a
-        projection of order one can steer a stream of any norm (a random or pretrained base's residual is often
-        10–100 × the memory's own outputs)."""
-        stream = x if residual is None else residual
-        scale = stream.pow(2).mean(-1, keepdim=True).sqrt() if self.config.text_config is not None else None
-        x = self.input_norm(x)
-        if state is None:
-            state = self.initial_state(x.shape[0], x.dtype, x.device)
-        chunked = self.chunk_size is not None
-        out = self._forward_chunked(x, mask, state) if chunked else self._forward_steps(x, mask, state)
-        if scale is not None:
-            out.hidden = out.hidden * scale
-        return out
-
-    def _forward_steps(self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState) -> CoreOutput:
+    def _forward_steps(self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState, record: bool) -> CoreOutput:
         """The per-token recurrence (``step``) over x (B, T, D), mask (B, T)."""
         b, t, _ = x.shape
-        outputs, steps, costs, step_outs, step_probs, resets = [], [], [], [], [], []
+        features, steps, costs, resets = [], [], [], []
+        records = [self._record(0, 0, None, state)] if record else None
         for i in range(t):
             state, out, step, iface = self.step(x[:, i], state, mask[:, i])
-            outputs.append(out)
-            if "clock_reset" in iface:
-                resets.append(iface["clock_reset"])
+            features.append(out)
+            if iface is not None and iface.clock_reset is not None:
+                resets.append(iface.clock_reset)
             if step is not None:
                 steps.append(step.steps)
                 costs.append(step.cost)
-                if step.step_probs is not None:
-                    step_outs.append(step.step_reads)
-                    step_probs.append(step.step_probs)
+            if record:
+                weights = None if state.access.memory is None else state.access.memory.read_weights[:, None]
+                records.append(self._record(i, i + 1, weights, state))
         zeros = torch.zeros(b, t, dtype=x.dtype, device=x.device)
         return CoreOutput(
-            hidden=torch.stack(outputs, 1) if outputs else x.new_zeros(b, 0, self.config.hidden_size),
+            features=torch.stack(features, 1) if features else x.new_zeros(b, 0, self.features),
             state=state,
             ponder_cost=torch.stack(costs, 1) if costs else zeros,
             ponder_steps=torch.stack(steps, 1) if steps else zeros + 1,
-            ponder_hidden_states=torch.stack(step_outs, 1) if step_outs else None,
-            ponder_probs=torch.stack(step_probs, 1) if step_probs else None,
             clock_resets=torch.stack(resets, 1) if resets else None,
+            memory_states=records,
         )
 
-    def _forward_chunked(self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState) -> CoreOutput:
+    def _forward_chunked(self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState, record: bool) -> CoreOutput:
         """Chunked mode (module docstring) over x (B, T, D), mask (B, T): pieces that end at chunk boundaries."""
         b, t, _ = x.shape
-        outputs = []
-        for start, end in segment_bounds(0, t, self.chunk_size, state.chunk.length):
-            state, out = self._chunk_piece(x[:, start:end], mask[:, start:end], state)
-            outputs.append(out)
+        features = []
+        records = [self._record(0, 0, None, state)] if record else None
+        for start, end in piece_bounds(0, t, self.chunk_size, state.chunk.length):
+            state, out, weights = self._chunk_piece(x[:, start:end], mask[:, start:end], state)
+            features.append(out)
+            if record:
+                records.append(self._record(start, end, weights, state))
         zeros = torch.zeros(b, t, dtype=x.dtype, device=x.device)
-        hidden = torch.cat(outputs, 1) if outputs else x.new_zeros(b, 0, self.config.hidden_size)
-        return CoreOutput(hidden=hidden, state=state, ponder_cost=zeros, ponder_steps=zeros + 1)
+        out = torch.cat(features, 1) if features else x.new_zeros(b, 0, self.features)
+        return CoreOutput(features=out, state=state, ponder_cost=zeros, ponder_steps=zeros + 1, memory_states=records)
 
     def _chunk_piece(
         self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState
-    ) -> tuple[RecurrentState, torch.Tensor]:
-        """The L positions of one chunk in this call, x (B, L, D), mask (B, L) → state, outputs (B, L, D); the
-        chunk's end (write, reads fed back) when they complete it."""
+    ) -> tuple[RecurrentState, torch.Tensor, torch.Tensor]:
+        """The L positions of one chunk in this call, x (B, L, D), mask (B, L) → state, features (B, L, F), read
+        weights (B, L, R, N); the chunk's end (write, reads fed back) when they complete it."""
         b, steps = mask.shape
-        h, (hh, cc) = self.controller.steps(x, state.reads, (state.h, state.c), mask)
-        windows, previous = self._windows(x, mask, state.window)
-        iface = self.interface(h.flatten(0, 1), windows.flatten(0, 1))
-        iface = {name: t.unflatten(0, (b, steps)) for name, t in iface.items()}
-        reads, weights = self.access.read_chunk(iface, state.access)
+        with record_function("memory.controller"):
+            h, (hh, cc) = self.controller.steps(x, state.reads, (state.h, state.c), mask)
+        with record_function("memory.interface"):
+            windows, previous = self._windows(x, mask, state.window)
+            iface = self.interface(h.flatten(0, 1), windows.flatten(0, 1)).map(lambda t: t.unflatten(0, (b, steps)))
+        with record_function("memory.reads"):
+            reads, weights = self.access.read_chunk(iface, state.access)
         reads = reads.flatten(2)
-        out = self.output(torch.cat([self.bypass(h), reads], dim=-1))
-        piece = PendingChunk(mask=mask, reads=reads, read_weights=weights, **{k: iface[k] for k in CHUNK_WRITES})
+        features = torch.cat([self.bypass(h), reads], dim=-1)
+        piece = PendingChunk(mask=mask, reads=reads, read_weights=weights, write_key=iface.write_key,
+                             write_value=iface.write_value, write_gate=iface.write_gate, free_gates=iface.free_gates)
         state = RecurrentState(hh, cc, state.reads, state.access, state.chunk.extended(piece), previous)
         if state.chunk.length == self.chunk_size:
-            state = self._end_chunk(state)
-        return state, out
+            with record_function("memory.chunk_end"):
+                state = self._end_chunk(state)
+        return state, features, weights
 
     def _end_chunk(self, state: RecurrentState) -> RecurrentState:
         """The chunk's single write, and its last real position's reads as the controller's next read input."""
         chunk = state.chunk
-        access = self.access.write_chunk(state.access, chunk.as_dict(), chunk.mask)
+        access = self.access.write_chunk(state.access, chunk.write_key, chunk.write_value, chunk.write_gate,
+                                         chunk.free_gates, chunk.read_weights, chunk.mask)
         rows = torch.arange(chunk.mask.shape[0], device=chunk.mask.device)
         last = chunk.reads[rows, last_real(chunk.mask)]
         reads = torch.where(chunk.mask.any(-1)[:, None], last, state.reads)
@@ -322,6 +365,12 @@ class MemoryCore(nn.Module):
             windows.append(window.flatten(1))
             previous = torch.where(mask[:, i, None, None], window[:, :-1], previous)
         return torch.stack(windows, 1), previous
+
+    @staticmethod
+    def _record(start: int, end: int, read_weights: torch.Tensor | None, state: RecurrentState) -> MemoryUpdate:
+        memory = state.access.memory
+        fields = {} if memory is None else {name: t.detach() for name, t in memory.as_dict().items()}
+        return MemoryUpdate(start, end, None if read_weights is None else read_weights.detach(), fields)
 
     def statistics(self, ponder_steps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(3,) mean inner steps, p90 and share at the cap over the counted positions."""

@@ -30,13 +30,17 @@ from .tensor_state import TensorState
 
 @dataclass(frozen=True)
 class DNCMemorySettings:
-    """Sizes of a classic DNC memory."""
+    """Sizes of a classic DNC memory (``read_top_k``: sparse content reads over the K best slots)."""
 
     slots: int
     word_size: int
     read_heads: int = 1
-    top_k: int | None = None
+    read_top_k: int | None = None
     temporal_links: bool = False
+
+    def __post_init__(self) -> None:
+        if self.read_top_k is not None and not 1 <= self.read_top_k <= self.slots:
+            raise ValueError(f"read_top_k must be in [1, slots={self.slots}] or None, got {self.read_top_k}")
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ def read(
 ) -> tuple[torch.Tensor, DNCMemoryState]:
     """Read vectors (B, R, W) for keys (B, R, W) and strengths (B, R); modes (B, R, 3) need temporal links."""
     everywhere = torch.ones(state.usage.shape, dtype=torch.bool, device=keys.device)
-    weights = content_weights(cosine_similarity(keys, state.memory), strengths, everywhere, settings.top_k)
+    weights = content_weights(cosine_similarity(keys, state.memory), strengths, everywhere, settings.read_top_k)
     if modes is not None:
         forward, backward = directional_weights(state.link, state.read_weights)
         weights = mix_read_modes(weights, forward, backward, modes)

@@ -1,21 +1,37 @@
-"""Where the memory meets a frozen base: its decoder layers, the hook that adds the memory there, segments.
+"""The plug: where and how the memory meets a frozen base, and the one segment loop every model and ``generate`` use.
 
 A base of L layers with hidden states ``h^ℓ`` is changed at one layer only::
 
-    h^ℓ  ←  h^ℓ + MemoryCore(h^ℓ)       (hook on layer ℓ = inject_layer mod L, registered first)
+    h^ℓ  ←  h^ℓ + Δ,   Δ_t = (W_o f_t) · rms(h^ℓ_t),   f = MemoryCore(LayerNorm(x))      (MemoryPlug)
 
-so the layers above see the memory's output and ``output_hidden_states`` shows it. The memory reads ``h^ℓ``
-itself, or (``read_from="embeddings"``) the base's input token embeddings of the same positions while still adding
-at layer ℓ. The layers are found generically: the ``nn.ModuleList`` of ``num_hidden_layers`` blocks of one class.
+with ``x = h^ℓ`` itself, or (``read_from="embeddings"``) the base's input token embeddings of the same positions.
+``W_o`` starts at zero, so an untrained plug changes nothing; the memory reads its input normalised and writes back
+at the stream's own scale, so a projection of order one can steer a stream of any norm (a random or pretrained
+base's residual is often 10–100 × the memory's own outputs). The hook is registered first on layer ``ℓ =
+inject_layer mod L``, so that the layers above see the change and ``output_hidden_states`` shows it. The layers are
+found generically: the ``nn.ModuleList`` of ``num_hidden_layers`` blocks of one class.
+
+The memory's parameters and state stay in their own dtype (float32 unless the model was cast): the plug casts what
+it reads to it and casts Δ back to the base's dtype, so a bfloat16 or float16 base plugs in as it is.
+
+Inputs longer than the base's window run segment by segment (``run_segments``): the base sees each segment on its
+own (positions restart), the memory carries what matters across them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+from .core import CoreOutput, MemoryCore, RecurrentState, piece_bounds
+
+if TYPE_CHECKING:
+    from .configuration_dnc_sdapm import DNCSDAPMConfig
 
 
 def decoder_layers(base: nn.Module, num_layers: int) -> nn.ModuleList:
@@ -36,37 +52,56 @@ def decoder_layers(base: nn.Module, num_layers: int) -> nn.ModuleList:
     return stacks[0]
 
 
-def layer_index(inject_layer: int, num_layers: int) -> int:
-    """``inject_layer`` (negative counts from the top) as an index in [0, num_layers)."""
+def injection_point(base: nn.Module, inject_layer: int) -> tuple[str, bool]:
+    """Where the memory hooks into ``base``: the qualified name of layer ``inject_layer`` (negative counts from the
+    top) of its block stack, for ``base.get_submodule``, and whether it is the top layer."""
+    num_layers = base.config.num_hidden_layers
     if not -num_layers <= inject_layer < num_layers:
         raise ValueError(f"inject_layer={inject_layer} is outside the base's {num_layers} layers")
-    return inject_layer % num_layers
-
-
-def injection_point(base: nn.Module, inject_layer: int) -> tuple[str, bool]:
-    """Where the memory hooks into ``base``: the qualified name of layer ``inject_layer`` of its block stack (for
-    ``base.get_submodule``, found once instead of at every call) and whether it is the top layer."""
-    num_layers = base.config.num_hidden_layers
-    index = layer_index(inject_layer, num_layers)
+    index = inject_layer % num_layers
     stack = decoder_layers(base, num_layers)
     name = next(name for name, module in base.named_modules() if module is stack)
     return f"{name}.{index}", index == num_layers - 1
 
 
-def memory_reader(
-    base: nn.Module, read_from: str, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """For one piece of input (ids (B, T) or embeddings (B, T, D)): what the memory reads, given the injection
-    layer's output h (B, T, D): h itself (``"layer"``) or the base's input token embeddings (``"embeddings"``)."""
-    if read_from == "layer":
-        return lambda hidden: hidden
-    embeds = inputs_embeds if inputs_embeds is not None else base.get_input_embeddings()(input_ids)
-    return lambda hidden: embeds
+def segment_length(config: DNCSDAPMConfig, base_config) -> int:
+    """Tokens the base sees at once: ``segment_length``, at most the base's window."""
+    window = getattr(base_config, "max_position_embeddings", None)
+    segment = config.segment_length or window
+    if segment is None:
+        raise ValueError("the base model states no max_position_embeddings: set segment_length")
+    if window is not None and segment > window:
+        raise ValueError(f"segment_length={segment} exceeds the base's max_position_embeddings={window}")
+    return segment
+
+
+class MemoryPlug(nn.Module):
+    """The memory on a frozen base's residual stream (module docstring): input norm, core, zero-initialised
+    projection scaled by the stream's RMS."""
+
+    def __init__(self, config: DNCSDAPMConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(config.hidden_size)
+        self.core = MemoryCore(config)
+        self.output = nn.Linear(self.core.features, config.hidden_size)
+        self.output.init_std = 0.0  # the memory's path into a frozen base starts closed
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor, mask: torch.Tensor, state: RecurrentState | None = None,
+        zero_reads: bool = False, record: bool = False,
+    ) -> tuple[torch.Tensor, CoreOutput]:
+        """x (B, T, D) what the memory reads, residual (B, T, D) the stream Δ is added to, mask (B, T) bool →
+        Δ (B, T, D) in the memory's dtype, and the core's outputs."""
+        dtype = self.output.weight.dtype
+        residual = residual.to(dtype)
+        scale = residual.pow(2).mean(-1, keepdim=True).sqrt()
+        out = self.core(self.norm(x.to(dtype)), mask, state, zero_reads, record)
+        return self.output(out.features) * scale, out
 
 
 @contextmanager
 def residual_hook(layer: nn.Module, add: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """While open, the layer's output hidden states h (B, T, D) become ``h + add(h)``."""
+    """While open, the layer's output hidden states h (B, T, D) become ``h + add(h)`` (cast to h's dtype)."""
 
     def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> torch.Tensor | tuple:
         hidden = output[0] if isinstance(output, tuple) else output
@@ -80,17 +115,108 @@ def residual_hook(layer: nn.Module, add: Callable[[torch.Tensor], torch.Tensor])
         handle.remove()
 
 
-def segment_bounds(start: int, length: int, segment_length: int, filled: int = 0) -> list[tuple[int, int]]:
-    """Split positions [start, start + length) into base segments of ``segment_length``.
+class _Stop(Exception):
+    """Raised by ``layer_states``' hook once the injection layer has run: the layers above are not needed."""
 
-    ``filled`` positions of the current segment are already in the base's cache, so the first piece is at most
-    ``segment_length − filled`` long (0 < filled = segment_length opens a new segment).
+
+@dataclass
+class Segment:
+    """One segment of a call's input: positions [start, end) of the T new ones, their mask (B, end − start) bool,
+    and its ids or embeddings."""
+
+    start: int
+    end: int
+    mask: torch.Tensor
+    input_ids: torch.Tensor | None
+    inputs_embeds: torch.Tensor | None
+
+
+def run_segments(
+    base: nn.Module,
+    layer: nn.Module,
+    read_from: str,
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    mask: torch.Tensor,
+    length: int,
+    add: Callable[[torch.Tensor, torch.Tensor, Segment], torch.Tensor] | None,
+    cache=None,
+    new_cache: Callable[[], object] | None = None,
+    restart_positions: bool = False,
+) -> tuple[list[torch.Tensor], object]:
+    """Run T new positions through the frozen ``base`` one segment of ``length`` at a time, adding
+    ``add(x, h, segment)`` (B, S, D) to ``layer``'s output h, where x is what the memory reads (h, or the segment's
+    input embeddings with ``read_from="embeddings"``); ``add=None`` runs the base alone.
+
+    Args:
+        mask: (B, filled + T) the attention mask of the positions already in ``cache`` and the new ones.
+        cache: a KV cache holding ``filled`` positions of the current segment, which the first segment continues;
+            ``new_cache()`` makes the cache of each later segment (None: no cache).
+        restart_positions: pass position ids that restart at every segment and skip padding (the cumulative sum
+            of the mask), so that cached, uncached and left-padded runs see the same positions (a causal LM).
+
+    Returns:
+        each segment's ``last_hidden_state`` (B, S, D), and the cache of the last segment.
     """
-    bounds, at, room = [], start, segment_length - filled
-    if room <= 0:
-        room = segment_length
-    while at < start + length:
-        end = min(at + room, start + length)
-        bounds.append((at, end))
-        at, room = end, segment_length
-    return bounds
+    filled = cache.get_seq_length() if cache is not None else 0
+    t = mask.shape[1] - filled
+    hidden, current = [], cache
+    for i, (start, end) in enumerate(piece_bounds(0, t, length, filled)):
+        continues = i == 0 and 0 < filled < length
+        seg_mask = mask[:, (0 if continues else filled + start) : filled + end]
+        segment = Segment(start, end, mask[:, filled + start : filled + end].bool(),
+                          None if input_ids is None else input_ids[:, start:end],
+                          None if inputs_embeds is None else inputs_embeds[:, start:end])
+        kwargs = {}
+        if restart_positions:  # a causal LM: positions from the mask, and its KV cache only where asked for
+            kwargs["position_ids"] = (seg_mask.cumsum(-1) - 1).clamp_min(0)[:, -(end - start) :]
+            kwargs["use_cache"] = new_cache is not None
+        if new_cache is not None:
+            current = cache if continues else new_cache()
+            kwargs.update(cache=current, use_cache=True)
+        read = _reader(base, read_from, segment)
+        with (residual_hook(layer, lambda h: add(read(h), h, segment)) if add is not None else _nothing()):
+            out = base(input_ids=segment.input_ids, inputs_embeds=segment.inputs_embeds, attention_mask=seg_mask.long(),
+                       **kwargs)
+        hidden.append(out.last_hidden_state)
+    return hidden, current
+
+
+def layer_states(base: nn.Module, layer: nn.Module, read_from: str, input_ids: torch.Tensor | None,
+                 inputs_embeds: torch.Tensor | None, mask: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, T, D) what the memory reads at ``layer`` (see ``run_segments``), segment by segment, without the memory
+    and without running the layers above it."""
+    seen = []
+
+    def stop(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+        seen.append(output[0] if isinstance(output, tuple) else output)
+        raise _Stop
+
+    for start, end in piece_bounds(0, mask.shape[1], length):
+        segment = Segment(start, end, mask[:, start:end].bool(), None if input_ids is None else input_ids[:, start:end],
+                          None if inputs_embeds is None else inputs_embeds[:, start:end])
+        handle = layer.register_forward_hook(stop, prepend=True)
+        try:
+            base(input_ids=segment.input_ids, inputs_embeds=segment.inputs_embeds, attention_mask=segment.mask.long())
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        seen[-1] = _reader(base, read_from, segment)(seen[-1])
+    return torch.cat(seen, 1)
+
+
+def _reader(base: nn.Module, read_from: str, segment: Segment) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What the memory reads of one segment, given the injection layer's output h (B, S, D): h itself
+    (``"layer"``) or the base's input token embeddings (``"embeddings"``)."""
+    if read_from == "layer":
+        return lambda hidden: hidden
+    embeds = segment.inputs_embeds
+    if embeds is None:
+        embeds = base.get_input_embeddings()(segment.input_ids)
+    return lambda hidden: embeds
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield

@@ -1,20 +1,31 @@
 """DNC-SDAPM models as Hugging Face PreTrainedModels: standalone, or plugged into a frozen base.
 
-Standalone (``text_config=None``) a model embeds tokens and runs the ``MemoryCore`` (core.py) over them.
-Plugged into a frozen base (``from_base`` or ``text_config``), the base runs one segment of at most
-``segment_length`` tokens at a time, and a hook on layer ``inject_layer`` (injection.py) adds the core's output to
-the residual stream there::
+Every head holds ``self.model = DNCSDAPMModel(config, base)`` and adds only its head, as transformers' own model
+families do. ``DNCSDAPMModel`` is either
 
-    h^ℓ (B, S, D)  ─►  h^ℓ + MemoryCore(h^ℓ)  ─►  frozen layers above  ─►  head
+* standalone (``text_config=None``): token embeddings → ``MemoryCore`` (core.py) → a linear map of its features
+  back to ``hidden_size``; or
+* plugged: the frozen base's backbone, run one segment of at most ``segment_length`` tokens at a time, with the
+  ``MemoryPlug`` (injection.py) adding the memory's output to the residual stream at layer ``inject_layer``::
+
+    h^ℓ (B, S, D)  ─►  h^ℓ + MemoryPlug(h^ℓ)  ─►  frozen layers above  ─►  last hidden state  ─►  head
                               ▲ memory_state carried from segment to segment (and through generate's KV cache)
 
-The core's output projection starts at zero, so an untrained plugin leaves the base's outputs unchanged. The base
-never trains here (no gradients, dropout off); PEFT can add LoRA to it. Checkpoints are "whole" (base and memory)
-or "adapter" (``save_base_weights=False``: the memory's weights and ``base_model_name_or_path`` only).
+The plug's projection starts at zero, so an untrained plugin leaves the base's outputs unchanged. The base never
+trains here (no gradients, dropout off); PEFT can add LoRA to it. A plugged causal LM's head is the base's own LM
+head. Checkpoints are "whole" (base and memory) or "adapter" (``save_base_weights=False``: the memory's weights and
+``base_model_name_or_path`` only); every checkpoint names the four Auto classes, so each loads it as remote code.
+
+The memory's parameters and state are float32 whatever the base's dtype (``_keep_in_fp32_modules``; a bfloat16 or
+float16 base plugs in as it is, see injection.py). ``output_memory_states=True`` returns every memory update
+(``core.MemoryUpdate``); ``with model.ablation("zero_memory" | "base_alone"):`` switches the memory's reads, or the
+whole memory, off.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +38,20 @@ from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, Generati
 from transformers import initialization as init
 from transformers.utils import ModelOutput, cached_file
 
+from .access import last_real
 from .configuration_dnc_sdapm import DNCSDAPMConfig
 from .controller import Clock
-from .core import MemoryCore, RecurrentState
-from .access import last_real
-from .injection import injection_point, memory_reader, residual_hook, segment_bounds
+from .core import CoreOutput, MemoryCore, MemoryUpdate, RecurrentState
+from .injection import MemoryPlug, Segment, injection_point, layer_states, run_segments, segment_length
+
+# The switches ``DNCSDAPMPreTrainedModel.ablation`` knows, with what they show.
+ABLATIONS = {"zero_memory": "memory reads zeroed", "base_alone": "base alone"}
+# Every checkpoint's ``auto_map``: each Auto class loads any checkpoint kind (a head missing from it starts fresh).
+AUTO_CLASSES = {
+    "AutoModel": "DNCSDAPMModel",
+    "AutoModelForCausalLM": "DNCSDAPMForCausalLM",
+    "AutoModelForSequenceClassification": "DNCSDAPMForSequenceClassification",
+}
 
 
 @dataclass
@@ -39,21 +59,22 @@ class DNCSDAPMModelOutput(ModelOutput):
     """
     last_hidden_state: (B, T, D) the model's outputs (with a base: its last hidden states, memory included).
     memory_state: the recurrent state after the last position (dict of tensors; pass it back to continue).
-    ponder_cost: (B, T) ponder cost per position (ACT: N + R; PonderNet: KL to the prior; else 0).
+    memory_states: with ``output_memory_states``: the memory before the first position, then after every update
+        (``core.MemoryUpdate``: its reads, read / write / usage weights and the memory's fields).
+    cache: the base's KV cache of the current segment, carrying the memory state (``use_cache``).
+    ponder_cost: (B, T) ponder cost per position (ACT: N + R; else 0).
     ponder_steps: (B, T) inner read steps per position.
     ponder: (3,) mean steps, p90 and share at the cap over the counted positions.
-    ponder_hidden_states: (B, T, K, D) every inner step's output (PonderNet only).
-    ponder_probs: (B, T, K) halting distribution (PonderNet only).
     clock_resets: (B, T) clock reset ρ per position (clock keys only).
     """
 
     last_hidden_state: torch.Tensor | None = None
     memory_state: dict[str, torch.Tensor] | None = None
+    memory_states: tuple[MemoryUpdate, ...] | None = None
+    cache: object | None = None
     ponder_cost: torch.Tensor | None = None
     ponder_steps: torch.Tensor | None = None
     ponder: torch.Tensor | None = None
-    ponder_hidden_states: torch.Tensor | None = None
-    ponder_probs: torch.Tensor | None = None
     clock_resets: torch.Tensor | None = None
 
 
@@ -63,6 +84,7 @@ class DNCSDAPMCausalLMOutput(ModelOutput):
     logits: torch.Tensor | None = None
     cache: object | None = None
     memory_state: dict[str, torch.Tensor] | None = None
+    memory_states: tuple[MemoryUpdate, ...] | None = None
     ponder_cost: torch.Tensor | None = None
     ponder_steps: torch.Tensor | None = None
     ponder: torch.Tensor | None = None
@@ -74,6 +96,7 @@ class DNCSDAPMSequenceClassifierOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     memory_state: dict[str, torch.Tensor] | None = None
+    memory_states: tuple[MemoryUpdate, ...] | None = None
     ponder: torch.Tensor | None = None
 
 
@@ -100,6 +123,7 @@ class DNCSDAPMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _no_split_modules = ["MemoryCore"]
+    _keep_in_fp32_modules = ["memory"]
     base_loader = AutoModel  # how a frozen base of this class is built (from a config or a checkpoint)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -132,22 +156,27 @@ class DNCSDAPMPreTrainedModel(PreTrainedModel):
             init.copy_(module.rotation, rotation)
             init.copy_(module.origin, origin)
 
-    # -- the frozen base -------------------------------------------------------------------------------------
+    # -- the frozen base ---------------------------------------------------------------------------------
+
+    def memory_model(self) -> DNCSDAPMModel:
+        """The ``DNCSDAPMModel`` this model is built on (itself, or a head's ``self.model``)."""
+        return self.model
 
     def frozen_base(self) -> nn.Module | None:
-        """The frozen base model, None when standalone."""
-        return None
+        """The frozen base's backbone (its decoder or encoder stack), None when standalone."""
+        return self.memory_model().base
 
-    def _attach_base(self, base: nn.Module | None) -> nn.Module | None:
-        """The base for this config: the one given (checked) or one built from ``text_config``; frozen."""
+    def _split_base(self, base: nn.Module | None) -> tuple[nn.Module | None, nn.Module | None]:
+        """(backbone, LM head) of the base for this config: the one given (checked) or one built from
+        ``text_config`` with ``base_loader``; frozen. The head is None for a base without one."""
         if self.config.text_config is None:
             if base is not None:
                 raise ValueError("a base model was given but the config has no text_config (use from_base)")
-            return None
-        if base is None:  # its weights come from the checkpoint; the base initialises its own buffers
+            return None, None
+        if base is None:  # built on the meta device inside from_pretrained, its weights come from the checkpoint
             base = self.base_loader.from_config(self.config.text_config)
-        else:
-            for module in base.modules():  # a given base keeps its weights through post_init
+        if not any(p.is_meta for p in base.parameters()):
+            for module in base.modules():  # a base with real weights keeps them through post_init
                 module._is_hf_initialized = True
         hidden = getattr(base.config, "hidden_size", None)
         if hidden != self.config.hidden_size:
@@ -155,7 +184,8 @@ class DNCSDAPMPreTrainedModel(PreTrainedModel):
                 f"the base model's hidden size {hidden} does not match the memory's hidden_size={self.config.hidden_size}"
             )
         base.requires_grad_(False)
-        return base.eval()
+        backbone = base.base_model.eval()
+        return backbone, (base.get_output_embeddings() if backbone is not base else None)
 
     def train(self, mode: bool = True) -> DNCSDAPMPreTrainedModel:
         super().train(mode)
@@ -177,20 +207,47 @@ class DNCSDAPMPreTrainedModel(PreTrainedModel):
         }
         return cls(DNCSDAPMConfig(**settings), base).eval()
 
-    def _base_prefix(self) -> str:
-        base = self.frozen_base()
-        return next(name for name, module in self.named_modules() if module is base) + "."
+    @contextmanager
+    def ablation(self, name: str | None) -> Iterator[DNCSDAPMPreTrainedModel]:
+        """Inside the block the model runs with an ablation (a key of ``ABLATIONS``; None: none): ``zero_memory``
+        zeroes the memory's reads where they enter its output (the controller's path stays), ``base_alone`` skips
+        the memory (a plugged model is then its base)."""
+        if name is not None and name not in ABLATIONS:
+            raise ValueError(f"unknown ablation {name!r}; known: {', '.join(ABLATIONS)}")
+        model = self.memory_model()
+        if name == "base_alone" and model.base is None:
+            raise ValueError("base_alone compares a plugged model with its base; this model has no frozen base")
+        if name == "zero_memory" and model.config.memory_type == "none":
+            raise ValueError("zero_memory ablates the memory's reads; this model has no memory (memory_type='none')")
+        before, model.ablated = model.ablated, name
+        try:
+            yield self
+        finally:
+            model.ablated = before
+
+    def base_prefixes(self) -> tuple[str, ...]:
+        """The state-dict prefixes of the frozen base's parts (its backbone, and a plugged causal LM's head)."""
+        parts = [self.frozen_base(), *self._base_heads()]
+        return tuple(next(name for name, module in self.named_modules() if module is part) + "." for part in parts)
+
+    def _base_heads(self) -> list[nn.Module]:
+        """The base's modules this model holds outside its backbone (a plugged causal LM's head)."""
+        return []
 
     def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
-        """Adapter mode (``save_base_weights=False``) leaves the base's weights out."""
+        """Adapter mode (``save_base_weights=False``) leaves the base's weights out; ``auto_map`` names every Auto
+        class."""
         if self.frozen_base() is not None and not self.config.save_base_weights:
             if not self.config.base_model_name_or_path:
                 raise ValueError(
                     "adapter checkpoints name their base: set config.base_model_name_or_path (or save_base_weights=True)"
                 )
-            prefix = self._base_prefix()
+            prefixes = self.base_prefixes()
             state_dict = self.state_dict() if state_dict is None else state_dict
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
+        if self._auto_class is not None:
+            self.config.auto_map = {"AutoConfig": "configuration_dnc_sdapm.DNCSDAPMConfig",
+                                    **{auto: f"modeling_dnc_sdapm.{name}" for auto, name in AUTO_CLASSES.items()}}
         return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
 
     @classmethod
@@ -220,9 +277,9 @@ class DNCSDAPMPreTrainedModel(PreTrainedModel):
         except SafetensorError as err:
             raise OSError(f"{pretrained_model_name_or_path}: model.safetensors is corrupt or truncated ({err})") from err
         missing, unexpected = model.load_state_dict(state, strict=False)
-        prefix = model._base_prefix()
-        unexpected = [k for k in unexpected if not k.startswith(prefix)]
-        missing = [k for k in missing if not k.startswith(prefix)]
+        prefixes = model.base_prefixes()
+        unexpected = [k for k in unexpected if not k.startswith(prefixes)]
+        missing = [k for k in missing if not k.startswith(prefixes)]
         if missing or unexpected:
             raise ValueError(
                 f"{Path(str(weights)).name} does not fit this config: missing {missing[:5]}, unexpected {unexpected[:5]}"
@@ -268,53 +325,66 @@ def _mask(attention_mask: torch.Tensor | None, b: int, t: int, device: torch.dev
 
 
 class _Trace:
-    """The core's outputs collected over the segments of one forward pass."""
+    """The core's outputs collected over the pieces (segments) of one forward pass."""
 
-    def __init__(self, core: MemoryCore, state: RecurrentState | None) -> None:
-        self.core, self.state, self.pieces = core, state, []
+    def __init__(self, state: RecurrentState | None, zero_reads: bool, record: bool) -> None:
+        self.state, self.zero_reads, self.record, self.pieces = state, zero_reads, record, []
+        self.offsets: list[int] = []
 
-    def run(self, x: torch.Tensor, mask: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.core(x, mask, self.state, residual)
+    def add(self, out: CoreOutput, offset: int) -> None:
         self.state = out.state
         self.pieces.append(out)
-        return out.hidden
+        self.offsets.append(offset)
 
-    def joined(self, mask: torch.Tensor) -> dict[str, torch.Tensor | None]:
-        """The ponder and clock fields over all positions (B, T, ...)."""
+    def fields(self, core: MemoryCore, mask: torch.Tensor) -> dict[str, object]:
+        """The output fields over all positions: memory state, memory updates, ponder and clock fields."""
         cat = lambda name: (  # noqa: E731
             None if getattr(self.pieces[0], name) is None else torch.cat([getattr(p, name) for p in self.pieces], 1)
         )
+        updates = None
+        if self.record:  # every piece starts with the memory before it: keep only the first such entry
+            updates = tuple(u.shifted(offset) for i, (piece, offset) in enumerate(zip(self.pieces, self.offsets))
+                            for u in piece.memory_states[(1 if i else 0) :])
         steps = cat("ponder_steps")
         return {
+            "memory_state": self.state.as_dict(),
+            "memory_states": updates,
             "ponder_cost": cat("ponder_cost"),
             "ponder_steps": steps,
-            "ponder": self.core.statistics(steps, mask),
-            "ponder_hidden_states": cat("ponder_hidden_states"),
-            "ponder_probs": cat("ponder_probs"),
+            "ponder": core.statistics(steps, mask),
             "clock_resets": cat("clock_resets"),
         }
 
 
-def _start_state(core: MemoryCore, memory_state: dict | None, b: int) -> RecurrentState | None:
-    return None if memory_state is None else core.state_from_dict(memory_state, b)
-
-
 class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
-    """Controller + memory over token embeddings (standalone) or over a frozen base's hidden states."""
+    """Controller + memory over token embeddings (standalone) or over a frozen base's hidden states.
 
-    def __init__(self, config: DNCSDAPMConfig, base: nn.Module | None = None) -> None:
+    ``restart_positions`` (set by the causal head): position ids restart at every segment and skip padding, so
+    that cached, uncached and left-padded runs of a causal base see the same positions.
+    """
+
+    def __init__(self, config: DNCSDAPMConfig, base: nn.Module | None = None, restart_positions: bool = False) -> None:
         super().__init__(config)
-        self.base = self._attach_base(base)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size) if self.base is None else None
-        self.memory = MemoryCore(config)
-        if self.base is not None:
+        self.base, _ = self._split_base(base)
+        self.restart_positions = restart_positions
+        self.ablated: str | None = None
+        if self.base is None:
+            self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+            self.memory = MemoryCore(config)
+            self.output = nn.Linear(self.memory.features, config.hidden_size)
+        else:
+            self.memory = MemoryPlug(config)
             self._inject_path, self._inject_at_top = injection_point(self.base, config.inject_layer)
         self.post_init()
 
-    def frozen_base(self) -> nn.Module | None:
-        return self.base
+    def memory_model(self) -> DNCSDAPMModel:
+        return self
 
-    def get_input_embeddings(self) -> nn.Module | None:
+    def core(self) -> MemoryCore:
+        """The recurrent memory model."""
+        return self.memory if self.base is None else self.memory.core
+
+    def get_input_embeddings(self) -> nn.Module:
         return self.embed_tokens if self.base is None else self.base.get_input_embeddings()
 
     def set_input_embeddings(self, value: nn.Module) -> None:
@@ -325,84 +395,107 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         memory_state: dict[str, torch.Tensor] | None = None,
-        base_hidden_states: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache: DynamicCache | None = None,
+        use_cache: bool | None = None,
+        output_memory_states: bool | None = None,
         **kwargs,
     ) -> DNCSDAPMModelOutput:
-        """``base_hidden_states`` (B, T, D): the base's output at the top layer, computed once (``base_states``),
-        instead of running the frozen base again (only where the memory sits on the top layer)."""
-        if base_hidden_states is not None:
-            return self._over_base_states(base_hidden_states, attention_mask, memory_state)
-        vocab = self.config.vocab_size if self.base is None else self.base.config.vocab_size
-        b, t = _check_inputs(input_ids, inputs_embeds, self.config.hidden_size, vocab, self.dtype)
-        device = self.memory.output.weight.device
-        mask = _mask(attention_mask, b, t, device)
-        trace = _Trace(self.memory, _start_state(self.memory, memory_state, b))
+        """The model's last hidden states over input_ids (B, T) or inputs_embeds (B, T, D).
+
+        With a base and ``use_cache``, the current segment continues in ``cache`` (a ``MemoryCache``, whose memory
+        state then replaces ``memory_state``) and the output's cache holds the last segment."""
+        record = self.config.output_memory_states if output_memory_states is None else output_memory_states
         if self.base is None:
-            hidden = trace.run(inputs_embeds if input_ids is None else self.embed_tokens(input_ids), mask)
-        else:
-            hidden = self._through_base(input_ids, inputs_embeds, mask, trace.run)
-        return DNCSDAPMModelOutput(last_hidden_state=hidden, memory_state=trace.state.as_dict(), **trace.joined(mask))
+            b, t = _check_inputs(input_ids, inputs_embeds, self.config.hidden_size, self.config.vocab_size,
+                                 self.embed_tokens.weight.dtype)
+            mask = _mask(attention_mask, b, t, self.embed_tokens.weight.device)
+            if isinstance(cache, MemoryCache) and cache.memory_state is not None:
+                memory_state = cache.memory_state
+            embeds = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+            core = self.memory
+            out = core(embeds.to(core.dtype), mask, self._start(memory_state, b), self.ablated == "zero_memory", record)
+            trace = _Trace(out.state, False, record)
+            trace.add(out, 0)
+            new_cache = None
+            if use_cache:
+                new_cache = cache if isinstance(cache, MemoryCache) else MemoryCache(None)
+                new_cache.memory_state = out.state.as_dict()
+            hidden = self.output(out.features.to(self.output.weight.dtype))
+            return DNCSDAPMModelOutput(last_hidden_state=hidden, cache=new_cache, **trace.fields(core, mask))
+        b, t = _check_inputs(input_ids, inputs_embeds, self.config.hidden_size, self.base.config.vocab_size,
+                             self.base.get_input_embeddings().weight.dtype)
+        filled = cache.get_seq_length() if cache is not None else 0
+        full_mask = _mask(attention_mask, b, filled + t, self.base.device)
+        if isinstance(cache, MemoryCache) and cache.memory_state is not None:
+            memory_state = cache.memory_state
+        trace = _Trace(self._start(memory_state, b), self.ablated == "zero_memory", record)
+
+        def add(x: torch.Tensor, residual: torch.Tensor, segment: Segment) -> torch.Tensor:
+            delta, out = self.memory(x, residual, segment.mask, trace.state, trace.zero_reads, trace.record)
+            trace.add(out, segment.start)
+            return delta
+
+        hidden, new_cache = run_segments(
+            self.base, self.base.get_submodule(self._inject_path), self.config.read_from, input_ids, inputs_embeds,
+            full_mask, segment_length(self.config, self.base.config), None if self.ablated == "base_alone" else add,
+            cache=cache if use_cache else None, new_cache=(lambda: MemoryCache(self.base.config)) if use_cache else None,
+            restart_positions=self.restart_positions,
+        )
+        mask = full_mask[:, filled:]
+        if not trace.pieces:  # the base alone: the memory state passes through unchanged
+            return DNCSDAPMModelOutput(last_hidden_state=torch.cat(hidden, 1), memory_state=memory_state, cache=new_cache)
+        fields = trace.fields(self.core(), mask)
+        if new_cache is not None:
+            new_cache.memory_state = fields["memory_state"]
+        return DNCSDAPMModelOutput(last_hidden_state=torch.cat(hidden, 1), cache=new_cache, **fields)
+
+    def _start(self, memory_state: dict[str, torch.Tensor] | None, batch_size: int) -> RecurrentState | None:
+        return None if memory_state is None else self.core().state_from_dict(memory_state, batch_size)
 
     @torch.no_grad()
-    def base_states(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, D) the frozen base's hidden states at the injection layer, segment by segment, without the memory:
-        what ``base_hidden_states`` takes, so that training computes the base once per example."""
+    def layer_states(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) what the memory reads at the injection layer, segment by segment, without the memory (whose
+        reads do not change what the layers below it compute) and without the layers above it. ``over_layer_states``
+        runs the memory over them."""
         if self.base is None:
-            raise ValueError("base_states needs a frozen base (from_base)")
+            raise ValueError("layer_states needs a frozen base (from_base)")
         b, t = _check_inputs(input_ids, None, self.config.hidden_size, self.base.config.vocab_size)
-        seen = []
-        self._through_base(input_ids, None, _mask(attention_mask, b, t, input_ids.device),
-                           lambda x, piece, h: seen.append(h) or torch.zeros_like(h))
-        return torch.cat(seen, 1)
+        return layer_states(self.base, self.base.get_submodule(self._inject_path), self.config.read_from, input_ids,
+                            None, _mask(attention_mask, b, t, input_ids.device), segment_length(self.config, self.base.config))
 
-    def _over_base_states(self, states: torch.Tensor, attention_mask, memory_state) -> DNCSDAPMModelOutput:
-        if self.base is None or not self._inject_at_top or self.config.read_from != "layer":
-            raise ValueError(
-                "base_hidden_states stand for the base's top layer as the memory's input: they need a frozen base, "
-                "inject_layer=-1 and read_from='layer'"
-            )
+    def over_layer_states(
+        self,
+        states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        memory_state: dict[str, torch.Tensor] | None = None,
+        output_memory_states: bool = False,
+    ) -> DNCSDAPMModelOutput:
+        """The memory over ``states`` (B, T, D) from ``layer_states``: its output is ``states`` plus the memory's
+        addition, the injection layer's output with the memory (the model's last hidden states when that layer is
+        the base's last and the base has no final norm, as in BERT), and its memory state is the one the model
+        would have after the same positions, however the layers above behave."""
+        if self.base is None or self.config.read_from != "layer":
+            raise ValueError("over_layer_states runs the memory over the states of its injection layer: it needs a "
+                             "frozen base and read_from='layer'")
         b, t = _check_inputs(None, states, self.config.hidden_size, 0)
         mask = _mask(attention_mask, b, t, states.device)
-        trace = _Trace(self.memory, _start_state(self.memory, memory_state, b))
-        states = states.to(self.memory.output.weight.dtype)
-        hidden = states + trace.run(states, mask)
-        return DNCSDAPMModelOutput(last_hidden_state=hidden, memory_state=trace.state.as_dict(), **trace.joined(mask))
+        trace = _Trace(self._start(memory_state, b), self.ablated == "zero_memory", output_memory_states)
+        if self.ablated == "base_alone":
+            return DNCSDAPMModelOutput(last_hidden_state=states, memory_state=memory_state)
+        delta, out = self.memory(states, states, mask, trace.state, trace.zero_reads, trace.record)
+        trace.add(out, 0)
+        return DNCSDAPMModelOutput(last_hidden_state=states + delta.to(states.dtype), **trace.fields(self.core(), mask))
 
-    def _through_base(self, input_ids, inputs_embeds, mask: torch.Tensor, add) -> torch.Tensor:
-        """Each segment through the base on its own, ``add(x, piece_mask, h)`` added to the injection layer's output
-        h, with x what the memory reads (``memory_reader``)."""
-        layer = self.base.get_submodule(self._inject_path)
-        segment = _segment_length(self.config, self.base.config)
-        hidden = []
-        for start, end in segment_bounds(0, mask.shape[1], segment):
-            piece_mask = mask[:, start:end]
-            ids = None if input_ids is None else input_ids[:, start:end]
-            embeds = None if inputs_embeds is None else inputs_embeds[:, start:end]
-            read = memory_reader(self.base, self.config.read_from, ids, embeds)
-            with residual_hook(layer, lambda h: add(read(h), piece_mask, h)):
-                out = self.base(input_ids=ids, inputs_embeds=embeds, attention_mask=piece_mask.long())
-            hidden.append(out.last_hidden_state)
-        return torch.cat(hidden, 1)
-
-
-def _segment_length(config: DNCSDAPMConfig, base_config) -> int:
-    window = getattr(base_config, "max_position_embeddings", None)
-    segment = config.segment_length or window
-    if segment is None:
-        raise ValueError("the base model states no max_position_embeddings: set segment_length")
-    if window is not None and segment > window:
-        raise ValueError(f"segment_length={segment} exceeds the base's max_position_embeddings={window}")
-    return segment
 
 
 class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
-    """Next-token prediction: a standalone token model, or a frozen causal LM with the memory injected.
+    """Next-token prediction: a standalone token model, or a frozen causal LM with the memory injected (its LM
+    head is the base's).
 
     loss = cross-entropy over shifted labels (−100 ignored) + ``ponder_cost`` × mean ponder cost
-    (PonderNet: the expected cross-entropy over halting steps + ``ponder_cost`` × KL to the prior)
     + ``clock_reset_cost`` × mean clock reset over the real tokens.
     """
 
@@ -410,27 +503,29 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
 
     def __init__(self, config: DNCSDAPMConfig, base: nn.Module | None = None) -> None:
         super().__init__(config)
-        self.base_lm = self._attach_base(base)
-        if self.base_lm is None:
-            self.model = DNCSDAPMModel(config)
+        backbone, head = self._split_base(base)
+        if backbone is not None and head is None:
+            raise ValueError(f"{type(base).__name__} has no LM head: DNCSDAPMForCausalLM needs a causal LM")
+        self.model = DNCSDAPMModel(config, backbone, restart_positions=True)
+        if head is None:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         else:
-            if config.act_mode == "pondernet":
-                raise ValueError("act_mode='pondernet' needs the standalone model (its loss reads every inner step)")
-            if self.base_lm.get_output_embeddings() is None:
-                raise ValueError(f"{type(self.base_lm).__name__} has no LM head: DNCSDAPMForCausalLM needs a causal LM")
-            self.memory = MemoryCore(config)
-            self._inject_path, _ = injection_point(self.base_lm, config.inject_layer)
+            self.lm_head = head
+            embeddings = backbone.get_input_embeddings()
+            if head.weight is embeddings.weight:  # a tied base: saved once, as the base's input embeddings
+                config.tie_word_embeddings = True
+                name = next(n for n, m in self.named_modules() if m is embeddings)
+                self._tied_weights_keys = {"lm_head.weight": f"{name}.weight"}
         self.post_init()
 
-    def frozen_base(self) -> nn.Module | None:
-        return self.base_lm
-
-    def get_input_embeddings(self) -> nn.Module | None:
-        return self.model.embed_tokens if self.base_lm is None else self.base_lm.get_input_embeddings()
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
 
     def get_output_embeddings(self) -> nn.Module:
-        return self.lm_head if self.base_lm is None else self.base_lm.get_output_embeddings()
+        return self.lm_head
+
+    def _base_heads(self) -> list[nn.Module]:
+        return [] if self.model.base is None else [self.lm_head]
 
     def forward(
         self,
@@ -441,87 +536,40 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         cache: DynamicCache | None = None,
         use_cache: bool | None = None,
+        output_memory_states: bool | None = None,
         **kwargs,
     ) -> DNCSDAPMCausalLMOutput:
-        if self.base_lm is None:  # the recurrent state is the whole cache
-            if isinstance(cache, MemoryCache) and cache.memory_state is not None:
-                memory_state = cache.memory_state
-            out = self.model(
-                input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, memory_state=memory_state
-            )
-            logits, fields = self.lm_head(out.last_hidden_state), out
-            new_cache = (cache if isinstance(cache, MemoryCache) else MemoryCache(None)) if use_cache else None
-            if new_cache is not None:
-                new_cache.memory_state = out.memory_state
-            mask = _mask(attention_mask, *logits.shape[:2], logits.device)
-        else:
-            vocab = self.base_lm.config.vocab_size
-            b, t = _check_inputs(input_ids, inputs_embeds, self.config.hidden_size, vocab, self.dtype)
-            logits, trace, new_cache, mask = self._through_base(
-                input_ids, inputs_embeds, attention_mask, memory_state, cache, bool(use_cache), b, t
-            )
-            fields = DNCSDAPMModelOutput(memory_state=trace.state.as_dict(), **trace.joined(mask))
-        loss = None if labels is None else self._loss(fields, logits, labels, mask)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, memory_state=memory_state,
+                         inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
+                         output_memory_states=output_memory_states)
+        logits = self._logits(out.last_hidden_state)
+        mask = _mask(attention_mask, *logits.shape[:2], logits.device)
+        loss = None if labels is None else self.loss(out, logits, labels, mask)
         return DNCSDAPMCausalLMOutput(
-            loss=loss,
-            logits=logits,
-            cache=new_cache,
-            memory_state=fields.memory_state,
-            ponder_cost=fields.ponder_cost,
-            ponder_steps=fields.ponder_steps,
-            ponder=fields.ponder,
-            clock_resets=fields.clock_resets,
+            loss=loss, logits=logits, cache=out.cache, memory_state=out.memory_state,
+            memory_states=out.memory_states, ponder_cost=out.ponder_cost, ponder_steps=out.ponder_steps,
+            ponder=out.ponder, clock_resets=out.clock_resets,
         )
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head over hidden states (B, T, D), with a base's own final soft-capping of the logits."""
+        logits = self.lm_head(hidden.to(self.lm_head.weight.dtype))
+        cap = getattr(self.config.text_config, "final_logit_softcapping", None)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         """Standalone, the cache is the recurrent state alone (no layers); with a base, the base's KV cache."""
-        if self.base_lm is None and generation_config.use_cache is not False and model_kwargs.get("cache") is None:
+        if self.model.base is None and generation_config.use_cache is not False and model_kwargs.get("cache") is None:
             model_kwargs["cache"] = MemoryCache(None)
             return
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
-    def _through_base(self, input_ids, inputs_embeds, attention_mask, memory_state, cache, use_cache, b, t):
-        """Segments through the frozen LM; with a cache, the current segment continues in it.
-
-        Positions restart at every segment and skip padding (cumulative sum of the mask), so cached, uncached and
-        left-padded runs see the same positions.
-        """
-        filled = cache.get_seq_length() if cache is not None else 0
-        full_mask = _mask(attention_mask, b, filled + t, self.memory.output.weight.device).long()
-        if isinstance(cache, MemoryCache) and cache.memory_state is not None:
-            memory_state = cache.memory_state
-        trace = _Trace(self.memory, _start_state(self.memory, memory_state, b))
-        segment = _segment_length(self.config, self.base_lm.config)
-        layer = self.base_lm.get_submodule(self._inject_path)
-        logits, current = [], None
-        for i, (start, end) in enumerate(segment_bounds(0, t, segment, filled)):
-            continues = i == 0 and 0 < filled < segment
-            first = 0 if continues else filled + start  # the segment's first column in full_mask
-            seg_mask = full_mask[:, first : filled + end]
-            positions = (seg_mask.cumsum(-1) - 1).clamp_min(0)[:, -(end - start) :]
-            if use_cache:
-                current = cache if continues else MemoryCache(self.base_lm.config)
-            piece_mask = full_mask[:, filled + start : filled + end].bool()
-            ids = None if input_ids is None else input_ids[:, start:end]
-            embeds = None if inputs_embeds is None else inputs_embeds[:, start:end]
-            read = memory_reader(self.base_lm, self.config.read_from, ids, embeds)
-            with residual_hook(layer, lambda h: trace.run(read(h), piece_mask, h)):
-                out = self.base_lm(
-                    input_ids=ids,
-                    inputs_embeds=embeds,
-                    attention_mask=seg_mask,
-                    position_ids=positions,
-                    cache=current,
-                    use_cache=use_cache,
-                )
-            logits.append(out.logits)
-        if current is not None:
-            current.memory_state = trace.state.as_dict()
-        return torch.cat(logits, 1), trace, current, full_mask[:, filled:].bool()
-
-    def _loss(
+    def loss(
         self, out: DNCSDAPMModelOutput, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
+        """The training loss (class docstring) of logits (B, T, V) against labels (B, T); mask (B, T) bool."""
         if labels.shape != logits.shape[:2]:
             raise ValueError(f"labels must have shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
         vocab = logits.shape[-1]
@@ -530,19 +578,9 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
         if counted.any() and (target[counted].min() < 0 or target[counted].max() >= vocab):
             raise ValueError(f"labels must lie in [0, vocab_size={vocab}) or be -100")
         denominator = counted.sum().clamp_min(1)
-        if out.ponder_probs is None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=-100)
-        else:
-            step_logits = self.lm_head(out.ponder_hidden_states[:, :-1])  # (B, T-1, K, V)
-            k = step_logits.shape[2]
-            per_step = F.cross_entropy(
-                step_logits.flatten(0, 2), target[:, :, None].expand(-1, -1, k).flatten(), ignore_index=-100,
-                reduction="none",
-            ).view(*target.shape, k)
-            loss = (out.ponder_probs[:, :-1] * per_step).sum(-1).sum() / denominator
-        # The ponder cost of position t is paid by the prediction made there (of token t + 1).
-        ponder = (out.ponder_cost[:, :-1] * counted).sum() / denominator
-        loss = loss + self.config.ponder_cost * ponder
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=-100)
+        if out.ponder_cost is not None:  # the ponder cost of position t is paid by the prediction made there
+            loss = loss + self.config.ponder_cost * (out.ponder_cost[:, :-1] * counted).sum() / denominator
         if out.clock_resets is not None and self.config.clock_reset_cost > 0:
             real = mask.to(logits.dtype)
             resets = (out.clock_resets * real).sum() / real.sum().clamp_min(1)
@@ -558,12 +596,10 @@ class DNCSDAPMForSequenceClassification(DNCSDAPMPreTrainedModel):
 
     def __init__(self, config: DNCSDAPMConfig, base: nn.Module | None = None) -> None:
         super().__init__(config)
-        self.model = DNCSDAPMModel(config, base)
+        backbone, _ = self._split_base(base)
+        self.model = DNCSDAPMModel(config, backbone)
         self.score = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
-
-    def frozen_base(self) -> nn.Module | None:
-        return self.model.base
 
     def forward(
         self,
@@ -572,16 +608,20 @@ class DNCSDAPMForSequenceClassification(DNCSDAPMPreTrainedModel):
         labels: torch.LongTensor | None = None,
         memory_state: dict[str, torch.Tensor] | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        base_hidden_states: torch.Tensor | None = None,
+        output_memory_states: bool | None = None,
         **kwargs,
     ) -> DNCSDAPMSequenceClassifierOutput:
-        out = self.model(
-            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, memory_state=memory_state,
-            base_hidden_states=base_hidden_states,
-        )
+        out = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                         memory_state=memory_state, output_memory_states=output_memory_states)
+        return self.classify(out, attention_mask, labels)
+
+    def classify(
+        self, out: DNCSDAPMModelOutput, attention_mask: torch.Tensor | None, labels: torch.Tensor | None
+    ) -> DNCSDAPMSequenceClassifierOutput:
+        """The head over the model's output: logits (B, C) at each row's last real position, and the loss."""
         hidden = out.last_hidden_state
         last = last_real(_mask(attention_mask, *hidden.shape[:2], hidden.device))
-        logits = self.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+        logits = self.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last].to(self.score.weight.dtype))
         loss = None
         if labels is not None:
             if labels.shape[0] != logits.shape[0]:
@@ -592,4 +632,6 @@ class DNCSDAPMForSequenceClassification(DNCSDAPMPreTrainedModel):
                 if labels.min() < 0 or labels.max() >= self.config.num_labels:
                     raise ValueError(f"labels must lie in [0, num_labels={self.config.num_labels})")
                 loss = F.cross_entropy(logits, labels)
-        return DNCSDAPMSequenceClassifierOutput(loss=loss, logits=logits, memory_state=out.memory_state, ponder=out.ponder)
+        return DNCSDAPMSequenceClassifierOutput(loss=loss, logits=logits, memory_state=out.memory_state,
+                                                memory_states=out.memory_states, ponder=out.ponder)
+

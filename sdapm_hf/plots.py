@@ -1,16 +1,14 @@
 """PNG plots of a run folder: training curves, the memory's matrices, usage and read weights over time, inner read
 steps, accuracy against distance. ``plot_run(run_dir)`` writes them all into ``<run_dir>/plots/``.
 
-The memory plots follow one test example through the trained model and record the memory's access state after
-every update (every position, or every chunk in chunked mode); the final state's slots are drawn as the seed's
-dense triple ``(Bv, M, Bw)`` (``sdapm.slot_maps``).
+The memory plots follow one test example through the trained model, which returns the memory after every update
+(``output_memory_states=True``: every position, or every chunk in chunked mode); the final memory's slots are drawn
+as the seed's dense triple ``(Bv, M, Bw)`` (``sdapm_state.slot_maps``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -21,10 +19,9 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .access import AccessState  # noqa: E402
-from .core import MemoryCore  # noqa: E402
+from .core import MemoryUpdate  # noqa: E402
 from .metrics import load_metric  # noqa: E402
-from .sdapm import MemoryState, slot_maps  # noqa: E402
+from .sdapm_state import MemoryState, slot_maps  # noqa: E402
 from .tasks import pad_collate  # noqa: E402
 from .training import example_outcomes, load_run  # noqa: E402
 from .training.data import COLUMNS  # noqa: E402
@@ -55,39 +52,12 @@ def plot_curves(records: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-@contextmanager
-def recording(core: MemoryCore) -> Iterator[list[AccessState]]:
-    """Inside the block, every memory update of ``core`` (per position, or per chunk) appends its new access state."""
-    states: list[AccessState] = []
-    access = core.access
-    originals = {name: getattr(access, name) for name in ("update", "write_chunk")}
-
-    def recorded(method):
-        def call(*args, **kwargs):
-            state = method(*args, **kwargs)
-            states.append(state.map(lambda t: t.detach().cpu()))
-            return state
-
-        return call
-
-    for name, method in originals.items():
-        setattr(access, name, recorded(method))
-    try:
-        yield states
-    finally:
-        for name in originals:
-            delattr(access, name)  # the class's methods show through again
-
-
 @torch.no_grad()
-def memory_trace(model, example: dict) -> list[AccessState]:
-    """The access states after each memory update while ``model`` reads one example (a dict of a split's row)."""
-    core = next(module for module in model.modules() if isinstance(module, MemoryCore))
-    batch = pad_collate([{k: v for k, v in example.items() if k in COLUMNS}])
+def memory_trace(model, example: dict) -> tuple[MemoryUpdate, ...]:
+    """The memory before and after each update while ``model`` reads one example (a dict of a split's row)."""
+    batch = pad_collate([{k: v for k, v in example.items() if k in COLUMNS and k != "layer_states"}])
     model.eval()
-    with recording(core) as states:
-        model(**batch)
-    return states
+    return model(**batch, output_memory_states=True).memory_states
 
 
 def plot_memory_maps(memory: MemoryState, path: Path) -> Path:
@@ -109,13 +79,13 @@ def plot_dnc_memory(memory: torch.Tensor, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_usage_and_reads(states: list[AccessState], path: Path) -> Path:
+def plot_usage_and_reads(updates: tuple[MemoryUpdate, ...], path: Path) -> Path:
     """Usage, read weights (head 0) and write weights of every slot after each memory update, batch row 0."""
-    memories = [s.memory for s in states]
+    memories = [u.memory for u in updates[1:]]
     panels = [("usage", "usage"), ("read weights (head 0)", "read_weights"), ("write weights", "write_weights")]
     fig, axes = plt.subplots(len(panels), 1, figsize=(12, 7), sharex=True)
     for ax, (title, field) in zip(axes, panels, strict=True):
-        rows = [getattr(m, field)[0] for m in memories]
+        rows = [m[field][0] for m in memories]
         rows = [r[0] if r.dim() == 2 else r for r in rows]  # read weights (R, N): head 0
         _heatmap(fig, ax, torch.stack(rows, 1).float(), title, None, "slot", vmin=0, vmax=1)
     axes[-1].set_xlabel("memory update (position, or chunk in chunked mode)")
@@ -157,14 +127,14 @@ def plot_run(run_dir: str | Path, split: str = "test") -> list[Path]:
         raise ValueError(f"the run's task has no examples in split {split!r}")
     data = dataset[split]
     if model.config.memory_type != "none":
-        states = memory_trace(model, data[0])
-        if states:
-            memory = states[-1].memory
-            if isinstance(memory, MemoryState):
-                written.append(plot_memory_maps(memory, out / "memory_maps.png"))
+        updates = memory_trace(model, data[0])
+        if len(updates) > 1:
+            memory = updates[-1].memory
+            if model.config.memory_type == "sdapm":
+                written.append(plot_memory_maps(MemoryState.from_dict(memory), out / "memory_maps.png"))
             else:
-                written.append(plot_dnc_memory(memory.memory, out / "memory_matrix.png"))
-            written.append(plot_usage_and_reads(states, out / "usage_and_reads.png"))
+                written.append(plot_dnc_memory(memory["memory"], out / "memory_matrix.png"))
+            written.append(plot_usage_and_reads(updates, out / "usage_and_reads.png"))
     outcomes = example_outcomes(model, data)
     if outcomes["ponder_steps"].size:
         written.append(plot_ponder_histogram(outcomes["ponder_steps"], out / "ponder_steps.png"))

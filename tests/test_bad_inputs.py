@@ -75,11 +75,10 @@ def test_memory_state_of_another_config_is_named():
         small(input_ids=torch.ones(1, 3, dtype=torch.long), memory_state=state)
 
 
-def test_pondernet_needs_the_standalone_model():
-    from test_plugin import MEMORY, tiny_base
-
-    with pytest.raises(ValueError, match="act_mode='pondernet' needs the standalone model"):
-        DNCSDAPMForCausalLM.from_base(tiny_base(), act_mode="pondernet", **MEMORY)
+def test_act_needs_the_per_token_recurrence_and_says_so():
+    with pytest.raises(Exception, match="set chunk_size=None"):  # the config validator wraps the ValueError
+        DNCSDAPMConfig(**TINY, act_mode="act")
+    assert DNCSDAPMConfig(**TINY, act_mode="act", chunk_size=None).act_mode == "act"
 
 
 def test_adapter_that_names_no_base_is_refused_on_load(tmp_path):

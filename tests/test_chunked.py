@@ -6,6 +6,7 @@ from test_plugin import ids, plugged
 
 from sdapm_hf import DNCSDAPMConfig, DNCSDAPMForCausalLM
 from sdapm_hf import sdapm
+from sdapm_hf.access import memory_settings
 
 TINY = dict(vocab_size=12, hidden_size=16, controller_size=24, memory_slots=4, word_size=8, read_heads=2)
 CHUNKABLE = dict(clock_keys=False, consolidation="auto")
@@ -13,13 +14,13 @@ CHUNKABLE = dict(clock_keys=False, consolidation="auto")
 
 def standalone(**overrides) -> DNCSDAPMForCausalLM:
     torch.manual_seed(0)
-    return DNCSDAPMForCausalLM(DNCSDAPMConfig(**{**TINY, **CHUNKABLE, **overrides})).eval()
+    return DNCSDAPMForCausalLM(DNCSDAPMConfig(**{**TINY, **CHUNKABLE, "chunk_size": None, **overrides})).eval()
 
 
 def twin(model: DNCSDAPMForCausalLM, chunk_size: int | None) -> DNCSDAPMForCausalLM:
     """The same weights (and frozen base) with another chunk size."""
     config = DNCSDAPMConfig(**{**model.config.to_dict(), "chunk_size": chunk_size})
-    other = type(model)(config, model.frozen_base()).eval()
+    other = type(model)(config).eval()  # a frozen base is built from text_config, then takes the model's weights
     other.load_state_dict(model.state_dict())
     return other
 
@@ -55,7 +56,7 @@ def assert_same_run(a, b, tol=1e-5):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"consolidation": "off"}, {"temporal_links": True}, {"top_k": 2}, {"top_k": 2, "read_candidates": 3},
+    [{}, {"consolidation": "off"}, {"temporal_links": True}, {"read_top_k": 2}, {"read_top_k": 2, "read_candidates": 3},
      {"interface_window": 3}, {"consolidation": "similar"}],
 )
 def test_chunk_size_one_is_the_per_token_model(overrides):
@@ -68,7 +69,7 @@ def test_chunk_size_one_is_the_per_token_model(overrides):
 
 
 def test_chunk_size_one_is_the_per_token_model_in_a_frozen_llama():
-    per_token = plugged(segment_length=8, **CHUNKABLE)  # segments of 8 over 20 positions
+    per_token = plugged(segment_length=8, chunk_size=None, **CHUNKABLE)  # segments of 8 over 20 positions
     chunked = twin(per_token, 1)
     x = ids(length=20)
     mask = torch.ones_like(x)
@@ -164,7 +165,7 @@ def test_a_chunk_without_real_positions_leaves_the_state_bit_identical():
         after = model(input_ids=x[:, 4:], attention_mask=mask[:, 4:], memory_state=before).memory_state
     assert all(torch.equal(after[name][1], tensor[1]) for name, tensor in before.items())
     assert not torch.equal(after["memory.mass"][0], before["memory.mass"][0])
-    settings = model.config.sdapm_settings()
+    settings = memory_settings(model.config)
     memory = sdapm.MemoryState.from_dict({k[7:]: v for k, v in before.items() if k.startswith("memory.")})
     pairs = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
     written = sdapm.write_chunk(memory, *pairs, settings, torch.ones(2, 3), mask=torch.tensor([True, False]))
@@ -179,7 +180,7 @@ def test_a_chunk_without_real_positions_leaves_the_state_bit_identical():
         ({"chunk_size": 4, "act_mode": "act"}, "chunk_size=4 needs act_mode"),
         ({"chunk_size": 4, "clock_keys": True}, "chunk_size=4 needs clock_keys"),
         ({"chunk_size": 4, "consolidation": "learned"}, "chunk_size=4 needs consolidation"),
-        ({"chunk_members": 2}, "chunk_members needs chunk_size"),
+        ({"chunk_size": None, "chunk_members": 2}, "chunk_members needs chunk_size"),
         ({"chunk_size": 4, "chunk_members": 5}, "chunk_members must be an integer in"),
     ],
 )
@@ -202,7 +203,7 @@ def test_a_state_with_a_full_pending_chunk_is_refused():
         {"chunk_size": 3},
         {"chunk_size": 8, "max_rank": 4},  # 7 scatter rows kept as the top 4 principal directions
         {"chunk_size": 12},  # 11 scatter rows in W = 8 dimensions, compressed exactly to 8
-        {"chunk_size": 4, "temporal_links": True, "read_form": "averaged"},
+        {"chunk_size": 4, "temporal_links": True},
         {"chunk_size": 8, "chunk_members": 3, "interface_window": 2},
         {"chunk_size": 3, "consolidation": "similar"},
     ],

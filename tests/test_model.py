@@ -11,11 +11,13 @@ import sdapm_hf
 from sdapm_hf import DNCSDAPMConfig, DNCSDAPMForCausalLM, DNCSDAPMModel
 
 TINY = dict(vocab_size=12, hidden_size=16, controller_size=24, memory_slots=4, word_size=8, read_heads=2)
+# The per-token recurrence with clock keys and learned consolidation (the defaults are the chunked plug's).
+PER_TOKEN = dict(chunk_size=None, clock_keys=True, consolidation="learned")
 
 
 def tiny(**overrides) -> DNCSDAPMForCausalLM:
     torch.manual_seed(0)
-    return DNCSDAPMForCausalLM(DNCSDAPMConfig(**{**TINY, **overrides})).eval()
+    return DNCSDAPMForCausalLM(DNCSDAPMConfig(**{**TINY, **PER_TOKEN, **overrides})).eval()
 
 
 def tokens(batch=3, length=10, seed=0):
@@ -31,11 +33,11 @@ def tokens(batch=3, length=10, seed=0):
         {"consolidation": "auto"},
         {"consolidation": "similar"},
         {"consolidation": "off", "clock_keys": False},
-        {"temporal_links": True, "top_k": 2},
+        {"temporal_links": True, "read_top_k": 2},
         {"act_mode": "act", "act_max_steps": 3},
-        {"act_mode": "pondernet", "act_max_steps": 3},
         {"act_mode": "fixed", "act_max_steps": 2},
-        {"read_form": "averaged", "max_rank": 2},
+        {"max_rank": 2},
+        {"chunk_size": 4, "clock_keys": False, "consolidation": "auto"},
     ],
 )
 def test_forward_backward_shapes(overrides):
@@ -55,7 +57,7 @@ def test_forward_backward_shapes(overrides):
 
 
 def test_model_takes_embeddings_and_returns_state():
-    model = DNCSDAPMModel(DNCSDAPMConfig(**TINY)).eval()
+    model = DNCSDAPMModel(DNCSDAPMConfig(**TINY, **PER_TOKEN)).eval()
     embeds = torch.randn(2, 5, TINY["hidden_size"])
     out = model(inputs_embeds=embeds)
     assert out.last_hidden_state.shape == (2, 5, TINY["hidden_size"])
@@ -181,22 +183,33 @@ def test_small_copy_task_is_learned_within_a_minute():
         ("memory_slots", 0, "memory_slots must be >= 1"),
         ("memory_type", "lstm", "memory_type must be one of"),
         ("act_mode", "sometimes", "act_mode must be one of"),
+        ("act_mode", "pondernet", "act_mode must be one of"),
         ("consolidation", "never", "consolidation must be one of"),
-        ("consolidation_group", 9, "consolidation_group"),
-        ("max_rank", 99, "max_rank"),
-        ("top_k", 100, "top_k"),
-        ("read_candidates", 3, "read_candidates"),
-        ("act_epsilon", 1.5, "act_epsilon"),
         ("bypass_dropout", -0.1, "bypass_dropout"),
-        ("ridge", -1.0, "ridge"),
         ("word_size", "8", "word_size"),
-        ("read_form", "sum", "read_form"),
         ("interface_window", 0, "interface_window must be >= 1"),
+        ("act_mode", "act", "chunk_size=32 needs act_mode in .*set chunk_size=None .* or act_mode='none'"),
     ],
 )
 def test_config_errors_name_the_field(field, value, message):
     with pytest.raises(Exception, match=message):
         DNCSDAPMConfig(**{**TINY, field: value})
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("max_rank", 99, "max_rank"),
+        ("read_top_k", 100, "read_top_k"),
+        ("read_candidates", 3, "read_candidates"),
+        ("ridge", -1.0, "ridge"),
+        ("value_max", 0.0, "value_max"),
+    ],
+)
+def test_the_memory_checks_its_own_rules_when_it_is_built(field, value, message):
+    config = DNCSDAPMConfig(**{**TINY, field: value})  # a leaf: the config does not know the memory's rules
+    with pytest.raises(ValueError, match=message):
+        DNCSDAPMForCausalLM(config)
 
 
 def test_interface_window_sees_the_last_real_inputs_newest_first():
@@ -239,5 +252,5 @@ def test_read_strengths_start_near_their_configured_bias(bias, low, high):
     h = torch.randn(64, model.config.controller_size, generator=torch.Generator().manual_seed(0))
     x = torch.randn(64, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        beta = interface(h, x)["read_strength"]
+        beta = interface(h, x).read_strength
     assert low < beta.median() < high

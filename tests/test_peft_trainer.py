@@ -11,7 +11,7 @@ from sdapm_hf.tasks import build_task, pad_collate
 
 from test_plugin import MEMORY, ids, plugged, tiny_base
 
-LORA = dict(r=4, lora_alpha=8, target_modules=r".*base_lm\..*\.self_attn\.(q_proj|v_proj)", modules_to_save=["memory"])
+LORA = dict(r=4, lora_alpha=8, target_modules=r".*model\.base\..*\.self_attn\.(q_proj|v_proj)", modules_to_save=["memory"])
 
 
 def test_lora_on_the_base_with_the_memory_saved_alongside(tmp_path):
@@ -59,10 +59,10 @@ def test_trainer_trains_and_evaluates_on_a_datasets_task(tmp_path):
         model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"], data_collator=pad_collate,
         compute_metrics=causal_lm_metrics, preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
     )
-    before = model.memory.output.weight.detach().clone()
+    before = model.model.memory.output.weight.detach().clone()
     result = trainer.train()
     metrics = trainer.evaluate()
     assert result.global_step == 4 and np.isfinite(result.training_loss)
     assert 0.0 <= metrics["eval_token_accuracy"] <= 1.0 and np.isfinite(metrics["eval_loss"])
-    assert not torch.equal(before, model.memory.output.weight)
-    assert all(not p.requires_grad for p in model.base_lm.parameters())
+    assert not torch.equal(before, model.model.memory.output.weight)
+    assert all(not p.requires_grad for p in model.model.base.parameters())

