@@ -62,29 +62,14 @@ FIXED_SELECTIONS = {"auto": closest_pair_selection, "similar": most_similar_pair
 
 def memory_settings(config: DNCSDAPMConfig) -> SDAPMSettings | DNCMemorySettings | None:
     """The memory's settings for a model config (built, and so checked, here)."""
-    if config.memory_type == "sdapm":
-        return SDAPMSettings(
-            slots=config.memory_slots,
-            word_size=config.word_size,
-            read_heads=config.read_heads,
-            max_rank=config.max_rank,
-            ridge=config.ridge,
-            value_max=config.value_max,
-            gain_max=config.gain_max,
-            mass_max=config.mass_max,
-            read_top_k=config.read_top_k,
-            read_candidates=config.read_candidates,
-            temporal_links=config.temporal_links,
-        )
+    if config.memory_type == "none":
+        return None
+    shared = dict(slots=config.memory_slots, word_size=config.word_size, read_heads=config.read_heads,
+                  read_top_k=config.read_top_k, temporal_links=config.temporal_links)
     if config.memory_type == "dnc":
-        return DNCMemorySettings(
-            slots=config.memory_slots,
-            word_size=config.word_size,
-            read_heads=config.read_heads,
-            read_top_k=config.read_top_k,
-            temporal_links=config.temporal_links,
-        )
-    return None
+        return DNCMemorySettings(**shared)
+    return SDAPMSettings(**shared, max_rank=config.max_rank, ridge=config.ridge, value_max=config.value_max,
+                         gain_max=config.gain_max, mass_max=config.mass_max, read_candidates=config.read_candidates)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,10 @@ import torch
 
 # Score given to empty slots: finite (so gradients stay finite), and exp(EMPTY − max) underflows to exactly 0.
 EMPTY_SCORE = -1.0e9
+# Smallest squared distance a square root is taken of: its gradient stays finite at a query on a centroid.
+DISTANCE_EPS = 1e-12
+# ε in the DNC's cosine norms, so that empty rows score 0.
+COSINE_EPS = 1e-6
 
 
 def subspace_fit(
@@ -63,7 +67,7 @@ def subspace_fit(
         + torch.linalg.vector_norm(keys, dim=-1).square()[:, None]
     ).clamp_min(0.0)
     residual = (z2 - torch.einsum("bhnr,bhnr->bhn", p, q)).clamp_min(0.0)
-    excess = (z2.clamp_min(1e-12).sqrt() - radius[:, None]).clamp_min(0.0)
+    excess = (z2.clamp_min(DISTANCE_EPS).sqrt() - radius[:, None]).clamp_min(0.0)
     return 1.0 - 0.25 * (residual + excess.pow(2)), q
 
 
@@ -78,7 +82,7 @@ def apply_gram(gram_inv: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return (p.transpose(1, 2) @ gram_inv.transpose(-1, -2)).transpose(1, 2)
 
 
-def cosine_similarity(words: torch.Tensor, rows: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def cosine_similarity(words: torch.Tensor, rows: torch.Tensor, eps: float = COSINE_EPS) -> torch.Tensor:
     """DNC content similarity ``x · m / (‖x‖ ‖m‖)``, with ε in the norms so that empty rows score 0.
 
     Args:

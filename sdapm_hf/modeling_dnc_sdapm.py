@@ -16,7 +16,7 @@ trains here (no gradients, dropout off); PEFT can add LoRA to it. A plugged caus
 head. Checkpoints are "whole" (base and memory) or "adapter" (``save_base_weights=False``: the memory's weights and
 ``base_model_name_or_path`` only); every checkpoint names the four Auto classes, so each loads it as remote code.
 
-The memory's parameters and state are float32 whatever the base's dtype (``_keep_in_fp32_modules``; a bfloat16 or
+The memory's parameters and state are float32 whatever the base's dtype (``_keep_in_fp32_modules_strict``; a bfloat16 or
 float16 base plugs in as it is, see injection.py). ``output_memory_states=True`` returns every memory update
 (``core.MemoryUpdate``); ``with model.ablation("zero_memory" | "base_alone"):`` switches the memory's reads, or the
 whole memory, off.
@@ -36,13 +36,15 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput, cached_file
+from transformers.utils import ModelOutput, cached_file, logging
 
 from .access import last_real
 from .configuration_dnc_sdapm import DNCSDAPMConfig
 from .controller import Clock
 from .core import CoreOutput, MemoryCore, MemoryUpdate, RecurrentState
 from .injection import MemoryPlug, Segment, injection_point, layer_states, run_segments, segment_length
+
+logger = logging.get_logger(__name__)
 
 # The switches ``DNCSDAPMPreTrainedModel.ablation`` knows, with what they show.
 ABLATIONS = {"zero_memory": "memory reads zeroed", "base_alone": "base alone"}
@@ -123,7 +125,7 @@ class DNCSDAPMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _no_split_modules = ["MemoryCore"]
-    _keep_in_fp32_modules = ["memory"]
+    _keep_in_fp32_modules_strict = ["memory"]
     base_loader = AutoModel  # how a frozen base of this class is built (from a config or a checkpoint)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -276,15 +278,27 @@ class DNCSDAPMPreTrainedModel(PreTrainedModel):
             state = load_file(weights)
         except SafetensorError as err:
             raise OSError(f"{pretrained_model_name_or_path}: model.safetensors is corrupt or truncated ({err})") from err
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        prefixes = model.base_prefixes()
-        unexpected = [k for k in unexpected if not k.startswith(prefixes)]
-        missing = [k for k in missing if not k.startswith(prefixes)]
-        if missing or unexpected:
-            raise ValueError(
-                f"{Path(str(weights)).name} does not fit this config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
+        model._load_adapter(state, Path(str(weights)).name)
         return model.eval()
+
+    def _load_adapter(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Load an adapter's weights (the memory's, and its head's) saved by any of the models: the memory's must all
+        fit; another head's are left out and a missing head starts fresh, as transformers does across heads."""
+        inner = "" if self.memory_model() is self else f"{self.base_model_prefix}."
+        from_head = any(k.startswith("model.") for k in state)  # a DNCSDAPMModel's own keys never start so
+        if from_head and not inner:  # a head's checkpoint: its memory model, without the prefix
+            state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        elif inner and not from_head:  # a DNCSDAPMModel's checkpoint: the memory model of this head
+            state = {inner + k: v for k, v in state.items()}
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        prefixes = self.base_prefixes()
+        memory = lambda keys: [k for k in keys if k.startswith(inner) and not k.startswith(prefixes)]  # noqa: E731
+        if memory(missing) or memory(unexpected):
+            raise ValueError(f"{source} does not fit this config: missing {memory(missing)[:5]}, "
+                             f"unexpected {memory(unexpected)[:5]}")
+        fresh = [k for k in missing if inner and not k.startswith(inner) and not k.startswith(prefixes)]
+        if fresh:
+            logger.warning(f"{source} holds no weights for {fresh}: they start fresh (another head saved it)")
 
 
 def _check_inputs(
