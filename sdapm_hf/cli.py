@@ -28,7 +28,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     run = Path(args.run)
     task_args = dict(args.task_args)
-    _, model, dataset = load_run(run, task_args, **dict(args.set))
+    _, model, dataset = load_run(run, task_args, final=True, **dict(args.set))
     ablation = "zero_memory" if args.zero_memory else "base_alone" if args.base_alone else None
     if ablation is None:
         print(json.dumps({split: evaluate_model(model, dataset[split]) for split in args.splits}, indent=2))
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sdapm-hf", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("train", help="run an experiment YAML (sdapm-hf train --help)", add_help=False)
-    evaluate = commands.add_parser("evaluate", help="evaluate a run folder")
+    evaluate = commands.add_parser("evaluate", help="evaluate a run folder (as its final evaluation: with its "
+                                                    "eval_task_args and eval_model, under --task-args and --set)")
     evaluate.add_argument("run")
     evaluate.add_argument("--splits", nargs="+", default=["test"])
     ablation = evaluate.add_mutually_exclusive_group()

@@ -11,7 +11,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 MEMORY_TYPES = ("sdapm", "dnc", "none")
-CONSOLIDATION_MODES = ("auto", "similar", "learned", "off")
+CONSOLIDATION_MODES = ("auto", "usage", "similar", "learned", "off")
 ACT_MODES = ("none", "act", "fixed")
 READ_SOURCES = ("layer", "embeddings")
 # What chunked mode supports (one read per token, no per-token clock chain, a fixed consolidation rule), with the
@@ -20,7 +20,7 @@ CHUNKED_MODE = {
     "memory_type": (("sdapm",), "sdapm"),
     "act_mode": (("none",), "none"),
     "clock_keys": ((False,), False),
-    "consolidation": (("auto", "similar", "off"), "auto"),
+    "consolidation": (("auto", "usage", "similar", "off"), "auto"),
 }
 
 
@@ -48,7 +48,9 @@ class DNCSDAPMConfig(PreTrainedConfig):
         read_candidates: shortlist size for two-stage sparse reads (needs ``read_top_k``).
         temporal_links: DNC forward/backward read modes.
         consolidation: what happens when the memory is full: ``"auto"`` (merge its lightest slot with the slot
-            nearest to it), ``"similar"`` (merge the two slots with the most similar keys), ``"learned"`` (the
+            nearest to it), ``"usage"`` (the same with usage for mass: merge the least-used slot, the one written
+            with the smallest gates, with the little-used slot nearest to it, so that what was gated high stays
+            exact), ``"similar"`` (merge the two slots with the most similar keys), ``"learned"`` (the
             controller's gate and pair selection, which sees slot metadata; per-token mode) or ``"off"`` (the
             least-used slot is overwritten). Merges are pairwise.
         chunk_size: C; None steps the memory token by token. In chunked mode (counted from the start of the
@@ -58,6 +60,14 @@ class DNCSDAPMConfig(PreTrainedConfig):
             least-squares slot (``sdapm_write.write_chunk``). ``chunk_size=1`` is the per-token model.
         chunk_members: M, the steps of a chunk its slot keeps: the M most strongly gated real ones (None: all C).
             M ≤ ``max_rank`` + 1 keeps the slot an exact map of its members.
+        sparse_writes: the write gate is a hard sigmoid, ``clamp(ξ/4 + 1/2, 0, 1)``, with the sigmoid's gradient
+            (straight-through): a position can write exactly nothing, a chunk with no open gate is not written at
+            all and its positions are no members of their chunk's slot; with ``write_cost`` the controller learns
+            to write only what the task needs, however long the stream.
+        predictive_writes: the key a position writes is the read query (of the first head) of the real position
+            before it, and its value is the position's own: a pair stores what followed a context (kNN-LM's
+            datastore: key the context before a token, value the token), so a later read with the same query gets
+            what came next; write and read keys are then one function, not two to be aligned by training.
 
     Controller:
         vocab_size: tokens of the standalone model (ignored with a frozen base).
@@ -71,6 +81,8 @@ class DNCSDAPMConfig(PreTrainedConfig):
         clock_keys: give the controller a clock addressing mode: keys from a fixed random rotation of the
             previous clock, with a learned reset gate (position keys that extend to any length; per-token mode).
         clock_reset_cost: loss per unit of clock reset, averaged over the real tokens (keeps the clock from leaking).
+        write_cost: loss per unit of write gate, averaged over the real tokens: writing costs, so the controller
+            gates high only what the task needs (which ``consolidation="usage"`` then keeps exact).
         bypass_dropout: dropout on the controller → output path that does not go through memory.
         initializer_range: std of the normal initialisation of linear layers.
 
@@ -83,10 +95,13 @@ class DNCSDAPMConfig(PreTrainedConfig):
     Plug (a frozen base):
         text_config: config of a frozen base model (dict or config), None for a standalone model.
         base_model_name_or_path: where to load the frozen base from (adapter checkpoints).
-        inject_layer: decoder layer whose output the memory reads and modifies (negative counts from the top).
-        read_from: what the memory reads with a base: ``"layer"`` (the output of ``inject_layer``) or
+        inject_layer: decoder layer whose output the memory modifies (negative counts from the top).
+        read_from: what the memory reads with a base: ``"layer"`` (the output of decoder layer ``read_layer``) or
             ``"embeddings"`` (the base's input token embeddings at the same positions); it adds its output at
             ``inject_layer`` either way.
+        read_layer: the decoder layer the memory reads (negative counts from the top; None: ``inject_layer``), at
+            or below ``inject_layer``: keys and values from the base's states at one depth, the answer added at
+            another.
         segment_length: tokens the base sees at once (None: the base's maximum positions).
         save_base_weights: save the base's weights with the memory ("whole") or only name the base ("adapter").
         tie_word_embeddings: a plugged causal LM's output embeddings are its base's input embeddings (set from
@@ -119,6 +134,8 @@ class DNCSDAPMConfig(PreTrainedConfig):
     consolidation: str = "auto"
     chunk_size: int | None = 32
     chunk_members: int | None = None
+    sparse_writes: bool = False
+    predictive_writes: bool = False
     # controller
     vocab_size: int = 32
     hidden_size: int = 128
@@ -127,6 +144,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
     read_strength_bias_init: float = 1.0
     clock_keys: bool = False
     clock_reset_cost: float = 0.1
+    write_cost: float = 0.0
     bypass_dropout: float = 0.1
     initializer_range: float = 0.02
     # ACT
@@ -138,6 +156,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
     base_model_name_or_path: str | None = None
     inject_layer: int = -1
     read_from: str = "layer"
+    read_layer: int | None = None
     segment_length: int | None = None
     save_base_weights: bool = True
     tie_word_embeddings: bool = False
@@ -183,7 +202,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
             _positive(self, name)
         if not 0 <= self.bypass_dropout < 1:
             raise ValueError(f"bypass_dropout must be in [0, 1), got {self.bypass_dropout}")
-        for name in ("initializer_range", "clock_reset_cost"):
+        for name in ("initializer_range", "clock_reset_cost", "write_cost"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -196,6 +215,9 @@ class DNCSDAPMConfig(PreTrainedConfig):
 
     def _check_plug(self) -> None:
         _choice(self, "read_from", READ_SOURCES)
+        if self.read_layer is not None and self.read_from != "layer":
+            raise ValueError(f"read_layer={self.read_layer} names a layer to read, read_from={self.read_from!r} "
+                             "reads the embeddings: set read_layer=None or read_from='layer'")
         if self.segment_length is not None and self.segment_length < 1:
             raise ValueError(f"segment_length must be >= 1 or None, got {self.segment_length}")
         if self.text_config is None:

@@ -4,6 +4,7 @@ One time step (``MemoryCore.step``)::
 
     h, state_c  = Controller([x_t ; r_{t−1}])                    controller.py
     ξ           = Interface(h, [x_t ; … ; x_{t−K+1}])             controller.py (K = interface_window)
+                  (predictive_writes: the write key is the read key of the previous real position)
     r_t         = Ponder(read, read keys ⊕ clock)                act.py (read output → next read word)
     memory      = consolidate if full, write (k ⊕ clock, v)      access.py, sdapm_*.py
     f_t         = [Dropout_bypass(h) ; r_t]                      the core's features (B, H + R·W)
@@ -32,6 +33,7 @@ leave the state untouched (in chunked mode: a chunk without a real position leav
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -63,6 +65,18 @@ def piece_bounds(start: int, length: int, size: int, filled: int = 0) -> list[tu
         bounds.append((at, end))
         at, room = end, size
     return bounds
+
+
+def previous_real(values: torch.Tensor, mask: torch.Tensor, carry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each of L positions the value of the last real position before it: values (B, L, F), mask (B, L) bool,
+    carry (B, F) the last real value before the L positions → (B, L, F), and the last real value after them."""
+    b, length = mask.shape
+    stream = torch.cat([carry[:, None], values], 1)  # (B, 1 + L, F); the carry counts as real
+    real = torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
+    steps = torch.arange(length + 1, device=mask.device).expand(b, -1)
+    last = torch.where(real, steps, torch.zeros_like(steps)).cummax(1).values  # (B, 1 + L)
+    gathered = stream.gather(1, last[..., None].expand(-1, -1, stream.shape[-1]))
+    return gathered[:, :-1], gathered[:, -1]
 
 
 @dataclass(frozen=True)
@@ -101,20 +115,22 @@ class RecurrentState:
     access: AccessState
     chunk: PendingChunk | None = None  # chunked mode only
     window: torch.Tensor | None = None  # (B, K−1, D) the last K − 1 real inputs, newest first (interface_window K > 1)
+    query: torch.Tensor | None = None  # (B, W) the last real position's read query (predictive writes)
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         chunk = {} if self.chunk is None else self.chunk.prefixed("chunk")
-        window = {} if self.window is None else {"window": self.window}
+        optional = {name: t for name, t in (("window", self.window), ("query", self.query)) if t is not None}
         return {
-            "controller.h": self.h, "controller.c": self.c, "reads": self.reads, **self.access.as_dict(), **chunk, **window
+            "controller.h": self.h, "controller.c": self.c, "reads": self.reads, **self.access.as_dict(), **chunk,
+            **optional,
         }
 
     def where(self, mask: torch.Tensor, other: RecurrentState) -> RecurrentState:
         """Per position (per-token mode, no pending chunk): ``self`` where mask (B,), ``other`` elsewhere."""
-        pick = lambda a, b: torch.where(mask.view(-1, *(1,) * (a.dim() - 1)), a, b)  # noqa: E731
+        pick = lambda a, b: None if a is None else torch.where(mask.view(-1, *(1,) * (a.dim() - 1)), a, b)  # noqa: E731
         return RecurrentState(
             pick(self.h, other.h), pick(self.c, other.c), pick(self.reads, other.reads), self.access.where(mask, other.access),
-            window=None if self.window is None else pick(self.window, other.window),
+            window=pick(self.window, other.window), query=pick(self.query, other.query),
         )
 
 
@@ -151,6 +167,7 @@ class CoreOutput:
     ponder_cost: torch.Tensor  # (B, T)
     ponder_steps: torch.Tensor  # (B, T)
     clock_resets: torch.Tensor | None = None  # (B, T)
+    write_gates: torch.Tensor | None = None  # (B, T) the write gate of every position (a memory)
     memory_states: list[MemoryUpdate] | None = None  # with ``record``: one per memory update
 
 
@@ -161,6 +178,7 @@ class MemoryCore(nn.Module):
         super().__init__()
         self.chunk_size = config.chunk_size
         self.window = config.interface_window
+        self.predictive = config.predictive_writes
         self.width = config.hidden_size
         self.controller_size = config.controller_size
         self.read_heads = config.read_heads
@@ -189,7 +207,8 @@ class MemoryCore(nn.Module):
         window = None
         if self.window > 1:
             window = torch.zeros(batch_size, self.window - 1, self.width, dtype=dtype, device=device)
-        return RecurrentState(zeros, zeros.clone(), reads, access, chunk, window)
+        query = torch.zeros(batch_size, self.word_size, dtype=dtype, device=device) if self.predictive else None
+        return RecurrentState(zeros, zeros.clone(), reads, access, chunk, window, query)
 
     def _empty_chunk(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> PendingChunk:
         empty = lambda *shape: torch.zeros(batch_size, 0, *shape, dtype=dtype, device=device)  # noqa: E731
@@ -213,6 +232,7 @@ class MemoryCore(nn.Module):
                 self.access.state_from_dict(tensors),
                 None if self.chunk_size is None else PendingChunk.from_prefixed(tensors, "chunk"),
                 None if self.window == 1 else tensors["window"],
+                tensors["query"] if self.predictive else None,
             )
         except (KeyError, ValueError) as err:
             raise ValueError(f"memory_state does not come from a model with this config: {err}") from err
@@ -263,24 +283,30 @@ class MemoryCore(nn.Module):
             return new.where(mask, state), self.bypass(h), None, None
         window, previous = self._windows(x[:, None], mask[:, None], state.window)
         iface = self.interface(h, window[:, 0])
+        query = None
+        if self.predictive:  # this position writes under the query of the one before it
+            query = iface.read_key[:, 0]
+            iface = dataclasses.replace(iface, write_key=state.query)
         access = self.access.advance_clock(iface, state.access, mask)
         words = self.access.first_words(iface, access)
         step = self.ponder(lambda w, st, active: self.access.read(iface, w, st, active & mask), words, access, h)
         access = self.access.update(iface, step.state, mask)
         reads = step.reads.flatten(1)
-        new = RecurrentState(hh, cc, reads, access, window=previous)
+        new = RecurrentState(hh, cc, reads, access, window=previous, query=query)
         return new.where(mask, state), torch.cat([self.bypass(h), reads], dim=-1), step, iface
 
     def _forward_steps(self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState, record: bool) -> CoreOutput:
         """The per-token recurrence (``step``) over x (B, T, D), mask (B, T)."""
         b, t, _ = x.shape
-        features, steps, costs, resets = [], [], [], []
+        features, steps, costs, resets, gates = [], [], [], [], []
         records = [self._record(0, 0, None, state)] if record else None
         for i in range(t):
             state, out, step, iface = self.step(x[:, i], state, mask[:, i])
             features.append(out)
-            if iface is not None and iface.clock_reset is not None:
-                resets.append(iface.clock_reset)
+            if iface is not None:
+                gates.append(iface.write_gate)
+                if iface.clock_reset is not None:
+                    resets.append(iface.clock_reset)
             if step is not None:
                 steps.append(step.steps)
                 costs.append(step.cost)
@@ -294,45 +320,52 @@ class MemoryCore(nn.Module):
             ponder_cost=torch.stack(costs, 1) if costs else zeros,
             ponder_steps=torch.stack(steps, 1) if steps else zeros + 1,
             clock_resets=torch.stack(resets, 1) if resets else None,
+            write_gates=torch.stack(gates, 1) if gates else None,
             memory_states=records,
         )
 
     def _forward_chunked(self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState, record: bool) -> CoreOutput:
         """Chunked mode (module docstring) over x (B, T, D), mask (B, T): pieces that end at chunk boundaries."""
         b, t, _ = x.shape
-        features = []
+        features, gates = [], []
         records = [self._record(0, 0, None, state)] if record else None
         for start, end in piece_bounds(0, t, self.chunk_size, state.chunk.length):
-            state, out, weights = self._chunk_piece(x[:, start:end], mask[:, start:end], state)
+            state, out, weights, piece_gates = self._chunk_piece(x[:, start:end], mask[:, start:end], state)
             features.append(out)
+            gates.append(piece_gates)
             if record:
                 records.append(self._record(start, end, weights, state))
         zeros = torch.zeros(b, t, dtype=x.dtype, device=x.device)
         out = torch.cat(features, 1) if features else x.new_zeros(b, 0, self.features)
-        return CoreOutput(features=out, state=state, ponder_cost=zeros, ponder_steps=zeros + 1, memory_states=records)
+        return CoreOutput(features=out, state=state, ponder_cost=zeros, ponder_steps=zeros + 1,
+                          write_gates=torch.cat(gates, 1) if gates else zeros, memory_states=records)
 
     def _chunk_piece(
         self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState
-    ) -> tuple[RecurrentState, torch.Tensor, torch.Tensor]:
+    ) -> tuple[RecurrentState, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The L positions of one chunk in this call, x (B, L, D), mask (B, L) → state, features (B, L, F), read
-        weights (B, L, R, N); the chunk's end (write, reads fed back) when they complete it."""
+        weights (B, L, R, N), write gates (B, L); the chunk's end (write, reads fed back) when they complete it."""
         b, steps = mask.shape
         with record_function("memory.controller"):
             h, (hh, cc) = self.controller.steps(x, state.reads, (state.h, state.c), mask)
         with record_function("memory.interface"):
             windows, previous = self._windows(x, mask, state.window)
             iface = self.interface(h.flatten(0, 1), windows.flatten(0, 1)).map(lambda t: t.unflatten(0, (b, steps)))
+            query = state.query
+            if self.predictive:  # each position writes under the query of the real position before it
+                keys, query = previous_real(iface.read_key[:, :, 0], mask, state.query)
+                iface = dataclasses.replace(iface, write_key=keys)
         with record_function("memory.reads"):
             reads, weights = self.access.read_chunk(iface, state.access)
         reads = reads.flatten(2)
         features = torch.cat([self.bypass(h), reads], dim=-1)
         piece = PendingChunk(mask=mask, reads=reads, read_weights=weights, write_key=iface.write_key,
                              write_value=iface.write_value, write_gate=iface.write_gate, free_gates=iface.free_gates)
-        state = RecurrentState(hh, cc, state.reads, state.access, state.chunk.extended(piece), previous)
+        state = RecurrentState(hh, cc, state.reads, state.access, state.chunk.extended(piece), previous, query)
         if state.chunk.length == self.chunk_size:
             with record_function("memory.chunk_end"):
                 state = self._end_chunk(state)
-        return state, features, weights
+        return state, features, weights, iface.write_gate
 
     def _end_chunk(self, state: RecurrentState) -> RecurrentState:
         """The chunk's single write, and its last real position's reads as the controller's next read input."""
@@ -342,7 +375,7 @@ class MemoryCore(nn.Module):
         rows = torch.arange(chunk.mask.shape[0], device=chunk.mask.device)
         last = chunk.reads[rows, last_real(chunk.mask)]
         reads = torch.where(chunk.mask.any(-1)[:, None], last, state.reads)
-        return RecurrentState(state.h, state.c, reads, access, chunk.cleared(), state.window)
+        return RecurrentState(state.h, state.c, reads, access, chunk.cleared(), state.window, state.query)
 
     def _windows(
         self, x: torch.Tensor, mask: torch.Tensor, previous: torch.Tensor | None

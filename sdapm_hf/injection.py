@@ -4,18 +4,21 @@ A base of L layers with hidden states ``h^ℓ`` is changed at one layer only::
 
     h^ℓ  ←  h^ℓ + Δ,   Δ_t = (W_o f_t) · rms(h^ℓ_t),   f = MemoryCore(LayerNorm(x))      (MemoryPlug)
 
-with ``x = h^ℓ`` itself, or (``read_from="embeddings"``) the base's input token embeddings of the same positions.
-``W_o`` starts at zero, so an untrained plug changes nothing; the memory reads its input normalised and writes back
-at the stream's own scale, so a projection of order one can steer a stream of any norm (a random or pretrained
-base's residual is often 10–100 × the memory's own outputs). The hook is registered first on layer ``ℓ =
-inject_layer mod L``, so that the layers above see the change and ``output_hidden_states`` shows it. The layers are
-found generically: the ``nn.ModuleList`` of ``num_hidden_layers`` blocks of one class.
+with ``x = h^ℓ`` itself, the output ``h^k`` of a lower layer ``k = read_layer``, or (``read_from="embeddings"``)
+the base's input token embeddings of the same positions. ``W_o`` starts at zero, so an untrained plug changes
+nothing; the memory reads its input normalised and writes back at the stream's own scale, so a projection of order
+one can steer a stream of any norm (a random or pretrained base's residual is often 10–100 × the memory's own
+outputs). The hooks are registered first on layers ``k`` and ``ℓ = inject_layer mod L`` (one hook when they are
+the same), so that the layers above see the change and ``output_hidden_states`` shows it. The layers are found
+generically: the ``nn.ModuleList`` of ``num_hidden_layers`` blocks of one class.
 
 The memory's parameters and state stay in their own dtype (float32 unless the model was cast): the plug casts what
 it reads to it and casts Δ back to the base's dtype, so a bfloat16 or float16 base plugs in as it is.
 
 Inputs longer than the base's window run segment by segment (``run_segments``): the base sees each segment on its
-own (positions restart), the memory carries what matters across them.
+own (positions restart), the memory carries what matters across them. What the memory reads of a segment does not
+depend on the memory (it reads at or below the layer it changes), so ``layer_states`` computes it without the
+memory and without the layers above.
 """
 
 from __future__ import annotations
@@ -52,16 +55,25 @@ def decoder_layers(base: nn.Module, num_layers: int) -> nn.ModuleList:
     return stacks[0]
 
 
-def injection_point(base: nn.Module, inject_layer: int) -> tuple[str, bool]:
-    """Where the memory hooks into ``base``: the qualified name of layer ``inject_layer`` (negative counts from the
-    top) of its block stack, for ``base.get_submodule``, and whether it is the top layer."""
+def injection_point(base: nn.Module, inject_layer: int, read_layer: int | None = None) -> tuple[str, str, bool]:
+    """Where the memory hooks into ``base``: the qualified names of layers ``inject_layer`` and ``read_layer``
+    (negative counts from the top; None: the inject layer) of its block stack, for ``base.get_submodule``, and
+    whether the inject layer is the top one."""
     num_layers = base.config.num_hidden_layers
-    if not -num_layers <= inject_layer < num_layers:
-        raise ValueError(f"inject_layer={inject_layer} is outside the base's {num_layers} layers")
-    index = inject_layer % num_layers
+    index = _layer_index("inject_layer", inject_layer, num_layers)
+    read = index if read_layer is None else _layer_index("read_layer", read_layer, num_layers)
+    if read > index:
+        raise ValueError(f"read_layer={read_layer} is above inject_layer={inject_layer}: the memory's output at a "
+                         "position would depend on what it adds there; read at or below the inject layer")
     stack = decoder_layers(base, num_layers)
     name = next(name for name, module in base.named_modules() if module is stack)
-    return f"{name}.{index}", index == num_layers - 1
+    return f"{name}.{index}", f"{name}.{read}", index == num_layers - 1
+
+
+def _layer_index(field: str, layer: int, num_layers: int) -> int:
+    if not -num_layers <= layer < num_layers:
+        raise ValueError(f"{field}={layer} is outside the base's {num_layers} layers")
+    return layer % num_layers
 
 
 def segment_length(config: DNCSDAPMConfig, base_config) -> int:
@@ -77,7 +89,7 @@ def segment_length(config: DNCSDAPMConfig, base_config) -> int:
 
 class MemoryPlug(nn.Module):
     """The memory on a frozen base's residual stream (module docstring): input norm, core, zero-initialised
-    projection scaled by the stream's RMS."""
+    projection; ``residual_scale`` brings the projection to the stream's scale."""
 
     def __init__(self, config: DNCSDAPMConfig) -> None:
         super().__init__()
@@ -87,16 +99,18 @@ class MemoryPlug(nn.Module):
         self.output.init_std = 0.0  # the memory's path into a frozen base starts closed
 
     def forward(
-        self, x: torch.Tensor, residual: torch.Tensor, mask: torch.Tensor, state: RecurrentState | None = None,
-        zero_reads: bool = False, record: bool = False,
+        self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState | None = None, zero_reads: bool = False,
+        record: bool = False,
     ) -> tuple[torch.Tensor, CoreOutput]:
-        """x (B, T, D) what the memory reads, residual (B, T, D) the stream Δ is added to, mask (B, T) bool →
-        Δ (B, T, D) in the memory's dtype, and the core's outputs."""
-        dtype = self.output.weight.dtype
-        residual = residual.to(dtype)
-        scale = residual.pow(2).mean(-1, keepdim=True).sqrt()
-        out = self.core(self.norm(x.to(dtype)), mask, state, zero_reads, record)
-        return self.output(out.features) * scale, out
+        """x (B, T, D) what the memory reads, mask (B, T) bool → ``W_o f`` (B, T, D) in the memory's dtype (Δ before
+        its scaling by the stream's RMS), and the core's outputs."""
+        out = self.core(self.norm(x.to(self.output.weight.dtype)), mask, state, zero_reads, record)
+        return self.output(out.features), out
+
+
+def residual_scale(residual: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T, 1) the RMS of the residual stream (B, T, D) at each position, in ``dtype``."""
+    return residual.to(dtype).pow(2).mean(-1, keepdim=True).sqrt()
 
 
 @contextmanager
@@ -115,10 +129,6 @@ def residual_hook(layer: nn.Module, add: Callable[[torch.Tensor], torch.Tensor])
         handle.remove()
 
 
-class _Stop(Exception):
-    """Raised by ``layer_states``' hook once the injection layer has run: the layers above are not needed."""
-
-
 @dataclass
 class Segment:
     """One segment of a call's input: positions [start, end) of the T new ones, their mask (B, end − start) bool,
@@ -134,19 +144,20 @@ class Segment:
 def run_segments(
     base: nn.Module,
     layer: nn.Module,
+    read_layer: nn.Module,
     read_from: str,
     input_ids: torch.Tensor | None,
     inputs_embeds: torch.Tensor | None,
     mask: torch.Tensor,
     length: int,
-    add: Callable[[torch.Tensor, torch.Tensor, Segment], torch.Tensor] | None,
+    memory: Callable[[torch.Tensor, Segment], torch.Tensor] | None,
     cache=None,
     new_cache: Callable[[], object] | None = None,
     restart_positions: bool = False,
 ) -> tuple[list[torch.Tensor], object]:
     """Run T new positions through the frozen ``base`` one segment of ``length`` at a time, adding
-    ``add(x, h, segment)`` (B, S, D) to ``layer``'s output h, where x is what the memory reads (h, or the segment's
-    input embeddings with ``read_from="embeddings"``); ``add=None`` runs the base alone.
+    ``Δ = memory(x, segment) · rms(h)`` to ``layer``'s output h, where x is what the memory reads (``read_layer``'s
+    output, or the segment's input embeddings with ``read_from="embeddings"``); ``memory=None`` runs the base alone.
 
     Args:
         mask: (B, filled + T) the attention mask of the positions already in ``cache`` and the new ones.
@@ -174,18 +185,58 @@ def run_segments(
         if new_cache is not None:
             current = cache if continues else new_cache()
             kwargs.update(cache=current, use_cache=True)
-        read = _reader(base, read_from, segment)
-        with (residual_hook(layer, lambda h: add(read(h), h, segment)) if add is not None else _nothing()):
+        with _plugged(base, layer, read_layer, read_from, memory, segment):
             out = base(input_ids=segment.input_ids, inputs_embeds=segment.inputs_embeds, attention_mask=seg_mask.long(),
                        **kwargs)
         hidden.append(out.last_hidden_state)
     return hidden, current
 
 
-def layer_states(base: nn.Module, layer: nn.Module, read_from: str, input_ids: torch.Tensor | None,
+@contextmanager
+def _plugged(base: nn.Module, layer: nn.Module, read_layer: nn.Module, read_from: str,
+             memory: Callable[[torch.Tensor, Segment], torch.Tensor] | None, segment: Segment) -> Iterator[None]:
+    """The hooks of one segment: the memory reads at ``read_layer`` (or the embeddings) and adds at ``layer``."""
+    if memory is None:
+        yield
+        return
+    if read_from == "embeddings":
+        embeds = segment.inputs_embeds
+        if embeds is None:
+            embeds = base.get_input_embeddings()(segment.input_ids)
+        with residual_hook(layer, lambda h: _scaled(memory(embeds, segment), h)):
+            yield
+        return
+    if read_layer is layer:
+        with residual_hook(layer, lambda h: _scaled(memory(h, segment), h)):
+            yield
+        return
+    read: list[torch.Tensor] = []
+
+    def on_read(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+        read.append(memory(output[0] if isinstance(output, tuple) else output, segment))
+
+    handle = read_layer.register_forward_hook(on_read, prepend=True)
+    try:
+        with residual_hook(layer, lambda h: _scaled(read.pop(), h)):
+            yield
+    finally:
+        handle.remove()
+
+
+def _scaled(projected: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    return projected * residual_scale(residual, projected.dtype)
+
+
+class _Stop(Exception):
+    """Raised by ``layer_states``' hook once the layer the memory reads has run: the layers above are not needed."""
+
+
+def layer_states(base: nn.Module, read_layer: nn.Module, read_from: str, input_ids: torch.Tensor | None,
                  inputs_embeds: torch.Tensor | None, mask: torch.Tensor, length: int) -> torch.Tensor:
-    """(B, T, D) what the memory reads at ``layer`` (see ``run_segments``), segment by segment, without the memory
-    and without running the layers above it."""
+    """(B, T, D) what the memory reads (see ``run_segments``), segment by segment, without the memory and without
+    running the layers above ``read_layer`` (none at all for the embeddings)."""
+    if read_from == "embeddings":
+        return inputs_embeds if inputs_embeds is not None else base.get_input_embeddings()(input_ids)
     seen = []
 
     def stop(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
@@ -193,30 +244,13 @@ def layer_states(base: nn.Module, layer: nn.Module, read_from: str, input_ids: t
         raise _Stop
 
     for start, end in piece_bounds(0, mask.shape[1], length):
-        segment = Segment(start, end, mask[:, start:end].bool(), None if input_ids is None else input_ids[:, start:end],
-                          None if inputs_embeds is None else inputs_embeds[:, start:end])
-        handle = layer.register_forward_hook(stop, prepend=True)
+        handle = read_layer.register_forward_hook(stop, prepend=True)
         try:
-            base(input_ids=segment.input_ids, inputs_embeds=segment.inputs_embeds, attention_mask=segment.mask.long())
+            base(input_ids=None if input_ids is None else input_ids[:, start:end],
+                 inputs_embeds=None if inputs_embeds is None else inputs_embeds[:, start:end],
+                 attention_mask=mask[:, start:end].long())
         except _Stop:
             pass
         finally:
             handle.remove()
-        seen[-1] = _reader(base, read_from, segment)(seen[-1])
     return torch.cat(seen, 1)
-
-
-def _reader(base: nn.Module, read_from: str, segment: Segment) -> Callable[[torch.Tensor], torch.Tensor]:
-    """What the memory reads of one segment, given the injection layer's output h (B, S, D): h itself
-    (``"layer"``) or the base's input token embeddings (``"embeddings"``)."""
-    if read_from == "layer":
-        return lambda hidden: hidden
-    embeds = segment.inputs_embeds
-    if embeds is None:
-        embeds = base.get_input_embeddings()(segment.input_ids)
-    return lambda hidden: embeds
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield

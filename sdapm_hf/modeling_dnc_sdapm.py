@@ -42,7 +42,9 @@ from .access import last_real
 from .configuration_dnc_sdapm import DNCSDAPMConfig
 from .controller import Clock
 from .core import CoreOutput, MemoryCore, MemoryUpdate, RecurrentState
-from .injection import MemoryPlug, Segment, injection_point, layer_states, run_segments, segment_length
+from .injection import (
+    MemoryPlug, Segment, injection_point, layer_states, residual_scale, run_segments, segment_length,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -68,6 +70,7 @@ class DNCSDAPMModelOutput(ModelOutput):
     ponder_steps: (B, T) inner read steps per position.
     ponder: (3,) mean steps, p90 and share at the cap over the counted positions.
     clock_resets: (B, T) clock reset ρ per position (clock keys only).
+    write_gates: (B, T) the write gate of every position (a memory; what ``write_cost`` charges).
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -78,6 +81,7 @@ class DNCSDAPMModelOutput(ModelOutput):
     ponder_steps: torch.Tensor | None = None
     ponder: torch.Tensor | None = None
     clock_resets: torch.Tensor | None = None
+    write_gates: torch.Tensor | None = None
 
 
 @dataclass
@@ -91,6 +95,7 @@ class DNCSDAPMCausalLMOutput(ModelOutput):
     ponder_steps: torch.Tensor | None = None
     ponder: torch.Tensor | None = None
     clock_resets: torch.Tensor | None = None
+    write_gates: torch.Tensor | None = None
 
 
 @dataclass
@@ -367,6 +372,7 @@ class _Trace:
             "ponder_steps": steps,
             "ponder": core.statistics(steps, mask),
             "clock_resets": cat("clock_resets"),
+            "write_gates": cat("write_gates"),
         }
 
 
@@ -388,7 +394,8 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
             self.output = nn.Linear(self.memory.features, config.hidden_size)
         else:
             self.memory = MemoryPlug(config)
-            self._inject_path, self._inject_at_top = injection_point(self.base, config.inject_layer)
+            self._inject_path, self._read_path, self._inject_at_top = injection_point(
+                self.base, config.inject_layer, config.read_layer)
         self.post_init()
 
     def memory_model(self) -> DNCSDAPMModel:
@@ -447,14 +454,15 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
             memory_state = cache.memory_state
         trace = _Trace(self._start(memory_state, b), self.ablated == "zero_memory", record)
 
-        def add(x: torch.Tensor, residual: torch.Tensor, segment: Segment) -> torch.Tensor:
-            delta, out = self.memory(x, residual, segment.mask, trace.state, trace.zero_reads, trace.record)
+        def memory(x: torch.Tensor, segment: Segment) -> torch.Tensor:
+            projected, out = self.memory(x, segment.mask, trace.state, trace.zero_reads, trace.record)
             trace.add(out, segment.start)
-            return delta
+            return projected
 
         hidden, new_cache = run_segments(
-            self.base, self.base.get_submodule(self._inject_path), self.config.read_from, input_ids, inputs_embeds,
-            full_mask, segment_length(self.config, self.base.config), None if self.ablated == "base_alone" else add,
+            self.base, self.base.get_submodule(self._inject_path), self.base.get_submodule(self._read_path),
+            self.config.read_from, input_ids, inputs_embeds, full_mask, segment_length(self.config, self.base.config),
+            None if self.ablated == "base_alone" else memory,
             cache=cache if use_cache else None, new_cache=(lambda: MemoryCache(self.base.config)) if use_cache else None,
             restart_positions=self.restart_positions,
         )
@@ -471,13 +479,13 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
 
     @torch.no_grad()
     def layer_states(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, D) what the memory reads at the injection layer, segment by segment, without the memory (whose
-        reads do not change what the layers below it compute) and without the layers above it. ``over_layer_states``
-        runs the memory over them."""
+        """(B, T, D) what the memory reads (the output of ``read_layer``, or the embeddings), segment by segment,
+        without the memory (it reads at or below the layer it changes, so its reads do not depend on it) and without
+        the layers above. ``over_layer_states`` runs the memory over them."""
         if self.base is None:
             raise ValueError("layer_states needs a frozen base (from_base)")
         b, t = _check_inputs(input_ids, None, self.config.hidden_size, self.base.config.vocab_size)
-        return layer_states(self.base, self.base.get_submodule(self._inject_path), self.config.read_from, input_ids,
+        return layer_states(self.base, self.base.get_submodule(self._read_path), self.config.read_from, input_ids,
                             None, _mask(attention_mask, b, t, input_ids.device), segment_length(self.config, self.base.config))
 
     def over_layer_states(
@@ -487,20 +495,20 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
         memory_state: dict[str, torch.Tensor] | None = None,
         output_memory_states: bool = False,
     ) -> DNCSDAPMModelOutput:
-        """The memory over ``states`` (B, T, D) from ``layer_states``: its output is ``states`` plus the memory's
-        addition, the injection layer's output with the memory (the model's last hidden states when that layer is
-        the base's last and the base has no final norm, as in BERT), and its memory state is the one the model
-        would have after the same positions, however the layers above behave."""
-        if self.base is None or self.config.read_from != "layer":
-            raise ValueError("over_layer_states runs the memory over the states of its injection layer: it needs a "
-                             "frozen base and read_from='layer'")
+        """The memory over ``states`` (B, T, D) from ``layer_states``: its memory state is the one the model would
+        have after the same positions, whatever the layers above do. Its output is ``states`` plus the memory's
+        addition: when the memory reads its injection layer, that layer's output with the memory (the model's last
+        hidden states when it is the base's last and the base has no final norm, as in BERT)."""
+        if self.base is None:
+            raise ValueError("over_layer_states runs the memory over a frozen base's states: it needs a base (from_base)")
         b, t = _check_inputs(None, states, self.config.hidden_size, 0)
         mask = _mask(attention_mask, b, t, states.device)
         trace = _Trace(self._start(memory_state, b), self.ablated == "zero_memory", output_memory_states)
         if self.ablated == "base_alone":
             return DNCSDAPMModelOutput(last_hidden_state=states, memory_state=memory_state)
-        delta, out = self.memory(states, states, mask, trace.state, trace.zero_reads, trace.record)
+        projected, out = self.memory(states, mask, trace.state, trace.zero_reads, trace.record)
         trace.add(out, 0)
+        delta = projected * residual_scale(states, projected.dtype)
         return DNCSDAPMModelOutput(last_hidden_state=states + delta.to(states.dtype), **trace.fields(self.core(), mask))
 
 
@@ -510,7 +518,7 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
     head is the base's).
 
     loss = cross-entropy over shifted labels (−100 ignored) + ``ponder_cost`` × mean ponder cost
-    + ``clock_reset_cost`` × mean clock reset over the real tokens.
+    + ``clock_reset_cost`` × mean clock reset + ``write_cost`` × mean write gate over the real tokens.
     """
 
     base_loader = AutoModelForCausalLM
@@ -551,18 +559,26 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
         cache: DynamicCache | None = None,
         use_cache: bool | None = None,
         output_memory_states: bool | None = None,
+        logits_to_keep: int = 0,
         **kwargs,
     ) -> DNCSDAPMCausalLMOutput:
+        """``logits_to_keep`` k > 0 computes the logits (and the loss) of the last k positions only."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, memory_state=memory_state,
                          inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
                          output_memory_states=output_memory_states)
-        logits = self._logits(out.last_hidden_state)
-        mask = _mask(attention_mask, *logits.shape[:2], logits.device)
-        loss = None if labels is None else self.loss(out, logits, labels, mask)
+        hidden = out.last_hidden_state
+        kept = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
+        logits = self._logits(hidden[:, kept])
+        loss = None
+        if labels is not None:
+            if labels.shape != hidden.shape[:2]:
+                raise ValueError(f"labels must have shape {tuple(hidden.shape[:2])}, got {tuple(labels.shape)}")
+            mask = _mask(attention_mask, *hidden.shape[:2], hidden.device)
+            loss = self.loss(out, logits, labels[:, kept], mask, ponder_positions=kept)
         return DNCSDAPMCausalLMOutput(
             loss=loss, logits=logits, cache=out.cache, memory_state=out.memory_state,
             memory_states=out.memory_states, ponder_cost=out.ponder_cost, ponder_steps=out.ponder_steps,
-            ponder=out.ponder, clock_resets=out.clock_resets,
+            ponder=out.ponder, clock_resets=out.clock_resets, write_gates=out.write_gates,
         )
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -581,11 +597,11 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
     def loss(
-        self, out: DNCSDAPMModelOutput, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+        self, out: DNCSDAPMModelOutput, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+        ponder_positions: slice = slice(None),
     ) -> torch.Tensor:
-        """The training loss (class docstring) of logits (B, T, V) against labels (B, T); mask (B, T) bool."""
-        if labels.shape != logits.shape[:2]:
-            raise ValueError(f"labels must have shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+        """The training loss (class docstring) of logits (B, K, V) against labels (B, K) of the positions
+        ``ponder_positions`` of the model's output; mask (B, T) bool over all its positions."""
         vocab = logits.shape[-1]
         target = labels[:, 1:]
         counted = target != -100
@@ -594,11 +610,13 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
         denominator = counted.sum().clamp_min(1)
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=-100)
         if out.ponder_cost is not None:  # the ponder cost of position t is paid by the prediction made there
-            loss = loss + self.config.ponder_cost * (out.ponder_cost[:, :-1] * counted).sum() / denominator
+            ponder_cost = out.ponder_cost[:, ponder_positions][:, :-1]
+            loss = loss + self.config.ponder_cost * (ponder_cost * counted).sum() / denominator
+        real = mask.to(logits.dtype)
         if out.clock_resets is not None and self.config.clock_reset_cost > 0:
-            real = mask.to(logits.dtype)
-            resets = (out.clock_resets * real).sum() / real.sum().clamp_min(1)
-            loss = loss + self.config.clock_reset_cost * resets
+            loss = loss + self.config.clock_reset_cost * (out.clock_resets * real).sum() / real.sum().clamp_min(1)
+        if out.write_gates is not None and self.config.write_cost > 0:
+            loss = loss + self.config.write_cost * (out.write_gates * real).sum() / real.sum().clamp_min(1)
         return loss
 
 

@@ -23,7 +23,7 @@ from .core import MemoryUpdate  # noqa: E402
 from .metrics import load_metric  # noqa: E402
 from .sdapm_state import MemoryState, slot_maps  # noqa: E402
 from .tasks import pad_collate  # noqa: E402
-from .training import example_outcomes, load_run  # noqa: E402
+from .training import example_outcomes, haystack, load_run  # noqa: E402
 from .training.data import COLUMNS  # noqa: E402
 
 
@@ -53,10 +53,15 @@ def plot_curves(records: list[dict], path: Path) -> Path:
 
 
 @torch.no_grad()
-def memory_trace(model, example: dict) -> tuple[MemoryUpdate, ...]:
-    """The memory before and after each update while ``model`` reads one example (a dict of a split's row)."""
-    batch = pad_collate([{k: v for k, v in example.items() if k in COLUMNS and k != "layer_states"}])
+def memory_trace(model, split, index: int = 0) -> tuple[MemoryUpdate, ...]:
+    """The memory before and after each update while ``model`` reads one example of a split (its haystack, for a
+    haystack task)."""
     model.eval()
+    if "haystack" in split.column_names:
+        run = haystack.runner(model, split)
+        batch = haystack.collate([split[index]], pad_token_id=0)
+        return run.remember(batch["haystack"], batch["inserts"], record=True)[2]
+    batch = pad_collate([{k: v for k, v in split[index].items() if k in COLUMNS and k != "layer_states"}])
     return model(**batch, output_memory_states=True).memory_states
 
 
@@ -122,12 +127,12 @@ def plot_run(run_dir: str | Path, split: str = "test") -> list[Path]:
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
     written = [plot_curves(read_log(run_dir), out / "curves.png")]
-    _, model, dataset = load_run(run_dir)
+    _, model, dataset = load_run(run_dir, final=True)
     if split not in dataset or len(dataset[split]) == 0:
         raise ValueError(f"the run's task has no examples in split {split!r}")
     data = dataset[split]
     if model.config.memory_type != "none":
-        updates = memory_trace(model, data[0])
+        updates = memory_trace(model, data)
         if len(updates) > 1:
             memory = updates[-1].memory
             if model.config.memory_type == "sdapm":
@@ -135,13 +140,21 @@ def plot_run(run_dir: str | Path, split: str = "test") -> list[Path]:
             else:
                 written.append(plot_dnc_memory(memory["memory"], out / "memory_matrix.png"))
             written.append(plot_usage_and_reads(updates, out / "usage_and_reads.png"))
-    outcomes = example_outcomes(model, data)
-    if outcomes["ponder_steps"].size:
-        written.append(plot_ponder_histogram(outcomes["ponder_steps"], out / "ponder_steps.png"))
-    if "distance" in data.column_names:
+    if "haystack" in data.column_names:  # answered exactly, against where the (asked) sentence sat
+        answered: list[bool] = []
+        haystack.evaluate_haystack(model, data, outcomes=answered)
+        distances = [int((1 - depth[asked]) * length) for depth, asked, length in zip(data["depth"], data["asked"],
+                                                                                      data["length"])]
+        correct = np.asarray(answered, dtype=int)
+    else:
+        outcomes = example_outcomes(model, data)
+        if outcomes["ponder_steps"].size:
+            written.append(plot_ponder_histogram(outcomes["ponder_steps"], out / "ponder_steps.png"))
         correct = outcomes["correct"].astype(int)
+        distances = data["distance"] if "distance" in data.column_names else None
+    if distances is not None:
         result = load_metric("accuracy_by_distance").compute(
-            predictions=correct.tolist(), references=[1] * len(correct), distances=data["distance"]
+            predictions=correct.tolist(), references=[1] * len(correct), distances=distances
         )
         written.append(plot_accuracy_by_distance(result, out / "accuracy_by_distance.png"))
     return written

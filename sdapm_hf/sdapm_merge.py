@@ -43,14 +43,17 @@ def consolidate(
     mask: torch.Tensor | None = None,
     check: bool = True,
     inplace: bool = False,
+    merged_usage: str = "max",
 ) -> MemoryState:
     """Merge the ``group_size`` best-selected occupied slots into one, freeing the others.
 
     The group is the top-g of ``selection`` (B, N) ≥ 0 among occupied slots; member ``j`` enters the fit with
     soft weight ``a_j = selection_j / max selection`` (a slot with weight 0 is not a member), so the result is
-    differentiable in ``selection`` and in the slots' contents. The merged slot replaces the group's best slot.
-    Nothing happens where fewer than two slots are selected, where ``gate < 0.5`` (straight-through in the
-    gate) or where ``mask`` is False. ``inplace`` as in ``write``.
+    differentiable in ``selection`` and in the slots' contents. The merged slot replaces the group's best slot; its
+    usage is the members' largest (``merged_usage="max"``) or their mean weighted by ``a``
+    (``"weighted"``: repeated merges of little-used slots then keep a little-used slot). Nothing happens where
+    fewer than two slots are selected, where ``gate < 0.5`` (straight-through in the gate) or where ``mask`` is
+    False. ``inplace`` as in ``write``.
     """
     b, n = state.batch_size, settings.slots
     if check:
@@ -80,7 +83,8 @@ def consolidate(
 
     merged = merge_slots(state.slots().map(gather), weights, member, settings)
     contents = {name: _first_then_zeros(t, group_size) for name, t in merged.as_dict().items()}
-    bookkeeping = {name: _first_then_zeros(t, group_size) for name, t in _merged_bookkeeping(state, idx, member).items()}
+    bookkeeping = _merged_bookkeeping(state, idx, member, weights if merged_usage == "weighted" else None)
+    bookkeeping = {name: _first_then_zeros(t, group_size) for name, t in bookkeeping.items()}
     result = put_slots(state, contents | bookkeeping, idx, member & do[:, None], inplace=inplace)
     if state.link is not None:
         target = F.one_hot(idx[:, 0], n).to(state.key.dtype)
@@ -99,15 +103,22 @@ def _first_then_zeros(t: torch.Tensor, g: int) -> torch.Tensor:
     return torch.cat([t.unsqueeze(1), torch.zeros_like(t).unsqueeze(1).expand(-1, g - 1, *t.shape[1:])], 1)
 
 
-def _merged_bookkeeping(state: MemoryState, idx: torch.Tensor, member: torch.Tensor) -> dict[str, torch.Tensor]:
+def _merged_bookkeeping(
+    state: MemoryState, idx: torch.Tensor, member: torch.Tensor, weights: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
     """The merged slot's usage, age, read weights (B, R) and write weight, each (B,) otherwise, for the group
-    ``idx`` (B, g) with ``member`` (B, g): the members' largest usage and smallest age, the sum of their read
-    weights, its own write weight. The freed members get zeros (``_first_then_zeros``)."""
+    ``idx`` (B, g) with ``member`` (B, g): the members' largest usage (or their mean weighted by ``weights``
+    (B, g)) and smallest age, the sum of their read weights, its own write weight. The freed members get zeros
+    (``_first_then_zeros``)."""
     m = member.to(state.usage.dtype)
+    usage = state.usage.gather(1, idx) * m
     age = state.age.gather(1, idx).masked_fill(~member, torch.finfo(state.age.dtype).max)
     read = state.read_weights.gather(2, idx[:, None].expand(-1, state.read_weights.shape[1], -1))  # (B, R, g)
+    if weights is not None:
+        usage = (weights * usage).sum(-1, keepdim=True) / (weights * m).sum(-1, keepdim=True).clamp_min(
+            torch.finfo(usage.dtype).tiny)
     return {
-        "usage": (state.usage.gather(1, idx) * m).amax(-1),
+        "usage": usage.amax(-1),
         "age": age.amin(-1),
         "read_weights": (read * m[:, None]).sum(-1),
         "write_weights": state.write_weights.gather(1, idx[:, :1]).squeeze(1),

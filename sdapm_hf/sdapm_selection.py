@@ -4,6 +4,8 @@ Every rule returns a selection (B, N) ≥ 0 for ``sdapm_merge.consolidate``, who
 
 * ``closest_pair_selection`` ("auto"): the lightest occupied slot and the slot that minimises
   ``mass_j − cos(Bv_i, Bv_j)`` (similar and small, so groups stay balanced);
+* ``least_used_pair_selection`` ("usage"): the same with usage for mass: the slots written with the smallest gates
+  merge first, so what the controller gated high stays exact;
 * ``most_similar_pair_selection`` ("similar"): the two slots whose keys have the highest cosine;
 * ``ConsolidationHead`` ("learned"): ``softmax_n(β · fit(q, slot n) + w · meta_n)`` over occupied slots, with a
   gate from the controller's consolidation gate and the memory's mean metadata. The seed found that giving the
@@ -19,6 +21,10 @@ from torch import nn
 from .addressing import EMPTY_SCORE
 from .sdapm_state import NORM_EPS, MemoryState
 
+# How much a slot's age, as age/(1 + age) < 1, counts in the choice of the slot to merge first: under a unit of mass
+# (integer-like, so ties in mass go to the oldest), and far under any difference of usage that matters.
+MASS_TIE_BREAK = 1.0
+USAGE_TIE_BREAK = 1e-6
 # Smallest mass a fit residual is divided by (``slot_metadata``; empty slots have mass 0).
 MASS_EPS = 1e-6
 # Gates are clamped this far from 0 and 1 before their logit is taken.
@@ -39,18 +45,42 @@ def closest_pair_selection(state: MemoryState) -> torch.Tensor:
     Returns:
         (B, N) selection with 1 on the two chosen slots (use with ``group_size=2``).
     """
+    return _nearest_pair(state, state.mass, MASS_TIE_BREAK)
+
+
+def _nearest_pair(state: MemoryState, weight: torch.Tensor, tie_break: float) -> torch.Tensor:
+    """(B, N) selection of the occupied slot i of least ``weight − tie_break · age/(1 + age)`` (weight (B, N); the
+    oldest among equals) and the occupied slot j ≠ i of least ``weight_j − cos(Bv_i, Bv_j)``."""
     n = state.mass.shape[1]
     occupied = state.occupied
-    lightness = state.mass - state.age / (1.0 + state.age)  # ties in mass go to the oldest
+    lightness = weight - tie_break * state.age / (1.0 + state.age)
     first = lightness.masked_fill(~occupied, float("inf")).argmin(-1)
     norms = state.key.norm(dim=-1).clamp_min(NORM_EPS)  # cosines without a normalised copy of every key
     pick = first[:, None, None].expand(-1, 1, state.key.shape[-1])
     anchor = state.key.gather(1, pick) / norms.gather(1, first[:, None]).unsqueeze(-1)  # (B, 1, W), unit
     cosine = (state.key @ anchor.transpose(1, 2)).squeeze(-1) / norms
-    cost = state.mass - cosine
+    cost = weight - cosine
     forbidden = ~occupied | F.one_hot(first, n).bool()
     second = cost.masked_fill(forbidden, float("inf")).argmin(-1)
     return _pair(state, first, second)
+
+
+def least_used_pair_selection(state: MemoryState) -> torch.Tensor:
+    """Consolidate-when-full policy in O(N W): the least-used occupied slot (the oldest among equals) and the
+    occupied slot that minimises ``usage_j − cos(Bv_i, Bv_j)`` (little used and similar): what the writes gated
+    least is compressed first, and a slot written with a high gate stays exact while others are less used.
+
+    The pair's selection is its usage (at least the smallest normal float), so the merge weighs each slot's pairs
+    by its usage relative to the other's: the more used slot's map dominates the merged one, and how much the other
+    blurs it is differentiable in both usages (in the write gates that set them). Merge it with
+    ``merged_usage="weighted"`` (the merged usage is then their usage-weighted mean, which repeated merges of
+    little-used slots do not raise).
+
+    Returns:
+        (B, N) selection with the usages of the two chosen slots there, 0 elsewhere (use with ``group_size=2``).
+    """
+    pair = _nearest_pair(state, state.usage, USAGE_TIE_BREAK)
+    return pair * state.usage.clamp_min(torch.finfo(state.usage.dtype).tiny)
 
 
 def most_similar_pair_selection(state: MemoryState) -> torch.Tensor:

@@ -31,6 +31,7 @@ from .algorithmic import (
     repeat_copy,
 )
 from .core import IGNORE_INDEX, pad_collate
+from .haystack import HaystackCorpus, haystack_multi_needle, haystack_passkey, haystack_qa1
 from .text import (
     CODE_WORDS,
     ENTITIES,
@@ -54,7 +55,12 @@ TASKS: dict[str, Callable[..., datasets.DatasetDict]] = {
     "passkey": passkey,
     "babi_qa1": babi_qa1,
     "fact_recall": fact_recall,
+    "haystack_passkey": haystack_passkey,
+    "haystack_multi_needle": haystack_multi_needle,
+    "haystack_qa1": haystack_qa1,
 }
+# Tasks whose rows are haystacks of a corpus of real text (``corpus=HaystackCorpus(...)``), read by a plugged LM.
+HAYSTACK_TASKS = ("haystack_passkey", "haystack_multi_needle", "haystack_qa1")
 
 
 def build_task(name: str, **kwargs: object) -> datasets.DatasetDict:
@@ -67,12 +73,14 @@ def build_task(name: str, **kwargs: object) -> datasets.DatasetDict:
 __all__ = [
     "CODE_WORDS",
     "ENTITIES",
+    "HAYSTACK_TASKS",
     "IGNORE_INDEX",
     "LOCATIONS",
     "PEOPLE",
     "TASKS",
     "AssociativeRecallVocab",
     "CopyVocab",
+    "HaystackCorpus",
     "MQARVocab",
     "MultiHopVocab",
     "RepeatCopyVocab",
@@ -85,6 +93,9 @@ __all__ = [
     "default_tokenizer_path",
     "fact_recall",
     "forgetting_mqar",
+    "haystack_multi_needle",
+    "haystack_passkey",
+    "haystack_qa1",
     "load_tokenizer",
     "mqar",
     "multi_hop_recall",

@@ -31,6 +31,14 @@ class ExperimentArguments:
     base_config: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "config (with model_type) of a frozen random base, seeded by seed"}
     )
+    eval_task_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "task arguments changed for the final evaluation (metrics.json), e.g. longer inputs"},
+    )
+    eval_model: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "model config fields changed for the final evaluation, e.g. the memory a smaller one trained"},
+    )
     head: str = field(default="causal_lm", metadata={"help": "causal_lm or sequence_classification (label column)"})
     cache_base_states: bool = field(
         default=False,
@@ -110,7 +118,7 @@ def load_experiment(path: str | Path, **overrides: Any) -> ExperimentArguments:
     return _experiment(read_experiment_yaml(path), {k: v for k, v in overrides.items() if v is not None})
 
 
-MAPPING_FIELDS = ("model", "task_args", "base_config")
+MAPPING_FIELDS = ("model", "task_args", "base_config", "eval_task_args", "eval_model")
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

@@ -52,11 +52,14 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         return sum(-(-len(group) // self.batch_size) for group in self.groups)
 
 
-def batches(split, batch_size: int, seed: int = 0, shuffle: bool = False) -> DataLoader:
-    """A DataLoader of equal-length batches over a task split. It has its own generator, so making an iterator
-    never draws from the global RNG (dropout's): evaluating or resuming leaves the training stream unchanged."""
+def batches(split, batch_size: int, seed: int = 0, shuffle: bool = False, collate=pad_collate,
+            columns: list[str] | None = COLUMNS) -> DataLoader:
+    """A DataLoader of equal-length batches over a task split (of its ``columns``; None: all), put together by
+    ``collate``. It has its own generator, so making an iterator never draws from the global RNG (dropout's):
+    evaluating or resuming leaves the training stream unchanged."""
     sampler = LengthBucketBatchSampler(split["length"], batch_size, seed=seed, shuffle=shuffle)
-    split = split.select_columns([c for c in COLUMNS if c in split.column_names])
+    if columns is not None:
+        split = split.select_columns([c for c in columns if c in split.column_names])
     if "layer_states" in split.column_names:
         split = split.with_format("numpy", columns=["layer_states"], output_all_columns=True)
-    return DataLoader(split, batch_sampler=sampler, collate_fn=pad_collate, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(split, batch_sampler=sampler, collate_fn=collate, generator=torch.Generator().manual_seed(seed))

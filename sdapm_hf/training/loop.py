@@ -26,10 +26,11 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrained
 
 from ..configuration_dnc_sdapm import DNCSDAPMConfig
 from ..modeling_dnc_sdapm import DNCSDAPMForCausalLM, DNCSDAPMForSequenceClassification
-from ..tasks import build_task
+from ..tasks import HAYSTACK_TASKS, build_task
+from . import haystack
 from .arguments import ExperimentArguments
 from .data import batches
-from .evaluation import evaluate_model, load_base
+from .evaluation import build_experiment_task, evaluate_model, load_base, load_run
 from .states import OverLayerStates, add_layer_states
 
 
@@ -59,6 +60,8 @@ def memory_statistics(memory_state: dict[str, torch.Tensor]) -> dict[str, float]
 def build_model(args: ExperimentArguments, dataset) -> PreTrainedModel:
     """A standalone token model, or the memory plugged into the frozen base the experiment names."""
     if not (args.base_model or args.base_config):
+        if dataset is None:
+            raise ValueError(f"task {args.task!r} reads text with a pretrained base: set base_model")
         return DNCSDAPMForCausalLM(DNCSDAPMConfig(**{"vocab_size": vocab_size_of(dataset), **args.model}))
     causal = args.head == "causal_lm"
     if args.base_model:
@@ -111,15 +114,21 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
     torch.set_num_threads(args.num_threads)
     output_dir = Path(args.output_dir)
     set_seed(args.seed)
-    dataset = build_task(args.task, seed=args.seed, **args.task_args)
+    if args.task in HAYSTACK_TASKS:  # the corpus is the base's: the model comes first
+        model = build_model(args, None)
+        dataset = build_experiment_task(args, model)
+    else:
+        dataset = build_task(args.task, seed=args.seed, **args.task_args)
+        model = build_model(args, dataset)
     for split in ("train", *args.eval_splits):
         if split not in dataset or len(dataset[split]) == 0:
             raise ValueError(f"task {args.task!r} has no examples in its {split!r} split (check task_args)")
-    model = build_model(args, dataset)
-    runner = model  # what a batch goes through: the model, or the memory over the base's cached states
+    runner = model  # what a batch goes through: the model, the memory over cached states, or over haystacks
     if args.cache_base_states:
         dataset = add_layer_states(dataset, model)
         runner = OverLayerStates(model)
+    if args.task in HAYSTACK_TASKS:
+        runner = haystack.runner(model, dataset["train"])
     tracker = "tensorboard" if _has_tensorboard() else None
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
@@ -131,7 +140,11 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps, whatever the process count
     )
-    loader = batches(dataset["train"], args.batch_size, seed=args.seed, shuffle=True)
+    if args.task in HAYSTACK_TASKS:
+        pad = runner.states.corpus.tokenizer.pad_token_id or 0
+        loader = haystack.loader(dataset["train"], pad, args.batch_size, seed=args.seed, shuffle=True)
+    else:
+        loader = batches(dataset["train"], args.batch_size, seed=args.seed, shuffle=True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(args))
@@ -214,9 +227,14 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
 
     progress.close()
     metrics = {"steps": step, "train_seconds": time.perf_counter() - started,
-               "train_cpu_seconds": time.process_time() - cpu_started, **_evaluate(model, dataset, args)}
+               "train_cpu_seconds": time.process_time() - cpu_started}
     if accelerator.is_main_process:
         model.save_pretrained(output_dir / "model")
+    accelerator.wait_for_everyone()
+    if args.eval_task_args or args.eval_model:  # measured as the run folder loads: longer inputs, another memory
+        _, model, dataset = load_run(output_dir, final=True)
+    metrics.update(_evaluate(model, dataset, args))
+    if accelerator.is_main_process:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     accelerator.end_training()
     return metrics

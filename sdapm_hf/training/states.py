@@ -27,9 +27,10 @@ def add_layer_states(dataset: datasets.DatasetDict, model: DNCSDAPMForSequenceCl
     (``datasets`` caches the column, keyed by the split and the base)."""
     memory_model = model.model
     config = memory_model.config
-    if memory_model.base is None or not memory_model._inject_at_top or config.read_from != "layer":
+    reads_its_layer = config.read_from == "layer" and memory_model._read_path == memory_model._inject_path
+    if memory_model.base is None or not memory_model._inject_at_top or not reads_its_layer:
         raise ValueError("cached layer states stand for the base's top layer as the memory's input: they need a "
-                         "frozen base, inject_layer=-1 and read_from='layer'")
+                         "frozen base, inject_layer=-1, read_from='layer' and read_layer=None")
     key = json.dumps([COLUMN, config.text_config.to_dict(), config.base_model_name_or_path, config.segment_length,
                       config.inject_layer], default=str)
 

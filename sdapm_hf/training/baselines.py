@@ -1,0 +1,83 @@
+"""What the memory is measured against on haystacks: the frozen base with the whole input in its window, and a
+retrieval memory that keeps every past chunk and attends to the best ones; with the bytes each keeps per sequence.
+
+* ``window_answers``: the base reads the whole haystack and the question at once (only where they fit in its
+  ``max_position_embeddings``), with the passkey task's standard instruction first (``tasks.haystack.PASSKEY_INTRO``).
+* ``retrieval_answers``: every chunk of ``chunk`` tokens of the haystack keeps its mean state (the same states the
+  memory reads, ``HaystackStates``) and its tokens; the question's mean state picks the ``top_k`` chunks of largest
+  cosine, and the base reads them (in their order) and the question. Its memory grows with the input.
+* ``state_bytes``: the bytes of a memory state per sequence (every tensor of it, in its own dtype).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..tasks.haystack import PASSKEY_INTRO, HaystackCorpus
+from .haystack import HaystackStates
+
+
+def state_bytes(state: dict[str, torch.Tensor]) -> int:
+    """Bytes of one sequence's memory state (a batch's state divided by its batch size)."""
+    batch = next(iter(state.values())).shape[0]
+    return sum(t.numel() * t.element_size() for t in state.values()) // batch
+
+
+def _generate(base, prompts: list[np.ndarray], max_new_tokens: int, pad: int) -> list[str]:
+    """Greedy continuations of token prompts of any lengths (left-padded together), decoded."""
+    longest = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, longest - len(prompt) :] = torch.as_tensor(prompt)
+        mask[row, longest - len(prompt) :] = 1
+    with torch.no_grad():
+        out = base.generate(input_ids=ids.to(base.device), attention_mask=mask.to(base.device),
+                            max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+    return [out[row, longest:].tolist() for row in range(len(prompts))]
+
+
+def window_answers(base, corpus: HaystackCorpus, split: str, rows: list[dict[str, Any]], task: str,
+                   max_new_tokens: int = 8) -> list[str] | None:
+    """The base's answers with each row's whole input in its window (None where an input does not fit)."""
+    intro = corpus.encode(PASSKEY_INTRO) if task == "haystack_passkey" else []
+    prompts = [np.concatenate([np.asarray(intro, dtype=np.int64), corpus.tokens(split, row)]) for row in rows]
+    if max(len(p) for p in prompts) > base.config.max_position_embeddings:
+        return None
+    pad = corpus.tokenizer.pad_token_id or 0
+    return [corpus.tokenizer.decode(ids, skip_special_tokens=True) for ids in _generate(base, prompts, max_new_tokens, pad)]
+
+
+def retrieval_answers(base, states: HaystackStates, split: str, rows: list[dict[str, Any]], chunk: int = 32,
+                      top_k: int = 8, max_new_tokens: int = 8) -> tuple[list[str], int]:
+    """The base's answers over the ``top_k`` retrieved chunks and the question, and the bytes the retrieval memory
+    keeps per sequence (each chunk's mean state in float16 and its tokens as int32)."""
+    corpus, memory_model = states.corpus, states.model.model
+    store = states[split]
+    prompts, kept = [], 0
+    for row in rows:
+        tokens = corpus.tokens(split, row)
+        haystack = tokens[: len(row["haystack"]) * corpus.segment_length]
+        reads = []
+        for position, segment in enumerate(row["haystack"]):
+            inserts = [(o, ids) for at, o, ids in zip(row["insert_at"], row["insert_offset"], row["insert_ids"])
+                       if at == position]
+            if inserts:
+                ids = torch.from_numpy(corpus.live_segment(split, segment, inserts))[None]
+                reads.append(memory_model.layer_states(ids.to(states.model.device))[0].float().cpu())
+            else:
+                reads.append(store[segment].float())
+        keys = torch.cat(reads).view(-1, chunk, store.shape[-1]).mean(1)  # (n_chunks, D)
+        prompt = tokens[len(haystack) :]
+        query = memory_model.layer_states(torch.as_tensor(prompt)[None].to(states.model.device))[0].float().cpu().mean(0)
+        best = F.cosine_similarity(keys, query[None], dim=-1).topk(min(top_k, len(keys))).indices.sort().values
+        context = np.concatenate([haystack[int(c) * chunk : (int(c) + 1) * chunk] for c in best])
+        prompts.append(np.concatenate([context, prompt]))
+        kept = len(keys) * (keys.shape[-1] * 2 + chunk * 4)
+    pad = corpus.tokenizer.pad_token_id or 0
+    answers = [corpus.tokenizer.decode(ids, skip_special_tokens=True) for ids in _generate(base, prompts, max_new_tokens, pad)]
+    return answers, kept

