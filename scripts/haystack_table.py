@@ -2,14 +2,16 @@
 base alone, the base with the whole input in its window, and a retrieval memory that keeps every chunk.
 
     python scripts/haystack_table.py runs/smollm2_passkey_seed0 runs/smollm2_passkey_seed1 runs/smollm2_passkey_seed2 \\
-        --lengths 16 64 256 --out docs/runs/smollm2_passkey/haystack_eval.json
+        --lengths 1 16 64 256 --test-size 32 --baselines --out docs/runs/smollm2_passkey/haystack_eval.json
 
 For every run and length (in segments of the model's ``segment_length``): the test split regenerated at that length
 (``sdapm-hf evaluate``'s ``--task-args num_segments=L``, as the run's final evaluation otherwise: its
 ``eval_model``), the generated answers' exact match with the memory and with the base alone, and the bytes of the
 memory state per sequence. Then, once per length, the baselines: the base with the whole input in its window where it
 fits (``baselines.window_answers``) and the retrieval memory (``baselines.retrieval_answers``, its bytes growing with
-the input). Writes every figure to ``--out`` (JSON) and prints the table (markdown).
+the input). Figures are saved after each one: run again with the same ``--out`` and it measures only what is
+missing (an interrupted table resumes). The mean write gates of the first 8 rows, at the inserted sentences and at the essays, say what the
+memory chose to keep. Writes every figure to ``--out`` (JSON) and prints the table (markdown).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -29,10 +32,12 @@ from sdapm_hf.training.evaluation import base_path, load_run
 from sdapm_hf.training.haystack import collate, evaluate_haystack, haystack_states, matches, runner
 
 
-def evaluate_run(run: str, lengths: list[int], test_size: int) -> dict:
-    """The run's exact-match accuracy with the memory and with the base alone, and its memory's bytes, per length."""
-    out = {}
+def evaluate_run(run: str, lengths: list[int], test_size: int, done: dict, save) -> dict:
+    """The run's exact-match accuracy with the memory and with the base alone, its memory's bytes and write gates,
+    per length (those in ``done`` kept; ``save`` called after each new one)."""
     for length in lengths:
+        if str(length) in done:
+            continue
         started = time.process_time()
         _, model, dataset = load_run(run, {"num_segments": length, "train_size": 0, "validation_size": 0,
                                            "test_size": test_size}, final=True)
@@ -40,34 +45,53 @@ def evaluate_run(run: str, lengths: list[int], test_size: int) -> dict:
         with_memory = evaluate_haystack(model, test)
         with model.ablation("base_alone"):
             alone = evaluate_haystack(model, test)
-        batch = collate([test[0]], pad_token_id=0)
-        state, _, _ = runner(model, test).remember(batch["haystack"], batch["inserts"])
-        out[str(length)] = {"with_memory": with_memory, "base_alone": alone, "memory_bytes": state_bytes(state),
-                            "cpu_seconds": time.process_time() - started}
-        print(run, length, json.dumps(out[str(length)]), flush=True)
-    return out
+        batch = collate([test[i] for i in range(min(8, len(test)))], pad_token_id=0)
+        state, gates, _ = runner(model, test).remember(batch["haystack"], batch["inserts"])
+        done[str(length)] = {"with_memory": with_memory, "base_alone": alone, "memory_bytes": state_bytes(state),
+                             "write_gates": write_gates(gates, batch["inserts"], model.config.segment_length),
+                             "cpu_seconds": time.process_time() - started}
+        print(run, length, json.dumps(done[str(length)]), flush=True)
+        save()
+    return done
 
 
-def evaluate_baselines(run: str, lengths: list[int], test_size: int, window_rows: int, top_k: int) -> dict:
-    """The base with the whole input in its window and the retrieval memory, per length, on the run's test rows."""
-    out = {}
+def write_gates(gates: torch.Tensor, inserts: list, segment_length: int) -> dict[str, float]:
+    """The mean write gate (B, n·segment_length) at the inserted sentences' tokens and at the essays' tokens, and
+    the share of essay tokens whose gate is above 0.5."""
+    inserted = torch.zeros_like(gates, dtype=torch.bool)
+    for row, found in enumerate(inserts):
+        for at, offset, ids in found:
+            start = at * segment_length + offset
+            inserted[row, start : start + len(ids)] = True
+    return {"sentences": float(gates[inserted].mean()), "essays": float(gates[~inserted].mean()),
+            "essays_open": float((gates[~inserted] > 0.5).float().mean())}
+
+
+def evaluate_baselines(run: str, lengths: list[int], test_size: int, window_rows: int, top_k: int, done: dict,
+                       save) -> dict:
+    """The base with the whole input in its window and the retrieval memory, per length, on the run's test rows
+    (lengths in ``done`` kept; ``save`` called after each new one)."""
     for length in lengths:
+        entry = done.setdefault(str(length), {})
+        if {"window", "retrieval"} <= entry.keys():
+            continue
         experiment, model, dataset = load_run(run, {"num_segments": length, "train_size": 0, "validation_size": 0,
                                                     "test_size": test_size}, final=True)
         rows = list(dataset["test"])
         states = haystack_states(model)
         base = AutoModelForCausalLM.from_pretrained(base_path(experiment.base_model)).eval()
-        entry = {}
-        answers = window_answers(base, states.corpus, "test", rows[:window_rows], experiment.task)
-        if answers is not None:
-            entry["window"] = {"accuracy": statistics.mean(matches(r["answer"], a) for r, a in zip(rows, answers)),
-                               "rows": len(answers)}
-        answers, kept = retrieval_answers(base, states, "test", rows, top_k=top_k)
-        entry["retrieval"] = {"accuracy": statistics.mean(matches(r["answer"], a) for r, a in zip(rows, answers)),
-                              "bytes": kept, "top_k": top_k, "rows": len(answers)}
-        out[str(length)] = entry
+        if "window" not in entry:
+            answers = window_answers(base, states.corpus, "test", rows[:window_rows], experiment.task)
+            entry["window"] = "does not fit" if answers is None else {
+                "accuracy": statistics.mean(matches(r["answer"], a) for r, a in zip(rows, answers)), "rows": len(answers)}
+            save()
+        if "retrieval" not in entry:
+            answers, kept = retrieval_answers(base, states, "test", rows, top_k=top_k)
+            entry["retrieval"] = {"accuracy": statistics.mean(matches(r["answer"], a) for r, a in zip(rows, answers)),
+                                  "bytes": kept, "top_k": top_k, "rows": len(answers)}
+            save()
         print("baselines", length, json.dumps(entry), flush=True)
-    return out
+    return done
 
 
 def markdown(results: dict) -> str:
@@ -88,7 +112,7 @@ def markdown(results: dict) -> str:
     if baselines:
         rows.append(["frozen base, whole input in its window",
                      *[f"{100 * baselines[str(n)]['window']['accuracy']:.1f}% ({baselines[str(n)]['window']['rows']} rows)"
-                       if "window" in baselines[str(n)] else "does not fit" for n in lengths], "the KV cache"])
+                       if baselines[str(n)]["window"] != "does not fit" else "does not fit" for n in lengths], "the KV cache"])
         rows.append([f"retrieval, top-{baselines[str(lengths[0])]['retrieval']['top_k']} chunks",
                      *[f"{100 * baselines[str(n)]['retrieval']['accuracy']:.1f}%" for n in lengths],
                      ", ".join(f"{baselines[str(n)]['retrieval']['bytes']:,}" for n in lengths) + " (grows)"])
@@ -106,16 +130,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="JSON file of every figure")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    results = {"command": command_line(argv or __import__("sys").argv[1:], "scripts/haystack_table.py"),
-               "code": code_revision(), "machine": machine(), "lengths": args.lengths, "test_size": args.test_size,
-               "runs": {run: evaluate_run(run, args.lengths, args.test_size) for run in args.runs}}
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}  # what an interrupted run of it already measured
+    if results and (results["test_size"], results.get("top_k")) != (args.test_size, args.top_k):
+        raise ValueError(f"{out} holds figures for another --test-size or --top-k: give another --out")
+    results.update(command=command_line(argv or sys.argv[1:], "scripts/haystack_table.py"), code=code_revision(),
+                   machine=machine(), lengths=args.lengths, test_size=args.test_size, top_k=args.top_k)
+    results.setdefault("runs", {})
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # whole or not at all
+        partial = out.with_suffix(".partial")
+        partial.write_text(json.dumps(results, indent=2))
+        partial.replace(out)
+
+    for run in args.runs:
+        evaluate_run(run, args.lengths, args.test_size, results["runs"].setdefault(run, {}), save)
     _, model, _ = load_run(args.runs[0], {"train_size": 0, "validation_size": 0, "test_size": 1})
     results["segment_length"] = model.config.segment_length
     if args.baselines:
-        results["baselines"] = evaluate_baselines(args.runs[0], args.lengths, args.test_size, args.window_rows,
-                                                  args.top_k)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+        evaluate_baselines(args.runs[0], args.lengths, args.test_size, args.window_rows, args.top_k,
+                           results.setdefault("baselines", {}), save)
+    save()
     print(markdown(results))
 
 

@@ -113,7 +113,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
 
     model_type = "dnc_sdapm"
     keys_to_ignore_at_inference = ["cache", "memory_state", "memory_states", "hidden_states", "ponder", "ponder_cost",
-                                   "ponder_steps", "clock_resets"]
+                                   "ponder_steps", "clock_resets", "write_gates"]
     sub_configs_defaults = {
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama", optional=True),
     }

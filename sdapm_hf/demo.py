@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .plots import plot_run
+from .pretrained import hub_id
 from .publish import write_card
 from .tasks import HAYSTACK_TASKS
 from .training import compare, load_experiment, load_run, save_comparison, train
@@ -41,7 +42,7 @@ def run_demo(config: str | Path = DEFAULT_CONFIG, output_dir: str | None = None,
     card = write_card(run, repo_id)
     comparison.update(
         seconds=time.perf_counter() - started, train_cpu_seconds=trained["train_cpu_seconds"], steps=trained["steps"],
-        task=experiment.task, task_args={**experiment.task_args, **experiment.eval_task_args},
+        task=experiment.task, base_model=hub_id(experiment.base_model), task_args={**experiment.task_args, **experiment.eval_task_args},
         memory={**experiment.model, **experiment.eval_model},
         files=[str(p) for p in [run / "model", card, run / "metrics.json", saved, *plots]],
     )
@@ -52,22 +53,23 @@ def report(comparison: dict) -> str:
     """The demo's printed comparison."""
     ours, alone = comparison["with_memory"]["test"], comparison["ablated"]["test"]
     task = comparison["task_args"]
+    base = comparison["base_model"]
     if comparison["task"] in HAYSTACK_TASKS:
         segment = comparison["memory"]["segment_length"]
         tokens = task["num_segments"] * segment
         head = [
             f"passkey in {tokens:,} tokens of essays ({task['num_segments']} segments of {segment}, "
             f"{task['num_segments']}x the window the base reads), test split of {task['test_size']} haystacks",
-            f"  frozen SmolLM2-135M-Instruct + memory : {ours['accuracy']:.1%} exact answers "
+            f"  frozen {base} + memory : {ours['accuracy']:.1%} exact answers "
             f"({comparison['memory']['memory_slots']} slots, constant size)",
-            f"  frozen SmolLM2-135M-Instruct alone    : {alone['accuracy']:.1%} (it sees the question's segment)",
+            f"  frozen {base} alone    : {alone['accuracy']:.1%} (it sees the question's segment)",
         ]
     else:
         head = [
             f"fact recall over {task['num_segments']} segments x {task['segment_length']} tokens, "
             f"{task['num_labels']} classes (chance {1 / task['num_labels']:.1%}), test split of {task['test_size']}",
-            f"  frozen all-MiniLM-L6-v2 + memory : {ours['accuracy']:.1%}  (loss {ours['loss']:.3f})",
-            f"  frozen all-MiniLM-L6-v2 alone    : {alone['accuracy']:.1%}  (loss {alone['loss']:.3f})",
+            f"  frozen {base} + memory : {ours['accuracy']:.1%}  (loss {ours['loss']:.3f})",
+            f"  frozen {base} alone    : {alone['accuracy']:.1%}  (loss {alone['loss']:.3f})",
         ]
     return "\n".join([
         *head,

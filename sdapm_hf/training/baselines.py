@@ -3,9 +3,10 @@ retrieval memory that keeps every past chunk and attends to the best ones; with 
 
 * ``window_answers``: the base reads the whole haystack and the question at once (only where they fit in its
   ``max_position_embeddings``), with the passkey task's standard instruction first (``tasks.haystack.PASSKEY_INTRO``).
-* ``retrieval_answers``: every chunk of ``chunk`` tokens of the haystack keeps its mean state (the same states the
-  memory reads, ``HaystackStates``) and its tokens; the question's mean state picks the ``top_k`` chunks of largest
-  cosine, and the base reads them (in their order) and the question. Its memory grows with the input.
+* ``retrieval_answers``: every token of the haystack keeps its state (the same states the memory reads,
+  ``HaystackStates``) and its id; a chunk of ``chunk`` tokens scores the best cosine of each question token in it,
+  summed over the question, and the base reads the ``top_k`` best chunks (in their order) and the question. Its memory grows with
+  the input.
 * ``state_bytes``: the bytes of a memory state per sequence (every tensor of it, in its own dtype).
 """
 
@@ -42,20 +43,28 @@ def _generate(base, prompts: list[np.ndarray], max_new_tokens: int, pad: int) ->
 
 
 def window_answers(base, corpus: HaystackCorpus, split: str, rows: list[dict[str, Any]], task: str,
-                   max_new_tokens: int = 8) -> list[str] | None:
-    """The base's answers with each row's whole input in its window (None where an input does not fit)."""
+                   max_new_tokens: int = 8, batch_size: int = 2) -> list[str] | None:
+    """The base's answers with each row's whole input in its window (None where an input does not fit), generated
+    ``batch_size`` rows at a time (whole inputs are long)."""
     intro = corpus.encode(PASSKEY_INTRO) if task == "haystack_passkey" else []
     prompts = [np.concatenate([np.asarray(intro, dtype=np.int64), corpus.tokens(split, row)]) for row in rows]
     if max(len(p) for p in prompts) > base.config.max_position_embeddings:
         return None
     pad = corpus.tokenizer.pad_token_id or 0
-    return [corpus.tokenizer.decode(ids, skip_special_tokens=True) for ids in _generate(base, prompts, max_new_tokens, pad)]
+    generated = [ids for i in range(0, len(prompts), batch_size)
+                 for ids in _generate(base, prompts[i : i + batch_size], max_new_tokens, pad)]
+    return [corpus.tokenizer.decode(ids, skip_special_tokens=True) for ids in generated]
 
 
 def retrieval_answers(base, states: HaystackStates, split: str, rows: list[dict[str, Any]], chunk: int = 32,
                       top_k: int = 8, max_new_tokens: int = 8) -> tuple[list[str], int]:
     """The base's answers over the ``top_k`` retrieved chunks and the question, and the bytes the retrieval memory
-    keeps per sequence (each chunk's mean state in float16 and its tokens as int32)."""
+    keeps per sequence (every token's state in float16 and its token as int32).
+
+    A chunk's score is late interaction (as ColBERT's MaxSim): for every token of the question, the largest cosine
+    between its state and the state of a token of the chunk (the states the memory reads, ``HaystackStates``),
+    summed over the question; the chunks of the ``top_k`` best scores are read by the base in their order, then the
+    question."""
     corpus, memory_model = states.corpus, states.model.model
     store = states[split]
     prompts, kept = [], 0
@@ -71,13 +80,15 @@ def retrieval_answers(base, states: HaystackStates, split: str, rows: list[dict[
                 reads.append(memory_model.layer_states(ids.to(states.model.device))[0].float().cpu())
             else:
                 reads.append(store[segment].float())
-        keys = torch.cat(reads).view(-1, chunk, store.shape[-1]).mean(1)  # (n_chunks, D)
+        keys = F.normalize(torch.cat(reads), dim=-1)  # (T, D)
         prompt = tokens[len(haystack) :]
-        query = memory_model.layer_states(torch.as_tensor(prompt)[None].to(states.model.device))[0].float().cpu().mean(0)
-        best = F.cosine_similarity(keys, query[None], dim=-1).topk(min(top_k, len(keys))).indices.sort().values
+        question = memory_model.layer_states(torch.as_tensor(prompt)[None].to(states.model.device))[0].float().cpu()
+        cosines = (keys @ F.normalize(question, dim=-1).T).view(-1, chunk, question.shape[0])  # (n_chunks, chunk, Q)
+        scores = cosines.amax(1).sum(-1)  # (n_chunks,): every question token's best match in the chunk, summed
+        best = scores.topk(min(top_k, len(scores))).indices.sort().values
         context = np.concatenate([haystack[int(c) * chunk : (int(c) + 1) * chunk] for c in best])
         prompts.append(np.concatenate([context, prompt]))
-        kept = len(keys) * (keys.shape[-1] * 2 + chunk * 4)
+        kept = keys.shape[0] * (keys.shape[-1] * 2 + 4)
     pad = corpus.tokenizer.pad_token_id or 0
     answers = [corpus.tokenizer.decode(ids, skip_special_tokens=True) for ids in _generate(base, prompts, max_new_tokens, pad)]
     return answers, kept

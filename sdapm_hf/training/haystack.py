@@ -147,12 +147,10 @@ class OverHaystack(nn.Module):
                           logits_to_keep=keep)
 
     @torch.no_grad()
-    def answers(self, batch: dict[str, Any], max_new_tokens: int = 8,
-                state: dict[str, torch.Tensor] | None = None) -> list[str]:
-        """The greedy answers to the questions (prompts left-padded), decoded; ``state`` the memory after the
-        haystacks when already at hand."""
-        if state is None:
-            state, _, _ = self.remember(batch["haystack"], batch["inserts"])
+    def answers(self, batch: dict[str, Any], state: dict[str, torch.Tensor] | None,
+                max_new_tokens: int = 8) -> list[str]:
+        """The greedy answers to the questions (prompts left-padded), decoded, with the memory ``state`` after the
+        haystacks (``remember``; None: an empty memory)."""
         lengths = batch["prompt_length"].tolist()
         longest = max(lengths)
         pad = self.model.generation_config.pad_token_id or 0
@@ -210,9 +208,10 @@ def evaluate_haystack(model: DNCSDAPMForCausalLM, split: datasets.Dataset, batch
     pad = run.states.corpus.tokenizer.pad_token_id or 0
     hits = counted = sequences = right = 0
     loss_sum, answered = 0.0, []
+    skipped = model.memory_model().ablated == "base_alone"  # the base alone never reads the haystack
     for batch in loader(split, pad, batch_size):
-        state, _, _ = run.remember(batch["haystack"], batch["inserts"])
-        generated = run.answers(batch, max_new_tokens, state)
+        state = None if skipped else run.remember(batch["haystack"], batch["inserts"])[0]
+        generated = run.answers(batch, state, max_new_tokens)
         answered += [matches(answer, text) for answer, text in zip(batch["answer"], generated)]
         device = model.device
         out = run.question(state, batch["input_ids"].to(device), batch["attention_mask"].to(device),
