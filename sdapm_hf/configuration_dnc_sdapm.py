@@ -60,10 +60,6 @@ class DNCSDAPMConfig(PreTrainedConfig):
             least-squares slot (``sdapm_write.write_chunk``). ``chunk_size=1`` is the per-token model.
         chunk_members: M, the steps of a chunk its slot keeps: the M most strongly gated real ones (None: all C).
             M ≤ ``max_rank`` + 1 keeps the slot an exact map of its members.
-        sparse_writes: the write gate is a hard sigmoid, ``clamp(ξ/4 + 1/2, 0, 1)``, with the sigmoid's gradient
-            (straight-through): a position can write exactly nothing, a chunk with no open gate is not written at
-            all and its positions are no members of their chunk's slot; with ``write_cost`` the controller learns
-            to write only what the task needs, however long the stream.
         predictive_writes: the key a position writes is the read query (of the first head) of the real position
             before it, and its value is the position's own: a pair stores what followed a context (kNN-LM's
             datastore: key the context before a token, value the token), so a later read with the same query gets
@@ -134,7 +130,6 @@ class DNCSDAPMConfig(PreTrainedConfig):
     consolidation: str = "auto"
     chunk_size: int | None = 32
     chunk_members: int | None = None
-    sparse_writes: bool = False
     predictive_writes: bool = False
     # controller
     vocab_size: int = 32

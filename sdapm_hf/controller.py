@@ -151,13 +151,6 @@ _SCALAR = {"write_gate", "allocation_gate", "write_strength", "consolidation_gat
            "clock_reset", "write_clock"}  # (B,)
 
 
-def sparse_gate(raw: torch.Tensor) -> torch.Tensor:
-    """A gate that can be exactly 0 or 1: ``clamp(raw/4 + 1/2, 0, 1)`` (the hard sigmoid, of the sigmoid's slope at
-    0) forward, the sigmoid's gradient backward (straight-through), so a closed gate can open again."""
-    soft = torch.sigmoid(raw)
-    return (raw / 4 + 0.5).clamp(0.0, 1.0).detach() + soft - soft.detach()
-
-
 def strength(raw: torch.Tensor) -> torch.Tensor:
     """Addressing sharpness β = exp(2 + 3 tanh(raw / 3)) ∈ [e⁻¹, e⁵]."""
     return torch.exp(2.0 + 3.0 * torch.tanh(raw / 3.0))
@@ -170,7 +163,6 @@ class Interface(nn.Module):
         super().__init__()
         self.parts = interface_parts(config)
         self.read_heads = config.read_heads
-        self.sparse_writes = config.sparse_writes
         total = sum(size for size, _ in self.parts.values())
         self.proj = nn.Linear(config.controller_size, total)
         self.skip = nn.Linear(config.hidden_size * config.interface_window, total, bias=False)
@@ -183,9 +175,7 @@ class Interface(nn.Module):
         flat = self.norm(self.proj(h) + self.skip(x))
         out = {}
         for name, chunk in zip(self.parts, flat.split([size for size, _ in self.parts.values()], -1)):
-            if name == "write_gate" and self.sparse_writes:
-                chunk = sparse_gate(chunk)
-            elif name in _SIGMOID:
+            if name in _SIGMOID:
                 chunk = torch.sigmoid(chunk)
             elif name == "clock_reset":
                 chunk = torch.sigmoid(chunk).pow(3)
