@@ -12,7 +12,7 @@ Sections (``python scripts/benchmark.py SECTION [--write]``; ``all`` runs every 
 * ``scaling``: a training step and a streaming (no-grad) step of the sparse model for N from 64 to 16,384.
 * ``capacity``: recall of P random pairs written into N = 16 slots against P/N: the SDAPM consolidating, the SDAPM
   overwriting its oldest slot, and the classic DNC memory.
-* ``act``: ACT compression: a 10-layer network computed by 10 memory reads per input, its recorded (input, output)
+* ``act``: a fixed 10-layer tanh network (not the trained model) computed by 10 memory reads per input, its (input, output)
   pairs consolidated into slots read once; accuracy and steps before and after, error against slots and dimension.
 * ``plugin``: the frozen-plugin overhead table (``scripts/bench_plugin.py``).
 * ``memory``: the memory core's own speed against plain attention, read forms, shortlist recall
@@ -538,7 +538,7 @@ def run_act(args) -> str:
                   for d, c in cases.items()]
     time_rows = [[f"d={d}", fmt(c["ms_before"])] + [fmt(c["after"][s]["ms"]) for s in slots] for d, c in cases.items()]
     header = ["input dim", f"{layers} reads ({layers * per_layer} slots)", *[f"1 read, S′={s}" for s in slots]]
-    return f"""## ACT compression: many reads consolidated into one
+    return f"""## A fixed tanh network's 10 layers consolidated into one read (the memory alone, not the trained model's ACT)
 
 {_header(args)}
 Setup (the design study's experiment, on this package's memory): the fixed function is a network of {layers}

@@ -46,7 +46,8 @@ def evaluate_run(run: str, lengths: list[int], test_size: int, done: dict, save)
         with model.ablation("base_alone"):
             alone = evaluate_haystack(model, test)
         batch = collate([test[i] for i in range(min(8, len(test)))], pad_token_id=0)
-        state, gates, _ = runner(model, test).remember(batch["haystack"], batch["inserts"])
+        with torch.no_grad():  # a graph of every segment's memory update would hold gigabytes at 256x
+            state, gates, _ = runner(model, test).remember(batch["haystack"], batch["inserts"])
         done[str(length)] = {"with_memory": with_memory, "base_alone": alone, "memory_bytes": state_bytes(state),
                              "write_gates": write_gates(gates, batch["inserts"], model.config.segment_length),
                              "cpu_seconds": time.process_time() - started}
@@ -94,28 +95,75 @@ def evaluate_baselines(run: str, lengths: list[int], test_size: int, window_rows
     return done
 
 
-def markdown(results: dict) -> str:
-    """Accuracy (mean and worst over the runs) and bytes per sequence, per length and system."""
-    lengths = results["lengths"]
-    runs = list(results["runs"].values())
-    segment = results["segment_length"]
+def markdown(results: dict, labels: dict[str, str] | None = None, targets: dict[int, float] | None = None,
+             kv_bytes_per_token: int | None = None) -> str:
+    """The table of ``results`` (this script's JSON): exact-match accuracy per run (named by ``labels``, a run's
+    folder → its row name) and length, the mean and worst over the runs, the ``targets`` (length in segments →
+    least accuracy at every run) met or missed, the base alone, the base with the whole input in its window (its KV
+    cache ``kv_bytes_per_token``) and the retrieval memory, with each one's bytes per sequence."""
+    lengths, segment = results["lengths"], results["segment_length"]
+    runs = results["runs"]
+    labels = labels or {run: run for run in runs}
+    targets = targets or {}
 
-    def over_runs(key: str, length: int) -> str:
-        values = [run[str(length)][key]["accuracy"] for run in runs]
-        return f"{100 * statistics.mean(values):.1f}% (worst {100 * min(values):.1f}%)"
+    def accuracies(key: str, n: int) -> list[float]:
+        return [runs[run][str(n)][key]["accuracy"] for run in runs]
+
+    def percent(value: float) -> str:
+        return f"{100 * value:.1f}%"
+
+    def memory_bytes(run: str) -> str:
+        sizes = {runs[run][str(n)]["memory_bytes"] for n in lengths}
+        return f"{sizes.pop():,} at every length" if len(sizes) == 1 else ", ".join(
+            f"{runs[run][str(n)]['memory_bytes']:,}" for n in lengths)
 
     header = ["system", *[f"{n}× ({n * segment:,} tokens)" for n in lengths], "bytes per sequence"]
-    memory_bytes = ", ".join(f"{runs[0][str(n)]['memory_bytes']:,}" for n in lengths)
-    rows = [["frozen base + memory", *[over_runs("with_memory", n) for n in lengths], f"{memory_bytes} (constant)"],
-            ["frozen base alone (question's segment)", *[over_runs("base_alone", n) for n in lengths], "0"]]
+    rows = []
+    for run in runs:
+        cells = [percent(runs[run][str(n)]["with_memory"]["accuracy"]) for n in lengths]
+        cells = [f"**{c}**" if n in targets and runs[run][str(n)]["with_memory"]["accuracy"] >= targets[n] else c
+                 for c, n in zip(cells, lengths)]
+        rows.append([f"frozen base + memory, {labels[run]}", *cells, memory_bytes(run)])
+    if len(runs) > 1:
+        rows.append([f"**mean (worst) of {len(runs)}**",
+                     *[f"{percent(statistics.mean(accuracies('with_memory', n)))} "
+                       f"({percent(min(accuracies('with_memory', n)))})" for n in lengths], "constant"])
+    if targets:
+        def verdict(n: int) -> str:
+            if n not in targets:
+                return ""
+            missed = [labels[run] for run in runs if runs[run][str(n)]["with_memory"]["accuracy"] < targets[n]]
+            need = f"≥ {100 * targets[n]:g}% at every run"
+            return f"{need}: **met**" if not missed else f"{need}: **missed** ({', '.join(missed)})"
+        rows.append(["target", *[verdict(n) for n in lengths], ""])
+    rows.append(["frozen base alone, segment by segment (the question's segment)",
+                 *[percent(statistics.mean(accuracies("base_alone", n))) for n in lengths], "0"])
     baselines = results.get("baselines", {})
     if baselines:
+        window = [baselines[str(n)]["window"] for n in lengths]
+        kv = f"its KV cache: {kv_bytes_per_token:,} per token" if kv_bytes_per_token else "its KV cache (grows)"
         rows.append(["frozen base, whole input in its window",
-                     *[f"{100 * baselines[str(n)]['window']['accuracy']:.1f}% ({baselines[str(n)]['window']['rows']} rows)"
-                       if baselines[str(n)]["window"] != "does not fit" else "does not fit" for n in lengths], "the KV cache"])
-        rows.append([f"retrieval, top-{baselines[str(lengths[0])]['retrieval']['top_k']} chunks",
-                     *[f"{100 * baselines[str(n)]['retrieval']['accuracy']:.1f}%" for n in lengths],
-                     ", ".join(f"{baselines[str(n)]['retrieval']['bytes']:,}" for n in lengths) + " (grows)"])
+                     *[f"{percent(w['accuracy'])} ({w['rows']} rows)" if w != "does not fit" else "does not fit"
+                       for w in window], kv])
+        retrieval = [baselines[str(n)]["retrieval"] for n in lengths]
+        rows.append([f"retrieval: every token's state kept, top-{retrieval[0]['top_k']} chunks",
+                     *[percent(r["accuracy"]) for r in retrieval],
+                     " → ".join(f"{r['bytes']:,}" for r in retrieval) + " (grows)"])
+    return table(header, rows)
+
+
+def gate_table(results: dict, labels: dict[str, str] | None = None) -> str:
+    """Per run and length: accuracy and the mean write gate at the inserted sentences and at the essays."""
+    labels = labels or {run: run for run in results["runs"]}
+    rows = []
+    for run, by_length in results["runs"].items():
+        for n in results["lengths"]:
+            entry = by_length[str(n)]
+            gates = entry["write_gates"]
+            rows.append([labels[run], f"{n}×", f"{100 * entry['with_memory']['accuracy']:.1f}%",
+                         f"{gates['sentences']:.4f}", f"{gates['essays']:.2e}", f"{gates['sentences'] / gates['essays']:.0f}"])
+    header = ["run", "length", f"accuracy ({results['test_size']} haystacks)", "mean gate, inserted sentences",
+              "mean gate, essay tokens", "ratio"]
     return table(header, rows)
 
 

@@ -1,10 +1,18 @@
-"""Print markdown rows for finished runs: command, seed, steps, wall and CPU time, and chosen metrics.
+"""The tables of docs/results.md, generated from the committed runs under docs/runs/.
 
-    python scripts/results_table.py runs/copy_beyond_capacity runs/copy_beyond_capacity_dnc \
+    python scripts/results_table.py --write          # regenerate every generated section of docs/results.md
+    python scripts/results_table.py --check          # exit 1 if the page differs from what docs/runs/ gives
+
+A committed run is a folder with the run's ``experiment.json`` (the arguments it ran with), ``metrics.json`` (what
+training reported at its end) and ``log.jsonl``; an evaluation over lengths is the JSON of
+``scripts/haystack_table.py``. Each section of ``SECTIONS`` names its committed files and the config its runs came
+from; the page holds it between ``<!-- results:NAME:start -->`` and ``<!-- results:NAME:end -->``. A run's command is
+its config plus every field where the run differs from the config, as ``sdapm-hf train`` takes them.
+
+    python scripts/results_table.py runs/copy_beyond_capacity runs/copy_beyond_capacity_dnc \\
         --metrics test_len32/token_accuracy test_len64/token_accuracy
 
-Each run folder holds ``experiment.json`` (the arguments it ran with) and ``metrics.json`` (what training
-reported at its end). The command column is the YAML it came from, named by the run's ``output_dir``.
+prints the rows of any run folders (the config named by the folder's name), and
 
     python scripts/results_table.py runs/copy_beyond_capacity_long --stability test_len64/token_accuracy
 
@@ -16,20 +24,173 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from capacity_curve import markdown as capacity_markdown  # noqa: E402
+from haystack_table import gate_table, markdown  # noqa: E402
 
-def row(run: Path, metrics: list[str]) -> str:
-    experiment = json.loads((run / "experiment.json").read_text())
-    results = json.loads((run / "metrics.json").read_text())
-    config = f"configs/{run.name}.yaml"
-    values = [f"{results[m]:.4f}" if m in results else "–" for m in metrics]
-    return (
-        f"| `{run.name}` | `sdapm-hf train {config}` | {experiment['seed']} | {results['steps']} | "
-        f"{results['train_seconds'] / 60:.1f} | {results.get('train_cpu_seconds', float('nan')) / 60:.1f} | "
-        + " | ".join(values)
-        + " |"
-    )
+from sdapm_hf.reporting import REPO, replace_section, table  # noqa: E402
+from sdapm_hf.training.arguments import MAPPING_FIELDS, load_experiment  # noqa: E402
+
+PAGE = REPO / "docs" / "results.md"
+RUNS = REPO / "docs" / "runs"
+MARK = "results:{}:{}"
+
+
+def command(config: str, experiment: dict) -> str:
+    """``sdapm-hf train CONFIG`` with the options that make ``config`` (a YAML under the repository) into the run
+    ``experiment`` (its ``experiment.json``)."""
+    planned = asdict(load_experiment(REPO / config))
+    words = ["sdapm-hf", "train", config]
+    for name, value in experiment.items():
+        if name in MAPPING_FIELDS:
+            option = {"model": "--set", "task_args": "--task-args"}.get(name, f"--{name}")
+            changed = [f"{k}={json.dumps(v)}" for k, v in value.items() if planned[name].get(k) != v]
+            if changed:
+                words += [option, *changed]
+        elif planned[name] != value:
+            words += [f"--{name}", str(value)]
+    return shlex.join(words)
+
+
+def run_rows(config: str, runs: list[Path], metrics: list[str]) -> list[list[str]]:
+    """Per committed run folder: its command, seed, steps, wall and CPU minutes of training and ``metrics``."""
+    rows = []
+    for run in runs:
+        experiment = json.loads((run / "experiment.json").read_text())
+        results = json.loads((run / "metrics.json").read_text())
+        rows.append([f"`{command(config, experiment)}`", str(experiment["seed"]), str(results["steps"]),
+                     f"{results['train_seconds'] / 60:.1f}", f"{results['train_cpu_seconds'] / 60:.1f}",
+                     *[f"{results[m]:.4f}" if m in results else "–" for m in metrics]])
+    return rows
+
+
+def runs_table(folder: str, metrics: list[str]) -> str:
+    """The table of the committed runs ``docs/runs/FOLDER/*/`` of the config ``RUN_CONFIGS[folder]``."""
+    runs = sorted(p.parent for p in (RUNS / folder).glob("*/experiment.json"))
+    return table(["command", "seed", "steps", "wall min", "CPU min", *metrics],
+                 run_rows(RUN_CONFIGS[folder], runs, metrics))
+
+
+def seed_labels(folder: str) -> dict[str, str]:
+    """The runs' output folders as evaluations name them → "seed S", from the committed runs of ``folder``."""
+    labels = {}
+    for path in (RUNS / folder).glob("*/experiment.json"):
+        experiment = json.loads(path.read_text())
+        labels[experiment["output_dir"]] = f"seed {experiment['seed']}"
+    return labels
+
+
+def kv_bytes_per_token(folder: str) -> int:
+    """Bytes per token of the base's float32 KV cache (keys and values of every layer), from the runs' base."""
+    from transformers import AutoConfig
+
+    from sdapm_hf.training.evaluation import base_path
+
+    experiment = json.loads(next((RUNS / folder).glob("*/experiment.json")).read_text())
+    config = AutoConfig.from_pretrained(base_path(experiment["base_model"]))
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4
+
+
+def haystack_section(folder: str, evaluations: list[str], targets: dict[int, float]) -> Callable[[], str]:
+    """The haystack table of the evaluations (``scripts/haystack_table.py`` JSONs of the same lengths, each of some
+    of the runs; the baselines from the first) in ``docs/runs/FOLDER/``, and the commands that made them."""
+    def render() -> str:
+        parts = [json.loads((RUNS / folder / name).read_text()) for name in evaluations]
+        labels = seed_labels(folder)
+        runs = sorted(((run, by_length) for part in parts for run, by_length in part["runs"].items()),
+                      key=lambda item: labels[item[0]])
+        results = {**parts[0], "runs": dict(runs)}
+        body = markdown(results, labels, targets, kv_bytes_per_token(folder))
+        made = "\n".join(f"`{part['command']}` ({part['code']}; {part['machine']})" for part in parts)
+        if "baselines_from" in results:  # the same test rows measured with another evaluation
+            made += f"\nThe baselines' figures: {results['baselines_from']}."
+        return f"{body}\n\n{made}"
+    return render
+
+
+def gate_section(folder: str, evaluation: str) -> Callable[[], str]:
+    def render() -> str:
+        results = json.loads((RUNS / folder / evaluation).read_text())
+        return f"{gate_table(results, seed_labels(folder))}\n\n`{results['command']}` ({results['code']})"
+    return render
+
+
+def capacity_section(evaluation: str) -> Callable[[], str]:
+    def render() -> str:
+        results = json.loads((RUNS / evaluation).read_text())
+        return f"{capacity_markdown(results)}\n\n`{results['command']}` ({results['code']}; {results['machine']})"
+    return render
+
+
+def evaluations_section(folder: str, splits: list[str], ablation: str, metric: str) -> Callable[[], str]:
+    """Every evaluation of the committed run ``docs/runs/FOLDER/seed0`` over training: the training loss of the
+    steps since the one before (median, largest), and ``metric`` on each split as the model is and under
+    ``ablation``."""
+    def render() -> str:
+        records = [json.loads(line) for line in (RUNS / folder / "seed0" / "log.jsonl").read_text().splitlines()]
+        losses = {r["step"]: r["loss"] for r in records if "loss" in r}
+        rows, before = [], 0
+        for record in records:
+            if f"{splits[0]}/{metric}" not in record:
+                continue
+            step = record["step"]
+            recent = sorted(loss for s, loss in losses.items() if before < s <= step)
+            before = step
+            cells = [f"{record[f'{split}/{metric}']:.4f} / {record[f'{split}/{ablation}/{metric}']:.4f}"
+                     for split in splits]
+            rows.append([str(step), f"{recent[len(recent) // 2]:.4f}", f"{recent[-1]:.4f}", *cells])
+        header = ["step", "training loss (median)", "(largest)",
+                  *[f"{split} {metric}: as is / {ablation}" for split in splits]]
+        return table(header, rows)
+    return render
+
+
+def runs_section(folder: str, metrics: list[str]) -> Callable[[], str]:
+    return lambda: runs_table(folder, metrics)
+
+
+# The committed runs' folders under docs/runs/ and the config every run in one came from.
+RUN_CONFIGS = {
+    "smollm2_passkey": "configs/smollm2_passkey.yaml",
+    "smollm2_multi_needle": "configs/smollm2_multi_needle.yaml",
+    "gemma3_passkey": "configs/gemma3_passkey.yaml",
+    "copy_seed_regime": "configs/copy_seed_regime.yaml",
+    "smollm2_qa1": "configs/smollm2_qa1.yaml",
+    "smollm2_passkey_stage2": "configs/smollm2_passkey_stage2.yaml",
+}
+VALIDATION = ["validation/accuracy", "validation/token_accuracy", "validation/loss"]
+SECTIONS: dict[str, Callable[[], str]] = {
+    "smollm2_passkey_runs": runs_section("smollm2_passkey", VALIDATION),
+    "smollm2_passkey": haystack_section("smollm2_passkey", ["haystack_eval.json"], {64: 0.95, 256: 0.90}),
+    "smollm2_passkey_gates": gate_section("smollm2_passkey", "write_gates_64.json"),
+    "smollm2_passkey_stage2_runs": runs_section("smollm2_passkey_stage2", VALIDATION),
+    "smollm2_passkey_stage2": haystack_section(
+        "smollm2_passkey_stage2", ["haystack_eval.json", "haystack_eval_seed0.json", "haystack_eval_seed2.json"],
+        {64: 0.95, 256: 0.90}),
+    "smollm2_multi_needle_runs": runs_section("smollm2_multi_needle", VALIDATION),
+    "smollm2_multi_needle": haystack_section("smollm2_multi_needle", ["haystack_eval.json"], {64: 0.90}),
+    "gemma3_passkey_runs": runs_section("gemma3_passkey", VALIDATION),
+    "smollm2_qa1_runs": runs_section("smollm2_qa1", VALIDATION),
+    "smollm2_qa1": haystack_section("smollm2_qa1", ["haystack_eval.json"], {}),
+    "capacity_curve": capacity_section("capacity/curve.json"),
+    "copy_seed_regime_runs": runs_section("copy_seed_regime", ["test_len32/token_accuracy", "test_len64/token_accuracy"]),
+    "copy_seed_regime": evaluations_section("copy_seed_regime", ["validation", "test_len32", "test_len64"],
+                                            "zero_memory", "token_accuracy"),
+}
+
+
+def generated_page(text: str) -> str:
+    """``text`` (the page) with every section of ``SECTIONS`` regenerated."""
+    for name, render in SECTIONS.items():
+        text = replace_section(text, name, render(), MARK)
+    return text
 
 
 def stability(run: Path, metric: str) -> None:
@@ -51,17 +212,27 @@ def stability(run: Path, metric: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("runs", nargs="*", type=Path)
     parser.add_argument("--metrics", nargs="+", default=[])
     parser.add_argument("--stability", metavar="METRIC", help="summarise log.jsonl of the (single) run instead")
+    parser.add_argument("--write", action="store_true", help="regenerate the generated sections of docs/results.md")
+    parser.add_argument("--check", action="store_true", help="exit 1 if docs/results.md differs from docs/runs/")
     args = parser.parse_args()
+    if args.write or args.check:
+        text = PAGE.read_text()
+        generated = generated_page(text)
+        if args.write:
+            PAGE.write_text(generated)
+        elif generated != text:
+            sys.exit("docs/results.md differs from the tables its committed runs give: "
+                     "python scripts/results_table.py --write")
+        return
     if args.stability:
         stability(args.runs[0], args.stability)
         return
-    print("| run | command | seed | steps | wall min | CPU min | " + " | ".join(args.metrics) + " |")
-    print("|---" * (6 + len(args.metrics)) + "|")
-    for run in args.runs:
-        print(row(run, args.metrics))
+    rows = [[f"`{run.name}`", *row] for run in args.runs
+            for row in run_rows(f"configs/{run.name}.yaml", [run], args.metrics)]
+    print(table(["run", "command", "seed", "steps", "wall min", "CPU min", *args.metrics], rows))
 
 
 if __name__ == "__main__":

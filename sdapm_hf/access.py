@@ -127,15 +127,17 @@ class MemoryAccess(nn.Module):
         cls = MemoryState if self.kind == "sdapm" else DNCMemoryState
         return AccessState(cls.from_prefixed(tensors, "memory") if self.kind != "none" else None, tensors.get("clock"))
 
-    def advance_clock(self, iface: InterfaceVector, state: AccessState, mask: torch.Tensor) -> AccessState:
-        """Step the clock where ``mask`` (B,) (no-op without clock keys)."""
+    def advance_clock(self, iface: InterfaceVector, state: AccessState, mask: torch.Tensor | None) -> AccessState:
+        """Step the clock where ``mask`` (B,) (None: everywhere; no-op without clock keys)."""
         if state.clock is None:
             return state
-        clock = torch.where(mask[:, None], self.clock(state.clock, iface.clock_reset), state.clock)
+        clock = self.clock(state.clock, iface.clock_reset)
+        if mask is not None:
+            clock = torch.where(mask[:, None], clock, state.clock)
         return dataclasses.replace(state, clock=clock)
 
-    def update(self, iface: InterfaceVector, state: AccessState, mask: torch.Tensor) -> AccessState:
-        """Consolidation and write for this step; mask (B,) bool."""
+    def update(self, iface: InterfaceVector, state: AccessState, mask: torch.Tensor | None) -> AccessState:
+        """Consolidation and write for this step; mask (B,) bool (None: every element)."""
         if self.kind == "none":
             return state
         clock = state.clock
@@ -209,11 +211,14 @@ class MemoryAccess(nn.Module):
         weights = torch.where(real[:, None, None], last, state.memory.read_weights)
         return AccessState(dataclasses.replace(memory, read_weights=weights), state.clock)
 
-    def _consolidate(self, memory: MemoryState, mask: torch.Tensor, iface: InterfaceVector | None = None) -> MemoryState:
-        """Consolidate where the memory is full and ``mask`` (B,); ``iface`` feeds the learned head."""
+    def _consolidate(
+        self, memory: MemoryState, mask: torch.Tensor | None, iface: InterfaceVector | None = None
+    ) -> MemoryState:
+        """Consolidate where the memory is full and ``mask`` (B,) (None: everywhere); ``iface`` feeds the learned
+        head."""
         if self.consolidation_mode == "off":
             return memory
-        full = is_full(memory) & mask
+        full = is_full(memory) if mask is None else is_full(memory) & mask
         if not bool(full.any()):  # nothing to do: skip choosing a pair (consolidate would change nothing)
             return memory
         with record_function("memory.consolidation"):

@@ -50,6 +50,11 @@ if TYPE_CHECKING:
     from .configuration_dnc_sdapm import DNCSDAPMConfig
 
 
+def _where(new: RecurrentState, mask: torch.Tensor | None, old: RecurrentState) -> RecurrentState:
+    """``new`` where mask (B,) is True and ``old`` elsewhere; ``new`` itself for mask None (every element real)."""
+    return new if mask is None else new.where(mask, old)
+
+
 def piece_bounds(start: int, length: int, size: int, filled: int = 0) -> list[tuple[int, int]]:
     """Split positions [start, start + length) into pieces that end where blocks of ``size`` end.
 
@@ -274,14 +279,15 @@ class MemoryCore(nn.Module):
         return out
 
     def step(
-        self, x: torch.Tensor, state: RecurrentState, mask: torch.Tensor
+        self, x: torch.Tensor, state: RecurrentState, mask: torch.Tensor | None
     ) -> tuple[RecurrentState, torch.Tensor, PonderStep | None, InterfaceVector | None]:
-        """One position: x (B, D), mask (B,) → new state, features (B, H + R·W), ponder step, interface."""
+        """One position: x (B, D), mask (B,) bool or None (every element real: no masked update at all) → new
+        state, features (B, H + R·W), ponder step, interface."""
         h, (hh, cc) = self.controller(x, state.reads, (state.h, state.c))
         if self.access.kind == "none":
             new = RecurrentState(hh, cc, state.reads, state.access, window=state.window)
-            return new.where(mask, state), self.bypass(h), None, None
-        window, previous = self._windows(x[:, None], mask[:, None], state.window)
+            return _where(new, mask, state), self.bypass(h), None, None
+        window, previous = self._windows(x[:, None], None if mask is None else mask[:, None], state.window)
         iface = self.interface(h, window[:, 0])
         query = None
         if self.predictive:  # this position writes under the query of the one before it
@@ -289,19 +295,24 @@ class MemoryCore(nn.Module):
             iface = dataclasses.replace(iface, write_key=state.query)
         access = self.access.advance_clock(iface, state.access, mask)
         words = self.access.first_words(iface, access)
-        step = self.ponder(lambda w, st, active: self.access.read(iface, w, st, active & mask), words, access, h)
+
+        def read(w: torch.Tensor, st: AccessState, active: torch.Tensor) -> tuple[torch.Tensor, AccessState]:
+            return self.access.read(iface, w, st, active if mask is None else active & mask)
+
+        step = self.ponder(read, words, access, h)
         access = self.access.update(iface, step.state, mask)
         reads = step.reads.flatten(1)
         new = RecurrentState(hh, cc, reads, access, window=previous, query=query)
-        return new.where(mask, state), torch.cat([self.bypass(h), reads], dim=-1), step, iface
+        return _where(new, mask, state), torch.cat([self.bypass(h), reads], dim=-1), step, iface
 
     def _forward_steps(self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState, record: bool) -> CoreOutput:
         """The per-token recurrence (``step``) over x (B, T, D), mask (B, T)."""
         b, t, _ = x.shape
         features, steps, costs, resets, gates = [], [], [], [], []
         records = [self._record(0, 0, None, state)] if record else None
+        dense = bool(mask.all())  # one look at the mask per call: without padding no step masks its update
         for i in range(t):
-            state, out, step, iface = self.step(x[:, i], state, mask[:, i])
+            state, out, step, iface = self.step(x[:, i], state, None if dense else mask[:, i])
             features.append(out)
             if iface is not None:
                 gates.append(iface.write_gate)
@@ -378,17 +389,18 @@ class MemoryCore(nn.Module):
         return RecurrentState(state.h, state.c, reads, access, chunk.cleared(), state.window, state.query)
 
     def _windows(
-        self, x: torch.Tensor, mask: torch.Tensor, previous: torch.Tensor | None
+        self, x: torch.Tensor, mask: torch.Tensor | None, previous: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The interface's input at each of L positions, x (B, L, D), mask (B, L) bool, ``previous`` (B, K−1, D)
-        the last K − 1 real inputs (newest first; None for K = 1) → windows (B, L, K·D) ``[x_t ; … ; x_{t−K+1}]``
-        over the real positions, and the last K − 1 real inputs after the L positions (a masked one is skipped)."""
+        """The interface's input at each of L positions, x (B, L, D), mask (B, L) bool (None: all real),
+        ``previous`` (B, K−1, D) the last K − 1 real inputs (newest first; None for K = 1) → windows (B, L, K·D)
+        ``[x_t ; … ; x_{t−K+1}]`` over the real positions, and the last K − 1 real inputs after the L positions (a
+        masked one is skipped)."""
         if previous is None:
             return x, None
         k = previous.shape[1] + 1
-        # one unfold for a chunk without padding; a single position (the per-token step) takes the loop, which needs
-        # no host-side look at the mask
-        if x.shape[1] > 1 and bool(mask.all()):  # (B, K−1+L, D) oldest first → (B, L, D, K) → newest first
+        # one unfold without padding (the stream (B, K−1+L, D) oldest first → (B, L, D, K) → newest first); a single
+        # masked position (the per-token step with padding) takes the loop, which needs no host-side look at the mask
+        if mask is None or (x.shape[1] > 1 and bool(mask.all())):
             stream = torch.cat([previous.flip(1), x], 1)
             windows = stream.unfold(1, k, 1).flip(-1).transpose(-1, -2).flatten(2)
             return windows, stream[:, -(k - 1) :].flip(1)

@@ -27,17 +27,31 @@ def stream_recall(
     g = torch.Generator().manual_seed(seed)
     keys = F.normalize(torch.randn(batch, pairs, settings.word_size, generator=g), dim=-1)
     values = F.normalize(torch.randn(batch, pairs, settings.word_size, generator=g), dim=-1)
-    state = sdapm.init_state(settings, batch)
-    for i in range(pairs):
+    state = write_stream(settings, keys, values, consolidate)
+    decoded = torch.cdist(read_back(settings, state, keys), values).argmin(-1)
+    return (decoded == torch.arange(pairs)).float().mean().item(), state
+
+
+def write_stream(
+    settings: SDAPMSettings, keys: torch.Tensor, values: torch.Tensor, consolidate: bool
+) -> sdapm.MemoryState:
+    """An empty memory after the pairs keys, values (B, P, W) written one at a time, the closest pair of slots
+    merged whenever it is full (``consolidate``; otherwise a full memory overwrites its least-used slot)."""
+    state = sdapm.init_state(settings, keys.shape[0])
+    for i in range(keys.shape[1]):
         if consolidate:
             full = sdapm.is_full(state)
             state = sdapm.consolidate(state, sdapm.closest_pair_selection(state), settings, 2, mask=full)
         state = sdapm.write(state, keys[:, i], values[:, i], settings)
-    heads = dataclasses.replace(settings, read_heads=pairs)
-    state = dataclasses.replace(state, read_weights=torch.zeros(batch, pairs, settings.slots))
-    out, _ = sdapm.read(state, keys, torch.full((batch, pairs), 1e4), heads)
-    decoded = torch.cdist(out, values).argmin(-1)
-    return (decoded == torch.arange(pairs)).float().mean().item(), state
+    return state
+
+
+def read_back(settings: SDAPMSettings, state: sdapm.MemoryState, keys: torch.Tensor) -> torch.Tensor:
+    """(B, P, W) the memory's sharp read of each key (B, P, W), one head per key."""
+    heads = dataclasses.replace(settings, read_heads=keys.shape[1])
+    state = dataclasses.replace(state, read_weights=torch.zeros(*keys.shape[:2], settings.slots))
+    out, _ = sdapm.read(state, keys, torch.full(keys.shape[:2], 1e4), heads)
+    return out
 
 
 def largest_read_norm(settings: SDAPMSettings, steps: int, batch: int, seed: int) -> float:

@@ -291,3 +291,16 @@ def test_two_process_data_parallel_run_resumes_identically(tmp_path):
     parts = load_file(tmp_path / "parts" / "model" / "model.safetensors")
     for name in whole:
         assert torch.equal(whole[name], parts[name]), name
+
+
+def test_a_run_can_start_from_another_runs_trained_memory(tmp_path):
+    train(experiment(tmp_path, "short"))
+    trained = load_file(tmp_path / "short" / "model" / "model.safetensors")
+    stage = experiment(tmp_path, "long", init_from=str(tmp_path / "short"), task_args={**TASK_ARGS, "max_length": 6})
+    model = build_model(stage, build_task("copy", **stage.task_args))
+    assert all(torch.equal(model.state_dict()[name], weights) for name, weights in trained.items())
+    other = experiment(tmp_path, "other", init_from=str(tmp_path / "short"), model={**MODEL, "word_size": 4})
+    with pytest.raises(ValueError, match="holds another model"):
+        build_model(other, build_task("copy", **other.task_args))
+    with pytest.raises(ValueError, match="no trained model"):
+        build_model(experiment(tmp_path, "x", init_from=str(tmp_path / "nowhere")), build_task("copy", **TASK_ARGS))

@@ -7,6 +7,9 @@ Caching: ``datasets`` pickles a generator defined in an importable module *by re
 fingerprint would not change when the task code changes and a stale cache would be reused. Each split
 therefore gets an explicit fingerprint: a hash of the task name, split, seed, size, parameters and the
 source of this package. Same arguments -> the cached Arrow files are reused; any change -> fresh rows.
+
+Splits are disjoint: a split redraws any example whose input the splits built before it already hold (so no
+evaluation input was seen in training, however small the task's space of inputs).
 """
 
 from __future__ import annotations
@@ -115,9 +118,24 @@ def _describe(value: Any) -> Any:
     raise TypeError(f"cannot fingerprint a parameter of type {type(value).__name__}")
 
 
-def _fingerprint(task: str, split: str, seed: int, size: int, params: Mapping[str, Any]) -> str:
-    payload = json.dumps([task, split, seed, size, params, _source_digest()], sort_keys=True, default=_describe)
+def _fingerprint(task: str, split: str, seed: int, size: int, params: Mapping[str, Any], earlier: list[str]) -> str:
+    """The cache key of one split; ``earlier``: the fingerprints of the splits it must not repeat."""
+    payload = json.dumps([task, split, seed, size, params, earlier, _source_digest()], sort_keys=True,
+                         default=_describe)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def input_key(example: Mapping[str, Any], columns: Sequence[str] = ("input_ids",)) -> bytes:
+    """A short digest of one example's input (its integer ``columns``, nested lists allowed), to tell repeated
+    inputs apart across splits."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in columns:
+        digest.update(json.dumps(example[name], default=int).encode())
+    return digest.digest()
+
+
+# How many draws a split may spend per example it keeps before its task is declared too small to fill it.
+DRAWS_PER_EXAMPLE = 100
 
 
 def _generate(
@@ -127,10 +145,24 @@ def _generate(
     task: str,
     split: str,
     params: Mapping[str, Any],
+    exclude: frozenset[bytes],
+    input_columns: Sequence[str],
 ) -> Iterator[dict[str, Any]]:
+    """``num_examples`` rows drawn from the split's own generator, skipping inputs (``input_columns``) that
+    ``exclude`` holds."""
     rng = split_rng(seed, task, split)
-    for _ in range(num_examples):
-        yield make_example(rng, **params)
+    kept = 0
+    for _ in range(DRAWS_PER_EXAMPLE * num_examples):
+        example = make_example(rng, **params)
+        if exclude and input_key(example, input_columns) in exclude:
+            continue
+        yield example
+        kept += 1
+        if kept == num_examples:
+            return
+    raise ValueError(f"{task}: only {kept} of {num_examples} {split} inputs differ from the earlier splits' after "
+                     f"{DRAWS_PER_EXAMPLE * num_examples} draws: the task has too few distinct inputs for these "
+                     "sizes (make its sequences longer or its vocabulary larger, or its splits smaller)")
 
 
 def standard_splits(
@@ -148,15 +180,20 @@ def build_splits(
     features: datasets.Features,
     seed: int,
     cache_dir: str | None = None,
+    input_columns: Sequence[str] = ("input_ids",),
 ) -> datasets.DatasetDict:
-    """Generate (or load from the ``datasets`` cache) every split of a task.
+    """Generate (or load from the ``datasets`` cache) every split of a task; ``input_columns``: the columns that
+    make up an example's input (what the model sees), by which the splits are kept disjoint.
 
     Each split draws from its own generator (:func:`split_rng`), so adding a split or resizing one leaves the
-    rows of the others unchanged. A ``ValueError`` raised while generating (an argument that only proves
-    invalid for a concrete example, such as a too short ``length``) is re-raised as is.
+    rows of the others unchanged, and skips any input that a split before it holds (the order of ``splits``:
+    train first). A ``ValueError`` raised while generating (an argument that only proves invalid for a concrete
+    example, such as a too short ``length``) is re-raised as is.
     """
     require_int("seed", seed, 0)
     built = {}
+    seen: set[bytes] = set()
+    earlier: list[str] = []
     for split, (size, params) in splits.items():
         if size == 0:  # datasets cannot cache a generator that yields nothing
             built[split] = datasets.Dataset.from_dict(
@@ -175,14 +212,19 @@ def build_splits(
                     "task": task,
                     "split": split,
                     "params": params,
+                    "exclude": frozenset(seen),
+                    "input_columns": tuple(input_columns),
                 },
                 split=datasets.NamedSplit(split),
-                fingerprint=_fingerprint(task, split, seed, size, params),
+                fingerprint=_fingerprint(task, split, seed, size, params, earlier),
             )
         except datasets.exceptions.DatasetGenerationError as error:
             if isinstance(error.__cause__, ValueError):
                 raise error.__cause__ from None
             raise
+        earlier.append(built[split]._fingerprint)
+        columns = built[split].select_columns(list(input_columns))
+        seen.update(input_key(row, input_columns) for row in columns)
     return datasets.DatasetDict(built)
 
 

@@ -51,6 +51,8 @@ PEOPLE = ("Mary", "John", "Daniel", "Sandra")
 PLACES = ("kitchen", "garden", "office", "bedroom", "hallway", "bathroom")
 MOVES = ("moved to", "went to", "journeyed to", "travelled to", "went back to")
 SENTENCE_ENDS = (".", "?", "!", "\n")
+# What a row's input is made of (the haystack's segments, the inserted sentences and where, the question).
+INPUT_COLUMNS = ("haystack", "insert_at", "insert_offset", "insert_ids", "input_ids")
 
 
 def essays() -> dict[str, str]:
@@ -241,7 +243,7 @@ def _build(task: str, make_row, corpus: HaystackCorpus, params: dict[str, Any], 
         lengths = tuple(require_int("train_segments", n, 1) for n in train_segments)
         size, spec = splits["train"]
         splits["train"] = (size, {**spec, "num_segments": lengths})
-    return build_splits(task, make_row, splits, _features(), seed, cache_dir)
+    return build_splits(task, make_row, splits, _features(), seed, cache_dir, input_columns=INPUT_COLUMNS)
 
 
 def haystack_passkey(

@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
+from ..modeling_dnc_sdapm import ABLATIONS
+
 
 @dataclass
 class ExperimentArguments:
@@ -44,6 +46,11 @@ class ExperimentArguments:
         default=False,
         metadata={"help": "compute the frozen base's top-layer states once per example (memory on the top layer)"},
     )
+    init_from: str | None = field(
+        default=None,
+        metadata={"help": "run folder whose trained memory this run starts from (a curriculum in stages: short inputs, "
+                          "then longer ones); the model's config must match"},
+    )
     output_dir: str = field(default="runs/experiment", metadata={"help": "run folder"})
     seed: int = 0
     max_steps: int = 1000
@@ -57,6 +64,10 @@ class ExperimentArguments:
     mixed_precision: str = field(default="no", metadata={"help": "no or bf16"})
     eval_every: int = 100
     eval_splits: list[str] = field(default_factory=lambda: ["validation"])
+    eval_ablations: list[str] = field(
+        default_factory=list,
+        metadata={"help": "ablations also measured at every evaluation (zero_memory, base_alone), as SPLIT/ABLATION/METRIC"},
+    )
     save_every: int = 500
     log_every: int = 25
     time_budget_s: float | None = field(default=None, metadata={"help": "stop after this many CPU seconds of training"})
@@ -88,6 +99,9 @@ class ExperimentArguments:
             raise ValueError("head 'sequence_classification' needs a frozen base (base_model or base_config)")
         if self.cache_base_states and self.head != "sequence_classification":
             raise ValueError("cache_base_states needs head 'sequence_classification' (the memory on an encoder's top)")
+        unknown = [name for name in self.eval_ablations if name not in ABLATIONS]
+        if unknown:
+            raise ValueError(f"eval_ablations: unknown {unknown}; known: {', '.join(ABLATIONS)}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 

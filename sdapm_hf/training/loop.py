@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel
 
@@ -58,7 +59,33 @@ def memory_statistics(memory_state: dict[str, torch.Tensor]) -> dict[str, float]
 
 
 def build_model(args: ExperimentArguments, dataset) -> PreTrainedModel:
-    """A standalone token model, or the memory plugged into the frozen base the experiment names."""
+    """A standalone token model, or the memory plugged into the frozen base the experiment names; with the trained
+    weights of ``args.init_from`` where it names a run."""
+    model = _new_model(args, dataset)
+    if args.init_from is not None:
+        _load_trained(model, Path(args.init_from))
+    return model
+
+
+def _load_trained(model: PreTrainedModel, run: Path) -> None:
+    """The weights of the run folder ``run`` (its ``model/``) into ``model``, which must have the same memory."""
+    path = run / "model" / "model.safetensors"
+    if not path.exists():
+        raise ValueError(f"init_from={str(run)!r}: no trained model at {path} (give a finished run's folder)")
+    weights = load_file(path)
+    mismatch = ""
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as error:  # a tensor of another shape
+        missing, unexpected, mismatch = [], [], str(error).splitlines()[-1].strip()
+    base = model.base_prefixes() if model.frozen_base() is not None else ()
+    missing = [name for name in missing if not name.startswith(base)]  # an adapter run saved no base weights
+    if missing or unexpected or mismatch:
+        raise ValueError(f"init_from={str(run)!r} holds another model: missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]} {mismatch} (its config must match this run's model)")
+
+
+def _new_model(args: ExperimentArguments, dataset) -> PreTrainedModel:
     if not (args.base_model or args.base_config):
         if dataset is None:
             raise ValueError(f"task {args.task!r} reads text with a pretrained base: set base_model")
@@ -271,10 +298,15 @@ def _log_step(args, step, out, grad_norm, scheduler, started) -> dict[str, Any] 
 
 
 def _evaluate(model, dataset, args: ExperimentArguments) -> dict[str, float]:
+    """Every metric of every evaluation split, as it is and under each of ``args.eval_ablations``."""
     results = {}
     for split in args.eval_splits:
         for name, value in evaluate_model(model, dataset[split]).items():
             results[f"{split}/{name}"] = value
+        for ablation in args.eval_ablations:
+            with model.ablation(ablation):
+                for name, value in evaluate_model(model, dataset[split]).items():
+                    results[f"{split}/{ablation}/{name}"] = value
     return results
 
 

@@ -1,0 +1,39 @@
+"""docs/results.md against the committed runs under docs/runs/: its generated tables are what the runs give, and
+each run's command reproduces the run's arguments."""
+
+import json
+import shlex
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from sdapm_hf.training.arguments import ExperimentArguments, ExperimentParser
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+results_table = pytest.importorskip("results_table")
+
+RUNS = sorted(path.parent for path in results_table.RUNS.glob("*/*/experiment.json"))
+
+
+def test_the_generated_tables_are_what_the_committed_runs_give():
+    page = results_table.PAGE.read_text()
+    for name in results_table.SECTIONS:
+        assert f"<!-- results:{name}:start -->" in page, name
+    assert results_table.generated_page(page) == page, "python scripts/results_table.py --write"
+
+
+@pytest.mark.parametrize("run", RUNS, ids=lambda run: f"{run.parent.name}/{run.name}")
+def test_each_committed_run_is_its_command(run):
+    experiment = json.loads((run / "experiment.json").read_text())
+    words = shlex.split(results_table.command(results_table.RUN_CONFIGS[run.parent.name], experiment))
+    assert words[:2] == ["sdapm-hf", "train"]
+    parsed = json.loads(json.dumps(asdict(ExperimentParser().parse_experiment(words[2:]))))
+    defaults = json.loads(json.dumps(asdict(ExperimentArguments())))
+    assert {name: parsed[name] for name in experiment} == experiment
+    # fields added since the run was made hold their defaults, which is what the run did
+    assert all(parsed[name] == defaults[name] for name in parsed.keys() - experiment.keys())
+    assert {"steps", "train_cpu_seconds"} <= json.loads((run / "metrics.json").read_text()).keys()
+    assert (run / "log.jsonl").read_text().strip()
