@@ -54,10 +54,12 @@ def clock_keys(batch: int, pairs: int) -> torch.Tensor:
     """(B, P, W) the clock's keys for positions 1..P (the model's fixed rotation, no reset)."""
     clock = Clock(WORD)
     rotation, origin = clock.default_buffers()
-    keys, key = [], origin
+    clock.rotation.copy_(rotation)
+    clock.origin.copy_(origin)
+    keys, key, no_reset = [], clock.initial(1, torch.float32), torch.zeros(1)
     for _ in range(pairs):
-        key = F.normalize(key @ rotation.T, dim=-1)
-        keys.append(key)
+        key = clock(key, no_reset)
+        keys.append(key[0])
     return torch.stack(keys).expand(batch, -1, -1)
 
 

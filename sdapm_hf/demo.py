@@ -42,7 +42,8 @@ def run_demo(config: str | Path = DEFAULT_CONFIG, output_dir: str | None = None,
     card = write_card(run, repo_id)
     comparison.update(
         seconds=time.perf_counter() - started, train_cpu_seconds=trained["train_cpu_seconds"], steps=trained["steps"],
-        task=experiment.task, base_model=hub_id(experiment.base_model), task_args={**experiment.task_args, **experiment.eval_task_args},
+        task=experiment.task, base_model=hub_id(experiment.base_model),
+        task_args={**experiment.task_args, **experiment.eval_task_args},
         memory={**experiment.model, **experiment.eval_model},
         files=[str(p) for p in [run / "model", card, run / "metrics.json", saved, *plots]],
     )

@@ -15,6 +15,7 @@ from sdapm_hf.tasks.core import input_key
 from sdapm_hf.training import ExperimentArguments, train
 
 from test_tasks import SMALL, TEXT_TASKS
+from test_training import experiment
 
 W = 8
 
@@ -171,20 +172,9 @@ def test_a_task_too_small_for_its_splits_says_so(tmp_path):
                    cache_dir=str(tmp_path))
 
 
-def tiny_run(tmp_path, monkeypatch, **settings) -> ExperimentArguments:
-    """A per-token copy run small enough for a test, in tmp_path."""
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
-    return ExperimentArguments(
-        task="copy", task_args={"symbols": 6, "min_length": 2, "max_length": 4, "train_size": 64,
-                                "validation_size": 8, "test_size": 8},
-        model={"hidden_size": 16, "controller_size": 16, "memory_slots": 4, "word_size": 8, "chunk_size": None},
-        output_dir=str(tmp_path / "run"), batch_size=8, **settings,
-    )
-
-
 def test_the_cpu_time_budget_stops_the_run_and_it_still_saves(tmp_path, monkeypatch):
-    args = tiny_run(tmp_path, monkeypatch, max_steps=100_000, eval_every=100_000, save_every=100_000,
-                    time_budget_s=1.0)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    args = experiment(tmp_path, "run", max_steps=100_000, eval_every=100_000, save_every=100_000, time_budget_s=1.0)
     metrics = train(args)
     assert 1 <= metrics["steps"] < 100_000
     assert 1.0 <= metrics["train_cpu_seconds"] < 4.0  # stopped within a step of the budget
@@ -193,7 +183,8 @@ def test_the_cpu_time_budget_stops_the_run_and_it_still_saves(tmp_path, monkeypa
 
 
 def test_evaluations_can_measure_the_model_with_its_reads_zeroed(tmp_path, monkeypatch):
-    train(tiny_run(tmp_path, monkeypatch, max_steps=2, eval_every=1, save_every=100, eval_ablations=["zero_memory"]))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    train(experiment(tmp_path, "run", max_steps=2, eval_every=1, save_every=100, eval_ablations=["zero_memory"]))
     logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     evaluations = [r for r in logged if "validation/token_accuracy" in r]
     assert [r["step"] for r in evaluations] == [1, 2]

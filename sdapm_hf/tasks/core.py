@@ -194,12 +194,14 @@ def build_splits(
     built = {}
     seen: set[bytes] = set()
     earlier: list[str] = []
+    last = list(splits)[-1]
     for split, (size, params) in splits.items():
         if size == 0:  # datasets cannot cache a generator that yields nothing
             built[split] = datasets.Dataset.from_dict(
                 {name: [] for name in features}, features, split=datasets.NamedSplit(split)
             )
             continue
+        fingerprint = _fingerprint(task, split, seed, size, params, earlier)
         try:
             built[split] = datasets.Dataset.from_generator(
                 _generate,
@@ -216,15 +218,15 @@ def build_splits(
                     "input_columns": tuple(input_columns),
                 },
                 split=datasets.NamedSplit(split),
-                fingerprint=_fingerprint(task, split, seed, size, params, earlier),
+                fingerprint=fingerprint,
             )
         except datasets.exceptions.DatasetGenerationError as error:
             if isinstance(error.__cause__, ValueError):
                 raise error.__cause__ from None
             raise
-        earlier.append(built[split]._fingerprint)
-        columns = built[split].select_columns(list(input_columns))
-        seen.update(input_key(row, input_columns) for row in columns)
+        earlier.append(fingerprint)
+        if split != last:  # the inputs the splits after this one must not repeat
+            seen.update(input_key(row, input_columns) for row in built[split].select_columns(list(input_columns)))
     return datasets.DatasetDict(built)
 
 
