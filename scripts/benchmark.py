@@ -6,7 +6,8 @@ Sections (``python scripts/benchmark.py SECTION [--write]``; ``all`` runs every 
 * ``step``: a training step (forward, backward, Adam) on the copy task against pytorch-dnc (PyPI ``dnc``, the
   ``bench`` extra), batch 32, 8-bit vectors, length 8 (17 steps), word size 16, one read head, LSTM 64, N ∈ {16, 64,
   256, 1024}; ours per token with dense reads, with sparse reads (top-8 of a 32-slot shortlist), in chunked mode
-  (chunks of 4 steps), and with the classic DNC memory (temporal links, as the peer). Each case runs in its own process (its peak RSS is the case's), rounds interleaved.
+  (chunks of 4 steps), the per-token and chunked models compiled (``compile_memory()``), and with the classic DNC
+  memory (temporal links, as the peer). Each case runs in its own process (its peak RSS is the case's), rounds interleaved.
 * ``learn``: steps and time until the copy task (length 8, N = 16) reaches 99% bit accuracy on a fresh batch, ours
   and the peer trained the same way (Adam 1e-3, clip 10, batch 32) from the same seeds.
 * ``scaling``: a training step and a streaming (no-grad) step of the sparse model for N from 64 to 16,384.
@@ -17,6 +18,8 @@ Sections (``python scripts/benchmark.py SECTION [--write]``; ``all`` runs every 
 * ``plugin``: the frozen-plugin overhead table (``scripts/bench_plugin.py``).
 * ``memory``: the memory core's own speed against plain attention, read forms, shortlist recall
   (``scripts/bench_memory.py``).
+* ``defaults``: a first plugged model at the defaults against the former per-token defaults, and what it learns in
+  four CPU minutes (``scripts/bench_defaults.py``).
 
 Usage::
 
@@ -58,14 +61,20 @@ KEY = "cpu_ms"  # what the ratios compare (on one thread: the step's time withou
 BITS, LENGTH, BATCH, WORD, CONTROLLER = 8, 8, 32, 16, 64
 # The per-token recurrence with clock keys and learned consolidation, as the copy task trains it.
 PER_TOKEN = {"chunk_size": None, "clock_keys": True, "consolidation": "learned"}
+CHUNKS_OF_4 = {"chunk_size": 4, "consolidation": "auto", "clock_keys": False}
+# "compiled": the model's compile_memory() (torch.compile with inductor of the per-position step or chunk piece)
 MODELS = {
     "ours (SDAPM, dense)": PER_TOKEN,
+    "ours (SDAPM, dense, compiled)": {**PER_TOKEN, "compiled": True},
     "ours (SDAPM, top-8 of 32)": {**PER_TOKEN, "read_top_k": 8, "read_candidates": 32},
-    "ours (SDAPM, chunks of 4)": {"chunk_size": 4, "consolidation": "auto", "clock_keys": False},
+    "ours (SDAPM, chunks of 4)": CHUNKS_OF_4,
+    "ours (SDAPM, chunks of 4, compiled)": {**CHUNKS_OF_4, "compiled": True},
     "ours (classic DNC memory, links)": {**PER_TOKEN, "memory_type": "dnc", "temporal_links": True},
     "pytorch-dnc 1.1.0 (DNC)": None,
 }
 PEER = "pytorch-dnc 1.1.0 (DNC)"
+COMPILED = {"ours (SDAPM, dense, compiled)": "ours (SDAPM, dense)",
+            "ours (SDAPM, chunks of 4, compiled)": "ours (SDAPM, chunks of 4)"}
 DENSE_LINKS = (PEER, "ours (classic DNC memory, links)")  # O(N²) link matrices: seconds per step at N = 1024
 
 
@@ -84,12 +93,14 @@ def copy_batch(generator: torch.Generator, batch: int = BATCH, length: int = LEN
 class OursCopy(nn.Module):
     """The DNC-SDAPM over bit vectors: a linear read-in, the memory model, a linear read-out of BITS logits."""
 
-    def __init__(self, slots: int, **settings) -> None:
+    def __init__(self, slots: int, compiled: bool = False, **settings) -> None:
         super().__init__()
         config = DNCSDAPMConfig(vocab_size=2, hidden_size=CONTROLLER, controller_size=CONTROLLER, memory_slots=slots,
                                 word_size=WORD, read_heads=1, **settings)
         self.read_in = nn.Linear(BITS + 1, CONTROLLER)
         self.model = DNCSDAPMModel(config)
+        if compiled:
+            self.model.compile_memory()
         self.read_out = nn.Linear(CONTROLLER, BITS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,6 +219,9 @@ def run_step(args) -> str:
             verdicts.append(f"* N = {n}: target ≥ {target}× faster than pytorch-dnc; best {best}: "
                             f"{got:.1f}× — {state}" if got else f"* N = {n}: no measurement")
     errors = sorted({f"* {name}, N = {n}: {r['error']}" for (name, n), rs in results.items() for r in rs if "error" in r})
+    compiled = [f"* {name}: " + ", ".join(
+                    f"N={n} {ratio(median(eager, n, KEY), median(name, n, KEY))}" for n in args.sizes)
+                for name, eager in COMPILED.items() if name in names and eager in names]
     params = {name: _median(results.get((name, args.sizes[0]), []), "params") for name in names}
     return f"""## Training step against pytorch-dnc
 
@@ -217,6 +231,9 @@ Setup: the copy task as pytorch-dnc's copy script sets it up, batch {BATCH}, {BI
 a one-layer LSTM of {CONTROLLER}; forward, BCE on the answer steps, backward, Adam. pytorch-dnc's `DNC` (dense,
 temporal links, `reset_experience=True`) with a linear read-out; ours is `DNCSDAPMModel` between a linear read-in
 and read-out (parameters at N = {args.sizes[0]}: {", ".join(f"{k} {int(v):,}" for k, v in params.items() if v)}).
+"compiled": the same model after `compile_memory()` (torch.compile, inductor, of the per-position step or the
+chunk piece; the graph breaks where the memory's control flow depends on its contents, and those parts run eager);
+its warm-up step compiles.
 Each case runs in a fresh process ({args.steps} timed steps after one warm-up step; the two models with dense
 temporal links at N ≥ 1024: one step, {args.peer_rounds_at_1024} round(s)); {args.rounds} rounds, cases rotated each round; medians. Peak RSS is
 the process's, minus that of a process that only imports torch and the package ({base:.0f} MB).
@@ -230,6 +247,10 @@ the other jobs on these shared cores, which stretch the wall times):
 
 {chr(10).join(verdicts)}
 {chr(10).join(errors)}
+
+Compiled against eager (the eager model's CPU ms / the compiled one's):
+
+{chr(10).join(compiled)}
 
 Why the targets are missed. At small N a step is bound by the number of small operations per time step, and ours
 runs more of them than the classic DNC: the SDAPM's write replaces a slot's whole affine map (centroid, value
@@ -585,6 +606,13 @@ def run_plugin(args) -> str:
     return ""  # bench_plugin writes its own section
 
 
+def run_defaults(args) -> str:
+    import bench_defaults
+
+    bench_defaults.main(["--write", "--out", args.out] if args.write else [])
+    return ""  # bench_defaults writes its own section
+
+
 # --------------------------------------------------------------------------------------------- plumbing
 
 
@@ -608,7 +636,7 @@ def _header(args) -> str:
 
 
 SECTIONS = {"step": run_step, "learn": run_learn, "scaling": run_scaling, "capacity": run_capacity, "act": run_act,
-            "plugin": run_plugin, "memory": run_memory}
+            "plugin": run_plugin, "memory": run_memory, "defaults": run_defaults}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -9,12 +9,12 @@ training reported at its end) and ``log.jsonl``; an evaluation over lengths is t
 from; the page holds it between ``<!-- results:NAME:start -->`` and ``<!-- results:NAME:end -->``. A run's command is
 its config plus every field where the run differs from the config, as ``sdapm-hf train`` takes them.
 
-    python scripts/results_table.py runs/copy_beyond_capacity runs/copy_beyond_capacity_dnc \\
+    python scripts/results_table.py runs/copy_beyond_capacity runs/copy_beyond_capacity_lstm \\
         --metrics test_len32/token_accuracy test_len64/token_accuracy
 
 prints the rows of any run folders (the config named by the folder's name), and
 
-    python scripts/results_table.py runs/copy_beyond_capacity_long --stability test_len64/token_accuracy
+    python scripts/results_table.py runs/copy_beyond_capacity --stability test_len64/token_accuracy
 
 prints instead, from ``log.jsonl``, the training loss per quarter of the run (median and largest), the largest
 stored value norm and read norm seen, and the evaluations over time.
@@ -30,10 +30,14 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from capacity_curve import markdown as capacity_markdown  # noqa: E402
 from haystack_table import gate_table, markdown  # noqa: E402
 
+from sdapm_hf import DNCSDAPMConfig  # noqa: E402
+from sdapm_hf.access import MemoryAccess  # noqa: E402
 from sdapm_hf.reporting import REPO, replace_section, table  # noqa: E402
 from sdapm_hf.training.arguments import MAPPING_FIELDS, load_experiment  # noqa: E402
 
@@ -70,11 +74,14 @@ def run_rows(config: str, runs: list[Path], metrics: list[str]) -> list[list[str
     return rows
 
 
-def runs_table(folder: str, metrics: list[str]) -> str:
-    """The table of the committed runs ``docs/runs/FOLDER/*/`` of the config ``RUN_CONFIGS[folder]``."""
-    runs = sorted(p.parent for p in (RUNS / folder).glob("*/experiment.json"))
-    return table(["command", "seed", "steps", "wall min", "CPU min", *metrics],
-                 run_rows(RUN_CONFIGS[folder], runs, metrics))
+def runs_table(folders: list[str], metrics: list[str]) -> str:
+    """The table of the committed runs ``docs/runs/FOLDER/*/`` of each folder, whose config is
+    ``RUN_CONFIGS[folder]``."""
+    rows = []
+    for folder in folders:
+        runs = sorted(p.parent for p in (RUNS / folder).glob("*/experiment.json"))
+        rows += run_rows(RUN_CONFIGS[folder], runs, metrics)
+    return table(["command", "seed", "steps", "wall min", "CPU min", *metrics], rows)
 
 
 def seed_labels(folder: str) -> dict[str, str]:
@@ -152,8 +159,95 @@ def evaluations_section(folder: str, splits: list[str], ablation: str, metric: s
     return render
 
 
-def runs_section(folder: str, metrics: list[str]) -> Callable[[], str]:
-    return lambda: runs_table(folder, metrics)
+def memory_floats(experiment: dict) -> int:
+    """Floats of one sequence's memory state (the memory's own tensors; not the controller's or the clock's) for a
+    run's model settings."""
+    state = MemoryAccess(DNCSDAPMConfig(**experiment["model"])).init_state(1, torch.float32, torch.device("cpu"))
+    return 0 if state.memory is None else sum(t.numel() for t in state.memory.as_dict().values())
+
+
+def seeds_section(rows: dict[str, tuple[str, str]], metrics: list[str]) -> Callable[[], str]:
+    """One row per folder of committed runs (``rows``: folder → (label, budget)): the memory's floats per
+    sequence, the seeds, steps and CPU minutes (mean), and each metric's mean and worst over the seeds."""
+    def render() -> str:
+        out = []
+        for folder, (label, budget) in rows.items():
+            runs = sorted((RUNS / folder).glob("*/experiment.json"))
+            experiments = [json.loads(path.read_text()) for path in runs]
+            results = [json.loads((path.parent / "metrics.json").read_text()) for path in runs]
+            cells = []
+            for metric in metrics:
+                values = [r[metric] for r in results if metric in r]
+                cells.append(f"{sum(values) / len(values):.4f} ({min(values):.4f})" if values else "–")
+            out.append([label, f"{memory_floats(experiments[0]):,}", budget,
+                        ", ".join(str(e["seed"]) for e in experiments),
+                        f"{sum(r['steps'] for r in results) / len(results):.0f}",
+                        f"{sum(r['train_cpu_seconds'] for r in results) / len(results) / 60:.1f}", *cells])
+        return table(["memory", "memory floats / sequence", "budget", "seeds", "steps", "CPU min",
+                      *[f"{m}: mean (worst)" for m in metrics]], out)
+    return render
+
+
+def runs_section(folders: list[str], metrics: list[str]) -> Callable[[], str]:
+    return lambda: runs_table(folders, metrics)
+
+
+STABILITY_HEADER = ["quarter of training", "steps", "median loss", "largest loss", "largest ‖value‖", "largest ‖read‖"]
+
+
+def stability(run: Path, metric: str) -> tuple[list[list[str]], str]:
+    """From a run's ``log.jsonl``: per quarter of training the steps, the median and largest training loss, the
+    largest stored value norm and read norm; and ``metric`` at every evaluation, as a line."""
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r]
+    last = train[-1]["step"]
+    rows = []
+    for q in range(4):
+        part = [r for r in train if q * last / 4 < r["step"] <= (q + 1) * last / 4]
+        losses = sorted(r["loss"] for r in part)
+        rows.append([str(q + 1), f"{part[0]['step']}–{part[-1]['step']}", f"{losses[len(losses) // 2]:.4f}",
+                     f"{losses[-1]:.4f}", f"{max(r.get('memory_value_max', 0) for r in part):.3f}",
+                     f"{max(r.get('read_max', 0) for r in part):.3f}"])
+    evaluations = ", ".join(f"{r['step']}: {r[metric]:.4f}" for r in records if metric in r)
+    return rows, f"{metric} by step: {evaluations}"
+
+
+def stability_section(folder: str, metric: str) -> Callable[[], str]:
+    """``stability`` of every committed run of ``folder``, one table with the seed in front."""
+    def render() -> str:
+        rows, lines = [], []
+        for path in sorted((RUNS / folder).glob("*/experiment.json")):
+            seed = str(json.loads(path.read_text())["seed"])
+            quarters, line = stability(path.parent, metric)
+            rows += [[seed, *row] for row in quarters]
+            lines.append(f"seed {seed}, {line}")
+        return table(["seed", *STABILITY_HEADER], rows) + "\n\n" + "\n".join(lines)
+    return render
+
+
+def lengths_section(folder: str, evaluation: str) -> Callable[[], str]:
+    """The committed runs of ``folder`` (copy) evaluated at longer lengths (``evaluation``: the JSON that
+    ``sdapm-hf evaluate`` printed, in each run's folder): per length the writes of a sequence (2L + 1 positions)
+    against what the memory stores exactly (slots × (max_rank + 1)), and the accuracies' mean and worst."""
+    def render() -> str:
+        runs = sorted(p.parent for p in (RUNS / folder).glob(f"*/{evaluation}"))
+        model = json.loads((runs[0] / "experiment.json").read_text())["model"]
+        exact = model["memory_slots"] * (model["max_rank"] + 1)
+        results = [json.loads((run / evaluation).read_text()) for run in runs]
+        rows = []
+        for split in results[0]:
+            length = int(split.removeprefix("test_len"))
+            cells = []
+            for metric in ("token_accuracy", "sequence_accuracy"):
+                values = [r[split][metric] for r in results]
+                cells.append(f"{sum(values) / len(values):.4f} ({min(values):.4f})")
+            rows.append([str(length), str(2 * length + 1), f"{(2 * length + 1) / exact:.2f}", *cells])
+        seeds = ", ".join(str(json.loads((run / "experiment.json").read_text())["seed"]) for run in runs)
+        return (f"Exact storage: {model['memory_slots']} slots × (rank {model['max_rank']} + 1) = {exact} pairs; "
+                f"seeds {seeds}.\n\n" + table(["length L", "writes (2L + 1)", "writes / exact storage",
+                                                "token accuracy: mean (worst)", "sequence accuracy: mean (worst)"],
+                                               rows))
+    return render
 
 
 # The committed runs' folders under docs/runs/ and the config every run in one came from.
@@ -164,23 +258,43 @@ RUN_CONFIGS = {
     "copy_seed_regime": "configs/copy_seed_regime.yaml",
     "smollm2_qa1": "configs/smollm2_qa1.yaml",
     "smollm2_passkey_stage2": "configs/smollm2_passkey_stage2.yaml",
+    "copy_beyond_capacity": "configs/copy_beyond_capacity.yaml",
+    "copy_beyond_capacity_dnc_equal_memory": "configs/copy_beyond_capacity_dnc_equal_memory.yaml",
+    "copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_beyond_capacity_dnc_equal_memory.yaml",
+    "copy_beyond_capacity_dnc_equal_cpu": "configs/copy_beyond_capacity_dnc_equal_cpu.yaml",
+    "copy_beyond_capacity_lstm": "configs/copy_beyond_capacity_lstm.yaml",
+    "copy_beyond_capacity_lstm_equal_cpu": "configs/copy_beyond_capacity_lstm_equal_cpu.yaml",
 }
+COPY = {  # folder: (the memory, the budget)
+    "copy_beyond_capacity": ("SDAPM, 8 slots of rank 16, clock keys", "1,000 steps"),
+    "copy_beyond_capacity_dnc_equal_memory": ("DNC, 88 slots, temporal links, content keys", "equal steps"),
+    "copy_beyond_capacity_dnc_equal_cpu": ("DNC, 88 slots, temporal links, content keys", "equal CPU time"),
+    "copy_beyond_capacity_dnc_equal_memory_clock": ("DNC, 88 slots, temporal links, clock keys", "equal steps"),
+    "copy_beyond_capacity_lstm": ("none (the LSTM controller alone)", "equal steps"),
+    "copy_beyond_capacity_lstm_equal_cpu": ("none (the LSTM controller alone)", "equal CPU time"),
+}
+COPY_METRICS = ["test_len32/token_accuracy", "test_len64/token_accuracy", "test_len64/sequence_accuracy",
+                "test_len64/zero_memory/token_accuracy"]
 VALIDATION = ["validation/accuracy", "validation/token_accuracy", "validation/loss"]
 SECTIONS: dict[str, Callable[[], str]] = {
-    "smollm2_passkey_runs": runs_section("smollm2_passkey", VALIDATION),
+    "smollm2_passkey_runs": runs_section(["smollm2_passkey"], VALIDATION),
     "smollm2_passkey": haystack_section("smollm2_passkey", ["haystack_eval.json"], {64: 0.95, 256: 0.90}),
     "smollm2_passkey_gates": gate_section("smollm2_passkey", "write_gates_64.json"),
-    "smollm2_passkey_stage2_runs": runs_section("smollm2_passkey_stage2", VALIDATION),
+    "smollm2_passkey_stage2_runs": runs_section(["smollm2_passkey_stage2"], VALIDATION),
     "smollm2_passkey_stage2": haystack_section(
         "smollm2_passkey_stage2", ["haystack_eval.json", "haystack_eval_seed0.json", "haystack_eval_seed2.json"],
         {64: 0.95, 256: 0.90}),
-    "smollm2_multi_needle_runs": runs_section("smollm2_multi_needle", VALIDATION),
+    "smollm2_multi_needle_runs": runs_section(["smollm2_multi_needle"], VALIDATION),
     "smollm2_multi_needle": haystack_section("smollm2_multi_needle", ["haystack_eval.json"], {64: 0.90}),
-    "gemma3_passkey_runs": runs_section("gemma3_passkey", VALIDATION),
-    "smollm2_qa1_runs": runs_section("smollm2_qa1", VALIDATION),
+    "gemma3_passkey_runs": runs_section(["gemma3_passkey"], VALIDATION),
+    "smollm2_qa1_runs": runs_section(["smollm2_qa1"], VALIDATION),
     "smollm2_qa1": haystack_section("smollm2_qa1", ["haystack_eval.json"], {}),
     "capacity_curve": capacity_section("capacity/curve.json"),
-    "copy_seed_regime_runs": runs_section("copy_seed_regime", ["test_len32/token_accuracy", "test_len64/token_accuracy"]),
+    "copy_beyond_capacity": seeds_section(COPY, COPY_METRICS),
+    "copy_beyond_capacity_runs": runs_section(list(COPY), COPY_METRICS),
+    "copy_beyond_capacity_lengths": lengths_section("copy_beyond_capacity", "lengths.json"),
+    "copy_beyond_capacity_stability": stability_section("copy_beyond_capacity", "test_len64/token_accuracy"),
+    "copy_seed_regime_runs": runs_section(["copy_seed_regime"], ["test_len32/token_accuracy", "test_len64/token_accuracy"]),
     "copy_seed_regime": evaluations_section("copy_seed_regime", ["validation", "test_len32", "test_len64"],
                                             "zero_memory", "token_accuracy"),
 }
@@ -191,23 +305,6 @@ def generated_page(text: str) -> str:
     for name, render in SECTIONS.items():
         text = replace_section(text, name, render(), MARK)
     return text
-
-
-def stability(run: Path, metric: str) -> None:
-    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    train = [r for r in records if "loss" in r]
-    last = train[-1]["step"]
-    print("| quarter of training | steps | median loss | largest loss | largest ‖value‖ | largest ‖read‖ |")
-    print("|---|---|---|---|---|---|")
-    for q in range(4):
-        part = [r for r in train if q * last / 4 < r["step"] <= (q + 1) * last / 4]
-        losses = sorted(r["loss"] for r in part)
-        print(
-            f"| {q + 1} | {part[0]['step']}–{part[-1]['step']} | {losses[len(losses) // 2]:.4f} | {losses[-1]:.4f} | "
-            f"{max(r.get('memory_value_max', 0) for r in part):.3f} | {max(r.get('read_max', 0) for r in part):.3f} |"
-        )
-    evaluations = [(r["step"], r[metric]) for r in records if metric in r]
-    print(f"\n{metric} by step: " + ", ".join(f"{step}: {value:.4f}" for step, value in evaluations))
 
 
 def main() -> None:
@@ -228,7 +325,8 @@ def main() -> None:
                      "python scripts/results_table.py --write")
         return
     if args.stability:
-        stability(args.runs[0], args.stability)
+        rows, line = stability(args.runs[0], args.stability)
+        print(f"{table(STABILITY_HEADER, rows)}\n\n{line}")
         return
     rows = [[f"`{run.name}`", *row] for run in args.runs
             for row in run_rows(f"configs/{run.name}.yaml", [run], args.metrics)]

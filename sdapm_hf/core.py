@@ -34,8 +34,9 @@ leave the state untouched (in chunked mode: a chunk without a real position leav
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -43,6 +44,7 @@ from torch.profiler import record_function
 
 from .access import AccessState, MemoryAccess, last_real
 from .act import Ponder, PonderStep, ponder_statistics
+from .compiled import CompiledStep
 from .controller import Controller, Interface, InterfaceVector
 from .tensor_state import TensorState
 
@@ -196,6 +198,26 @@ class MemoryCore(nn.Module):
         self.access = MemoryAccess(config)
         self.ponder = Ponder(config)
         self.bypass = nn.Dropout(config.bypass_dropout)
+        self.compile_options: dict[str, Any] | None = None
+        self._compiled: dict[str, CompiledStep] = {}
+
+    def compile_steps(self, **options: Any) -> None:
+        """Run the per-position step (per-token mode) and the chunk piece (chunked mode) through ``torch.compile``
+        with ``options`` (``compiled.py``); eager where the backend fails."""
+        self.compile_options, self._compiled = options, {}
+
+    def stepper(self, name: str) -> Callable[..., Any]:
+        """The method ``name`` ("step" or "_chunk_piece") as the recurrence calls it: compiled after
+        ``compile_steps`` (built at the first call, for this module), else the method itself."""
+        if self.compile_options is None:
+            return getattr(self, name)
+        if name not in self._compiled:
+            self._compiled[name] = CompiledStep(getattr(self, name), self.compile_options)
+        return self._compiled[name]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy (``copy.deepcopy``, pickle) compiles its own steps again: compiled code belongs to this module."""
+        return {**super().__getstate__(), "_compiled": {}}
 
     @property
     def dtype(self) -> torch.dtype:
@@ -311,8 +333,9 @@ class MemoryCore(nn.Module):
         features, steps, costs, resets, gates = [], [], [], [], []
         records = [self._record(0, 0, None, state)] if record else None
         dense = bool(mask.all())  # one look at the mask per call: without padding no step masks its update
+        one_step = self.stepper("step")
         for i in range(t):
-            state, out, step, iface = self.step(x[:, i], state, None if dense else mask[:, i])
+            state, out, step, iface = one_step(x[:, i], state, None if dense else mask[:, i])
             features.append(out)
             if iface is not None:
                 gates.append(iface.write_gate)
@@ -340,8 +363,9 @@ class MemoryCore(nn.Module):
         b, t, _ = x.shape
         features, gates = [], []
         records = [self._record(0, 0, None, state)] if record else None
+        piece = self.stepper("_chunk_piece")
         for start, end in piece_bounds(0, t, self.chunk_size, state.chunk.length):
-            state, out, weights, piece_gates = self._chunk_piece(x[:, start:end], mask[:, start:end], state)
+            state, out, weights, piece_gates = piece(x[:, start:end], mask[:, start:end], state)
             features.append(out)
             gates.append(piece_gates)
             if record:

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -231,6 +232,13 @@ class DNCSDAPMPreTrainedModel(PreTrainedModel):
             yield self
         finally:
             model.ablated = before
+
+    def compile_memory(self, **options: Any) -> DNCSDAPMPreTrainedModel:
+        """Compile the memory's recurrence steps with ``torch.compile(**options)`` (``compiled.py``: one graph per
+        position or chunk, so a new sequence length does not recompile; eager where the backend fails). The frozen
+        base is left as it is. Returns the model."""
+        self.memory_model().core().compile_steps(**options)
+        return self
 
     def base_prefixes(self) -> tuple[str, ...]:
         """The state-dict prefixes of the frozen base's parts (its backbone, and a plugged causal LM's head)."""

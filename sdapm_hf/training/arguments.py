@@ -75,6 +75,9 @@ class ExperimentArguments:
         default=None, metadata={"help": "end this invocation after this step (the schedule still spans max_steps)"}
     )
     num_threads: int = 1
+    compile_memory: bool = field(
+        default=False, metadata={"help": "run the memory's steps through torch.compile (eager where it fails)"}
+    )
     on_nonfinite: str = field(
         default="skip", metadata={"help": "a non-finite loss or gradient: 'skip' the step (logged) or 'stop' the run"}
     )

@@ -60,10 +60,12 @@ def memory_statistics(memory_state: dict[str, torch.Tensor]) -> dict[str, float]
 
 def build_model(args: ExperimentArguments, dataset) -> PreTrainedModel:
     """A standalone token model, or the memory plugged into the frozen base the experiment names; with the trained
-    weights of ``args.init_from`` where it names a run."""
+    weights of ``args.init_from`` where it names a run; its memory's steps compiled with ``args.compile_memory``."""
     model = _new_model(args, dataset)
     if args.init_from is not None:
         _load_trained(model, Path(args.init_from))
+    if args.compile_memory:
+        model.compile_memory()
     return model
 
 

@@ -1,0 +1,143 @@
+#!/usr/bin/env python
+"""The defaults of a first plugged model: how fast they train against the per-token settings that were the
+default before, and what they learn in a first experiment.
+
+* Step: ``DNCSDAPMForCausalLM.from_base(tiny random Llama, memory_slots=8, segment_length=32)`` with every other
+  setting at its default, against the same with the former defaults (``chunk_size=None, clock_keys=True,
+  consolidation="learned"``: the per-token recurrence); one forward and backward of a batch of 32 × 128 tokens,
+  CPU time, median over interleaved rounds after one warm-up call each. Target: the defaults ≥ 20× faster.
+* Learning: ``configs/defaults_mqar_distractors.yaml`` (the defaults on plugged MQAR with random distractors, four
+  CPU minutes of training) through ``sdapm_hf.training.train``; its test accuracy against chance and against the
+  base alone.
+
+Usage::
+
+    python scripts/bench_defaults.py [--rounds 3] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+REPO = Path(__file__).resolve().parent.parent
+
+from sdapm_hf import DNCSDAPMForCausalLM  # noqa: E402
+from sdapm_hf.reporting import code_revision, command_line, fmt, machine, replace_section, table  # noqa: E402
+from sdapm_hf.training import train  # noqa: E402
+from sdapm_hf.training.arguments import load_experiment  # noqa: E402
+
+CONFIG = REPO / "configs" / "defaults_mqar_distractors.yaml"
+BATCH, TOKENS, VOCAB = 32, 128, 128
+FORMER_DEFAULTS = {"chunk_size": None, "clock_keys": True, "consolidation": "learned"}
+VARIANTS = {"defaults (chunked, chunk_size=32)": {}, "former defaults (per-token, learned consolidation, clock keys)":
+            FORMER_DEFAULTS}
+TARGET = 20.0
+MARK = "bench_defaults:{}:{}"
+
+
+def plugged(settings: dict) -> DNCSDAPMForCausalLM:
+    """The memory on a frozen tiny random Llama (the base of ``CONFIG``), seeded."""
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
+                                        max_position_embeddings=32))
+    return DNCSDAPMForCausalLM.from_base(base, memory_slots=8, segment_length=32, **settings).train()
+
+
+def step_seconds(model: DNCSDAPMForCausalLM, ids: torch.Tensor) -> float:
+    """CPU seconds of one forward and backward of ``ids`` (labels = ids)."""
+    started = time.process_time()
+    model(input_ids=ids, labels=ids).loss.backward()
+    model.zero_grad()
+    return time.process_time() - started
+
+
+def measure_steps(rounds: int) -> dict[str, float]:
+    ids = torch.randint(0, VOCAB, (BATCH, TOKENS), generator=torch.Generator().manual_seed(0))
+    models = {name: plugged(settings) for name, settings in VARIANTS.items()}
+    for model in models.values():
+        step_seconds(model, ids)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for round_ in range(rounds):
+        names = list(models)[round_ % 2 :] + list(models)[: round_ % 2]
+        for name in names:
+            times[name].append(step_seconds(models[name], ids))
+            print(f"round {round_} {name}: {times[name][-1]:.3f} CPU s", flush=True)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def learn() -> dict:
+    """Train ``CONFIG`` in a scratch folder: its final metrics (test accuracy with the memory and of the base
+    alone, steps, CPU seconds)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        return train(load_experiment(CONFIG, output_dir=str(Path(scratch) / "run")))
+
+
+def section(args: argparse.Namespace, seconds: dict[str, float], learned: dict) -> str:
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    defaults, former = seconds.values()
+    speedup = former / defaults
+    experiment = load_experiment(CONFIG)
+    budget = experiment.time_budget_s
+    chance = 1 / (VOCAB - VOCAB // 2)  # values are drawn from the upper half of the vocabulary
+    accuracy, alone = learned["test/token_accuracy"], learned["test/base_alone/token_accuracy"]
+    rows = [[name, fmt(1000 * s), f"{budget / s:,.0f}"] for name, s in seconds.items()]
+    verdict = "met" if speedup >= TARGET else "**missed**"
+    learns = "met" if accuracy >= 0.9 else "**missed**"
+    return f"""## Defaults: a first plugged model
+
+Command: `{args.command}` (from the repository root)  
+Date: {date}  
+Code: {code_revision()}  
+Machine: {args.machine}
+
+Setup: `DNCSDAPMForCausalLM.from_base(tiny random Llama, memory_slots=8, segment_length=32)` (Llama: hidden 64,
+2 layers, 4 heads, vocabulary {VOCAB}, window 32), every other setting at its default, against the same model with
+the former defaults (`chunk_size=None, clock_keys=True, consolidation="learned"`: the per-token recurrence). One
+forward and backward of a batch of {BATCH} × {TOKENS} tokens, CPU seconds on one thread, median of {args.rounds}
+interleaved rounds after one warm-up call each.
+
+{table(["settings", "CPU ms per forward + backward", f"such steps in {budget:.0f} CPU s"], rows)}
+
+Then `configs/defaults_mqar_distractors.yaml` trains the defaults for {budget:.0f} CPU seconds on plugged MQAR with
+random distractors (4 pairs in the first of four 32-token segments, queried after 64 more tokens): {learned['steps']:,}
+steps; test accuracy {accuracy:.4f} with the memory, {alone:.4f} for the base alone, chance {chance:.4f}.
+
+* defaults ≥ {TARGET:.0f}× faster than the former defaults: {speedup:.1f}× — {verdict}
+* the defaults learn the first experiment (≥ 90% in its budget): {100 * accuracy:.1f}% — {learns}
+"""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
+    p.add_argument("--write", action="store_true", help="replace the section in --out")
+    p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file for --write")
+    args = p.parse_args(argv)
+    args.command = command_line(argv, "scripts/bench_defaults.py")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    torch.set_num_threads(1)
+    args.machine = machine()
+    body = section(args, measure_steps(args.rounds), learn())
+    print(body, flush=True)
+    if args.write:
+        out = Path(args.out)
+        out.write_text(replace_section(out.read_text(), "defaults", body, MARK))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

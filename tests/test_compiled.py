@@ -1,0 +1,107 @@
+"""The memory's steps through torch.compile: the same outputs and gradients as eager, no recompilation for a new
+sequence length, eager where the backend fails."""
+
+import copy
+
+import pytest
+import torch
+from test_model import tiny, tokens
+
+CHUNKED = dict(chunk_size=4, clock_keys=False, consolidation="auto")
+
+
+class CountingBackend:
+    """A torch.compile backend that runs each graph eagerly and counts the graphs it was given."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+
+    def __call__(self, graph: torch.fx.GraphModule, example_inputs):
+        self.graphs += 1
+        return graph.forward
+
+
+def failing_backend(graph, example_inputs):
+    raise RuntimeError("no compiler here")
+
+
+def loss_and_grads(model, ids, mask):
+    model.zero_grad()
+    out = model(input_ids=ids, attention_mask=mask, labels=ids)
+    out.loss.backward()
+    return out.logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(("settings", "padded"), [({}, False), ({}, True), (CHUNKED, True)],
+                         ids=["per-token", "per-token-padded", "chunked-padded"])
+def test_compiled_steps_give_eager_outputs_and_gradients(settings, padded):
+    eager = tiny(**settings)  # eval: no dropout, whose random draws compiled code makes differently
+    compiled = copy.deepcopy(eager).compile_memory(backend="aot_eager")
+    ids = tokens(batch=3, length=11)
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[1, :3] = 0
+    logits, grads = loss_and_grads(eager, ids, mask)
+    compiled_logits, compiled_grads = loss_and_grads(compiled, ids, mask)
+    torch.testing.assert_close(compiled_logits, logits, rtol=1e-5, atol=1e-5)
+    assert compiled_grads.keys() == grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("settings", [{}, CHUNKED], ids=["per-token", "chunked"])
+def test_a_new_sequence_length_does_not_recompile(settings):
+    """Inputs that are prefixes of one sequence take the branches (consolidation or not, the ranks a merge needs)
+    the first pass took, so only the length differs. A chunked call that ends inside a chunk steps a shorter piece:
+    the first two such lengths may compile (the second one with a dynamic length), later ones may not."""
+    torch._dynamo.reset()
+    backend = CountingBackend()
+    model = tiny(**settings).compile_memory(backend=backend)
+    ids = tokens(length=32)
+    with torch.no_grad():
+        for length in (32, 13, 22):
+            model(input_ids=ids[:, :length])
+        graphs = backend.graphs
+        for length in (31, 8, 27, 9):
+            model(input_ids=ids[:, :length])
+    assert graphs > 0 and backend.graphs == graphs
+
+
+def test_inductor_compiled_step_matches_eager():
+    torch._dynamo.reset()
+    eager = tiny()
+    compiled = copy.deepcopy(eager).compile_memory()
+    ids = tokens(batch=2, length=6)
+    mask = torch.ones_like(ids)
+    logits, grads = loss_and_grads(eager, ids, mask)
+    compiled_logits, compiled_grads = loss_and_grads(compiled, ids, mask)
+    torch.testing.assert_close(compiled_logits, logits, rtol=1e-4, atol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_a_failing_backend_falls_back_to_eager_with_one_warning():
+    torch._dynamo.reset()
+    eager = tiny()
+    compiled = copy.deepcopy(eager).compile_memory(backend=failing_backend)
+    ids = tokens()
+    with pytest.warns(RuntimeWarning, match="running it eager: .*no compiler here") as caught:
+        logits = compiled(input_ids=ids).logits
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    torch.testing.assert_close(logits, eager(input_ids=ids).logits)
+    assert compiled.model.core().stepper("step").failure is not None
+
+
+def test_a_copy_of_a_compiled_model_steps_its_own_weights():
+    torch._dynamo.reset()
+    model = tiny().compile_memory(backend=CountingBackend())
+    ids = tokens()
+    model(input_ids=ids)
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in moved.model.core().parameters():
+            parameter.add_(0.5)
+    eager = copy.deepcopy(moved)
+    eager.model.core().compile_options = None
+    torch.testing.assert_close(moved(input_ids=ids).logits, eager(input_ids=ids).logits)
+    assert not torch.allclose(moved(input_ids=ids).logits, model(input_ids=ids).logits)
