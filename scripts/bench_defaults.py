@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,9 +33,11 @@ from sdapm_hf import DNCSDAPMForCausalLM  # noqa: E402
 from sdapm_hf.reporting import code_revision, command_line, fmt, machine, replace_section, table  # noqa: E402
 from sdapm_hf.training import train  # noqa: E402
 from sdapm_hf.training.arguments import load_experiment  # noqa: E402
+from sdapm_hf.training.loop import build_model  # noqa: E402
 
 CONFIG = REPO / "configs" / "defaults_mqar_distractors.yaml"
-BATCH, TOKENS, VOCAB = 32, 128, 128
+EXPERIMENT = load_experiment(CONFIG)  # its base, memory, batch and sequence length are the timed step's
+BATCH, TOKENS, VOCAB = EXPERIMENT.batch_size, EXPERIMENT.task_args["seq_len"], EXPERIMENT.task_args["vocab_size"]
 FORMER_DEFAULTS = {"chunk_size": None, "clock_keys": True, "consolidation": "learned"}
 VARIANTS = {"defaults (chunked, chunk_size=32)": {}, "former defaults (per-token, learned consolidation, clock keys)":
             FORMER_DEFAULTS}
@@ -45,12 +46,11 @@ MARK = "bench_defaults:{}:{}"
 
 
 def plugged(settings: dict) -> DNCSDAPMForCausalLM:
-    """The memory on a frozen tiny random Llama (the base of ``CONFIG``), seeded."""
+    """The model of ``CONFIG`` (its memory on its frozen tiny random Llama) with ``settings`` over its memory's,
+    seeded."""
     torch.manual_seed(0)
-    base = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
-                                        max_position_embeddings=32))
-    return DNCSDAPMForCausalLM.from_base(base, memory_slots=8, segment_length=32, **settings).train()
+    experiment = load_experiment(CONFIG, model={**EXPERIMENT.model, **settings})
+    return build_model(experiment, None).train()
 
 
 def step_seconds(model: DNCSDAPMForCausalLM, ids: torch.Tensor) -> float:
@@ -86,8 +86,7 @@ def section(args: argparse.Namespace, seconds: dict[str, float], learned: dict) 
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     defaults, former = seconds.values()
     speedup = former / defaults
-    experiment = load_experiment(CONFIG)
-    budget = experiment.time_budget_s
+    budget = EXPERIMENT.time_budget_s
     chance = 1 / (VOCAB - VOCAB // 2)  # values are drawn from the upper half of the vocabulary
     accuracy, alone = learned["test/token_accuracy"], learned["test/base_alone/token_accuracy"]
     rows = [[name, fmt(1000 * s), f"{budget / s:,.0f}"] for name, s in seconds.items()]

@@ -62,7 +62,8 @@ BITS, LENGTH, BATCH, WORD, CONTROLLER = 8, 8, 32, 16, 64
 # The per-token recurrence with clock keys and learned consolidation, as the copy task trains it.
 PER_TOKEN = {"chunk_size": None, "clock_keys": True, "consolidation": "learned"}
 CHUNKS_OF_4 = {"chunk_size": 4, "consolidation": "auto", "clock_keys": False}
-# "compiled": the model's compile_memory() (torch.compile with inductor of the per-position step or chunk piece)
+# "compiled": the model's compile_memory() (torch.compile with inductor of the per-position step or chunk piece); a
+# compiled model is named as its eager one with ", compiled" added
 MODELS = {
     "ours (SDAPM, dense)": PER_TOKEN,
     "ours (SDAPM, dense, compiled)": {**PER_TOKEN, "compiled": True},
@@ -73,8 +74,6 @@ MODELS = {
     "pytorch-dnc 1.1.0 (DNC)": None,
 }
 PEER = "pytorch-dnc 1.1.0 (DNC)"
-COMPILED = {"ours (SDAPM, dense, compiled)": "ours (SDAPM, dense)",
-            "ours (SDAPM, chunks of 4, compiled)": "ours (SDAPM, chunks of 4)"}
 DENSE_LINKS = (PEER, "ours (classic DNC memory, links)")  # O(N²) link matrices: seconds per step at N = 1024
 
 
@@ -219,9 +218,10 @@ def run_step(args) -> str:
             verdicts.append(f"* N = {n}: target ≥ {target}× faster than pytorch-dnc; best {best}: "
                             f"{got:.1f}× — {state}" if got else f"* N = {n}: no measurement")
     errors = sorted({f"* {name}, N = {n}: {r['error']}" for (name, n), rs in results.items() for r in rs if "error" in r})
+    eager = {name: name.replace(", compiled)", ")") for name in names if (MODELS[name] or {}).get("compiled")}
     compiled = [f"* {name}: " + ", ".join(
-                    f"N={n} {ratio(median(eager, n, KEY), median(name, n, KEY))}" for n in args.sizes)
-                for name, eager in COMPILED.items() if name in names and eager in names]
+                    f"N={n} {ratio(median(eager[name], n, KEY), median(name, n, KEY))}" for n in args.sizes)
+                for name in eager if eager[name] in names]
     params = {name: _median(results.get((name, args.sizes[0]), []), "params") for name in names}
     return f"""## Training step against pytorch-dnc
 
