@@ -22,7 +22,7 @@ import datetime
 import statistics
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,7 +30,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 from sdapm_hf import DNCSDAPMForCausalLM  # noqa: E402
-from sdapm_hf.reporting import code_revision, command_line, fmt, machine, replace_section, table  # noqa: E402
+from sdapm_hf.reporting import (  # noqa: E402
+    code_revision, command_line, fmt, interleaved_cpu_seconds, machine, replace_section, table,
+)
 from sdapm_hf.training import train  # noqa: E402
 from sdapm_hf.training.arguments import load_experiment  # noqa: E402
 from sdapm_hf.training.loop import build_model  # noqa: E402
@@ -53,26 +55,17 @@ def plugged(settings: dict) -> DNCSDAPMForCausalLM:
     return build_model(experiment, None).train()
 
 
-def step_seconds(model: DNCSDAPMForCausalLM, ids: torch.Tensor) -> float:
-    """CPU seconds of one forward and backward of ``ids`` (labels = ids)."""
-    started = time.process_time()
-    model(input_ids=ids, labels=ids).loss.backward()
-    model.zero_grad()
-    return time.process_time() - started
-
-
 def measure_steps(rounds: int) -> dict[str, float]:
+    """Median CPU seconds of one forward and backward (labels = ids) of every variant."""
     ids = torch.randint(0, VOCAB, (BATCH, TOKENS), generator=torch.Generator().manual_seed(0))
     models = {name: plugged(settings) for name, settings in VARIANTS.items()}
-    for model in models.values():
-        step_seconds(model, ids)  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for round_ in range(rounds):
-        names = list(models)[round_ % 2 :] + list(models)[: round_ % 2]
-        for name in names:
-            times[name].append(step_seconds(models[name], ids))
-            print(f"round {round_} {name}: {times[name][-1]:.3f} CPU s", flush=True)
-    return {name: statistics.median(values) for name, values in times.items()}
+
+    def step(model: DNCSDAPMForCausalLM) -> None:
+        model(input_ids=ids, labels=ids).loss.backward()
+        model.zero_grad()
+
+    seconds = interleaved_cpu_seconds({name: partial(step, model) for name, model in models.items()}, rounds)
+    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 def learn() -> dict:

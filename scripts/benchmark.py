@@ -20,6 +20,8 @@ Sections (``python scripts/benchmark.py SECTION [--write]``; ``all`` runs every 
   (``scripts/bench_memory.py``).
 * ``defaults``: a first plugged model at the defaults against the former per-token defaults, and what it learns in
   four CPU minutes (``scripts/bench_defaults.py``).
+* ``smollm2``: the memory on the real SmolLM2: generation with the KV cache and training throughput against the base
+  alone (``scripts/bench_smollm2.py``).
 
 Usage::
 
@@ -613,6 +615,13 @@ def run_defaults(args) -> str:
     return ""  # bench_defaults writes its own section
 
 
+def run_smollm2(args) -> str:
+    import bench_smollm2
+
+    bench_smollm2.main(["--write", "--out", args.out] if args.write else [])
+    return ""  # bench_smollm2 writes its own section
+
+
 # --------------------------------------------------------------------------------------------- plumbing
 
 
@@ -636,7 +645,8 @@ def _header(args) -> str:
 
 
 SECTIONS = {"step": run_step, "learn": run_learn, "scaling": run_scaling, "capacity": run_capacity, "act": run_act,
-            "plugin": run_plugin, "memory": run_memory, "defaults": run_defaults}
+            "plugin": run_plugin, "memory": run_memory, "defaults": run_defaults,
+            "smollm2": run_smollm2}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

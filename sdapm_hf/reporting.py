@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -80,6 +82,22 @@ def ratio(a: float | None, b: float | None) -> str:
     if a is None or b is None or b == 0:
         return "–"
     return f"{a / b:.1f}×" if a / b >= 10 else f"{a / b:.2f}×"
+
+
+def interleaved_cpu_seconds(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """CPU seconds of each call of every case over ``rounds`` rounds, after one warm-up call each; the order rotates
+    from round to round, so that load from other jobs hits every case alike."""
+    names = list(cases)
+    for run in cases.values():
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            started = time.process_time()
+            cases[name]()
+            seconds[name].append(time.process_time() - started)
+            print(f"round {round_ + 1}/{rounds} {name}: {seconds[name][-1]:.3f} CPU s", flush=True)
+    return seconds
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
