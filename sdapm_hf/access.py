@@ -48,7 +48,7 @@ from .sdapm_selection import (
     ConsolidationHead, closest_pair_selection, is_full, least_used_pair_selection, most_similar_pair_selection,
     slot_metadata,
 )
-from .sdapm_state import MemoryState, SDAPMSettings
+from .sdapm_state import SLOT_FIELDS, MemoryState, SDAPMSettings
 from .sdapm_state import init_state as sdapm_init_state
 from .sdapm_write import write as sdapm_write
 from .sdapm_write import write_chunk as sdapm_write_chunk
@@ -152,9 +152,31 @@ class MemoryAccess(nn.Module):
         memory = self._consolidate(memory, mask, iface)
         memory = sdapm_write(
             memory, key, iface.write_value, self.settings, gate=iface.write_gate,
-            free_gates=iface.free_gates, mask=mask, check=False,
+            free_gates=iface.free_gates, mask=mask, check=False, inplace=self.writes_in_place(),
         )
         return AccessState(memory, clock)
+
+    def writes_in_place(self) -> bool:
+        """Whether writes and merges update the slot tensors in place (``sdapm_state.put_slots``; a write then
+        costs O(r W) instead of a copy of the memory): always without autograd; with it, where nothing kept for the
+        backward holds a whole slot field: the reads come from a shortlist (dense and exact top-K reads score
+        every slot, as do the temporal read modes and the learned consolidation head)."""
+        if self.kind != "sdapm":
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        settings = self.settings
+        shortlisted = settings.read_candidates is not None and settings.read_candidates < settings.slots
+        return shortlisted and not settings.temporal_links and self.consolidation is None
+
+    def owned(self, state: AccessState) -> AccessState:
+        """``state`` with the slot tensors copied where writes go in place, so that a state a caller passed in (a
+        model's ``memory_state``) is never changed."""
+        if not self.writes_in_place():
+            return state
+        memory = state.memory
+        copies = {name: getattr(memory, name).clone() for name in SLOT_FIELDS}
+        return dataclasses.replace(state, memory=dataclasses.replace(memory, **copies))
 
     def read_chunk(self, iface: InterfaceVector, state: AccessState) -> tuple[torch.Tensor, torch.Tensor]:
         """Every step of a chunk reads the memory as it is, in one call (``sdapm_read.read_queries``).
@@ -205,7 +227,7 @@ class MemoryAccess(nn.Module):
             gates = gates * torch.zeros_like(mask).scatter(-1, strongest, True).to(gates.dtype)
         memory = sdapm_write_chunk(
             memory, keys, values, self.settings, gates, (free_gates * weight[..., None]).flatten(1), mask=real,
-            check=False,
+            check=False, inplace=self.writes_in_place(),
         )
         last = memory.read_weights.view(b, c, heads, n)[torch.arange(b, device=mask.device), last_real(mask)]
         weights = torch.where(real[:, None, None], last, state.memory.read_weights)
@@ -229,7 +251,8 @@ class MemoryAccess(nn.Module):
         if self.consolidation_mode in FIXED_SELECTIONS:
             selection = FIXED_SELECTIONS[self.consolidation_mode](memory)
             usage = "weighted" if self.consolidation_mode == "usage" else "max"
-            return consolidate(memory, selection, self.settings, 2, mask=full, check=False, merged_usage=usage)
+            return consolidate(memory, selection, self.settings, 2, mask=full, check=False, merged_usage=usage,
+                               inplace=self.writes_in_place())
         query = iface.consolidation_key[:, None]
         fit, _ = subspace_fit(query, memory.key, memory.key_factors, memory.key_offsets, memory.gram_inv, memory.radius)
         meta = slot_metadata(memory, self.settings.ridge)

@@ -292,6 +292,8 @@ class MemoryCore(nn.Module):
         after every update (``MemoryUpdate``)."""
         if state is None:
             state = self.initial_state(x.shape[0], x.dtype, x.device)
+        else:
+            state = dataclasses.replace(state, access=self.access.owned(state.access))
         run = self._forward_steps if self.chunk_size is None else self._forward_chunked
         with record_function("memory.core"):
             out = run(x, mask, state, record)
@@ -304,7 +306,8 @@ class MemoryCore(nn.Module):
         self, x: torch.Tensor, state: RecurrentState, mask: torch.Tensor | None
     ) -> tuple[RecurrentState, torch.Tensor, PonderStep | None, InterfaceVector | None]:
         """One position: x (B, D), mask (B,) bool or None (every element real: no masked update at all) → new
-        state, features (B, H + R·W), ponder step, interface."""
+        state, features (B, H + R·W), ponder step, interface. The slot tensors of ``state`` may be updated in place
+        (``MemoryAccess.writes_in_place``); ``forward`` copies a state it is given first."""
         h, (hh, cc) = self.controller(x, state.reads, (state.h, state.c))
         if self.access.kind == "none":
             new = RecurrentState(hh, cc, state.reads, state.access, window=state.window)
@@ -438,7 +441,8 @@ class MemoryCore(nn.Module):
     @staticmethod
     def _record(start: int, end: int, read_weights: torch.Tensor | None, state: RecurrentState) -> MemoryUpdate:
         memory = state.access.memory
-        fields = {} if memory is None else {name: t.detach() for name, t in memory.as_dict().items()}
+        # copies: writes may update the state's tensors in place later
+        fields = {} if memory is None else {name: t.detach().clone() for name, t in memory.as_dict().items()}
         return MemoryUpdate(start, end, None if read_weights is None else read_weights.detach(), fields)
 
     def statistics(self, ponder_steps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -78,10 +78,9 @@ def consolidate(
         return state
     weights = top / top[:, :1].clamp_min(torch.finfo(top.dtype).tiny) * member.to(top.dtype)
 
-    def gather(t: torch.Tensor) -> torch.Tensor:
-        return t.gather(1, idx.view(b, group_size, *(1,) * (t.dim() - 2)).expand(-1, -1, *t.shape[2:]))
-
-    merged = merge_slots(state.slots().map(gather), weights, member, settings)
+    rows = torch.arange(b, device=idx.device)[:, None].expand(b, group_size)
+    # indexing keeps only the indices for the backward (a gather keeps the whole field): in-place writes stay legal
+    merged = merge_slots(state.slots().map(lambda t: t[rows, idx]), weights, member, settings)
     contents = {name: _first_then_zeros(t, group_size) for name, t in merged.as_dict().items()}
     bookkeeping = _merged_bookkeeping(state, idx, member, weights if merged_usage == "weighted" else None)
     bookkeeping = {name: _first_then_zeros(t, group_size) for name, t in bookkeeping.items()}

@@ -171,8 +171,9 @@ def shortlist_slots(state: MemoryState, x: torch.Tensor, candidates: int) -> tor
     Returns:
         (B, R, C) slot indices, best first.
     """
-    coarse = (x @ state.key.transpose(1, 2)) / state.key.norm(dim=-1).clamp_min(NORM_EPS)[:, None]
-    return coarse.masked_fill(~state.occupied[:, None], EMPTY_SCORE).topk(candidates, dim=-1).indices
+    with torch.no_grad():  # a choice: nothing of the slots is kept for the backward
+        coarse = (x @ state.key.transpose(1, 2)) / state.key.norm(dim=-1).clamp_min(NORM_EPS)[:, None]
+        return coarse.masked_fill(~state.occupied[:, None], EMPTY_SCORE).topk(candidates, dim=-1).indices
 
 
 def _read_chosen(

@@ -50,19 +50,21 @@ def closest_pair_selection(state: MemoryState) -> torch.Tensor:
 
 def _nearest_pair(state: MemoryState, weight: torch.Tensor, tie_break: float) -> torch.Tensor:
     """(B, N) selection of the occupied slot i of least ``weight − tie_break · age/(1 + age)`` (weight (B, N); the
-    oldest among equals) and the occupied slot j ≠ i of least ``weight_j − cos(Bv_i, Bv_j)``."""
+    oldest among equals) and the occupied slot j ≠ i of least ``weight_j − cos(Bv_i, Bv_j)``. A choice, without
+    gradient: nothing of the slots is kept for the backward."""
     n = state.mass.shape[1]
     occupied = state.occupied
-    lightness = weight - tie_break * state.age / (1.0 + state.age)
-    first = lightness.masked_fill(~occupied, float("inf")).argmin(-1)
-    norms = state.key.norm(dim=-1).clamp_min(NORM_EPS)  # cosines without a normalised copy of every key
-    pick = first[:, None, None].expand(-1, 1, state.key.shape[-1])
-    anchor = state.key.gather(1, pick) / norms.gather(1, first[:, None]).unsqueeze(-1)  # (B, 1, W), unit
-    cosine = (state.key @ anchor.transpose(1, 2)).squeeze(-1) / norms
-    cost = weight - cosine
-    forbidden = ~occupied | F.one_hot(first, n).bool()
-    second = cost.masked_fill(forbidden, float("inf")).argmin(-1)
-    return _pair(state, first, second)
+    with torch.no_grad():
+        lightness = weight - tie_break * state.age / (1.0 + state.age)
+        first = lightness.masked_fill(~occupied, float("inf")).argmin(-1)
+        norms = state.key.norm(dim=-1).clamp_min(NORM_EPS)  # cosines without a normalised copy of every key
+        pick = first[:, None, None].expand(-1, 1, state.key.shape[-1])
+        anchor = state.key.gather(1, pick) / norms.gather(1, first[:, None]).unsqueeze(-1)  # (B, 1, W), unit
+        cosine = (state.key @ anchor.transpose(1, 2)).squeeze(-1) / norms
+        cost = weight - cosine
+        forbidden = ~occupied | F.one_hot(first, n).bool()
+        second = cost.masked_fill(forbidden, float("inf")).argmin(-1)
+        return _pair(state, first, second)
 
 
 def least_used_pair_selection(state: MemoryState) -> torch.Tensor:
@@ -90,14 +92,15 @@ def most_similar_pair_selection(state: MemoryState) -> torch.Tensor:
     however unlike the others it is).
 
     Returns:
-        (B, N) selection with 1 on the two chosen slots (use with ``group_size=2``).
+        (B, N) selection with 1 on the two chosen slots (use with ``group_size=2``); a choice, without gradient.
     """
     n = state.mass.shape[1]
-    unit = state.key / state.key.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
-    cosine = unit @ unit.transpose(1, 2)  # (B, N, N)
-    pair = state.occupied[:, :, None] & state.occupied[:, None, :]
-    pair = pair & ~torch.eye(n, dtype=torch.bool, device=pair.device)
-    best = cosine.masked_fill(~pair, -float("inf")).flatten(1).argmax(-1)
+    with torch.no_grad():
+        unit = state.key / state.key.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+        cosine = unit @ unit.transpose(1, 2)  # (B, N, N)
+        pair = state.occupied[:, :, None] & state.occupied[:, None, :]
+        pair = pair & ~torch.eye(n, dtype=torch.bool, device=pair.device)
+        best = cosine.masked_fill(~pair, -float("inf")).flatten(1).argmax(-1)
     return _pair(state, best // n, best % n)
 
 

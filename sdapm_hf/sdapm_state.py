@@ -253,21 +253,25 @@ def put_slots(
 ) -> MemoryState:
     """Put ``contents`` (per-slot fields by name, each (B, k, ...)) into slots ``index`` (B, k) where ``active``
     (B, k); other slots and inactive entries keep their exact values. The fields are ``SLOT_FIELDS`` or the
-    per-slot bookkeeping (``usage``, ``age``, ``write_weights``; ``read_weights`` as (B, k, R)). ``inplace``
-    writes into the state's own tensors (no autograd graph allowed).
+    per-slot bookkeeping (``usage``, ``age``, ``write_weights``; ``read_weights`` as (B, k, R)).
+
+    ``inplace`` writes the slot fields into the state's own tensors, so that a write costs ``O(k r W)`` instead of a
+    copy of the memory; the bookkeeping too where autograd is off. Under autograd this is right only where nothing
+    kept for the backward holds a whole slot field (autograd raises at the backward otherwise): reads from a
+    shortlist and the fixed consolidation rules gather what they use, dense reads keep every slot's factors.
     """
     bsz, k = index.shape
-    if inplace and torch.is_grad_enabled() and any(
-        t.requires_grad for t in (*contents.values(), *(getattr(state, name) for name in contents))
-    ):
-        raise ValueError("in-place memory updates cannot be recorded by autograd: use torch.no_grad()")
     rows = torch.arange(bsz, device=index.device)[:, None].expand(bsz, k)
+    recorded = torch.is_grad_enabled()
     fields = {}
     for name, new in contents.items():
         old = _slot_major(name, getattr(state, name))
         extra = (1,) * (old.dim() - 2)
         values = torch.where(active.view(bsz, k, *extra), new, old[rows, index])
-        out = old.index_put_((rows, index), values) if inplace else old.index_put((rows, index), values)
+        if inplace and (name in SLOT_FIELDS or not recorded):
+            out = old.index_put_((rows, index), values)
+        else:
+            out = old.index_put((rows, index), values)
         fields[name] = _slot_major(name, out)
     return dataclasses.replace(state, **fields)
 

@@ -59,8 +59,8 @@ def write(
         allocation_gate: (B,) g_a; None writes by allocation only.
         write_strength: (B,) β of the content write location (default 1) when ``allocation_gate`` is given.
         mask: (B,) bool, False where this batch element must not change (padding, finished sequences).
-        inplace: update the slot tensors of ``state`` in place (streaming inference without autograd: a write
-            then costs O(r W) instead of a copy of the memory).
+        inplace: update the slot tensors of ``state`` in place (``put_slots``: a write then costs O(r W) instead of a
+            copy of the memory).
     """
     if check:
         b, w = state.batch_size, settings.word_size
@@ -87,6 +87,7 @@ def write_chunk(
     free_gates: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     check: bool = True,
+    inplace: bool = False,
 ) -> MemoryState:
     """Store the C pairs of a chunk of steps as ONE slot: the least-squares affine map through them.
 
@@ -103,6 +104,7 @@ def write_chunk(
         free_gates: (B, Q) free gates of the reads in ``state.read_weights`` (B, Q, N), applied to usage before
             allocating (Q = C·R when the state carries the reads of every step of the chunk).
         mask: (B,) bool, False where this batch element must not change.
+        inplace: as in ``write``.
     """
     b, c = keys.shape[:2]
     if check:
@@ -122,7 +124,7 @@ def write_chunk(
     merged = merge_slots(raw_slots(k, v, settings.rank), weights, member, settings)
     do = member.any(-1) if mask is None else member.any(-1) & mask
     where = location(state, settings, merged.key, free_gates, None, None, check)
-    return _store(state, merged, where, strongest, do, inplace=False)
+    return _store(state, merged, where, strongest, do, inplace)
 
 
 def location(

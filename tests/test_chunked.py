@@ -240,3 +240,22 @@ def test_standalone_cached_generation_equals_uncached_with_chunks():
         settings = dict(max_new_tokens=8, min_new_tokens=8, num_beams=beams, do_sample=False)
         cached = model.generate(prompt, use_cache=True, **settings)
         assert torch.equal(cached, model.generate(prompt, use_cache=False, **settings))
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_shortlisted_models_train_with_writes_in_place_and_leave_a_given_state_alone(chunk_size):
+    model = standalone(chunk_size=chunk_size, read_top_k=2, read_candidates=3)  # eval: no dropout, still autograd
+    assert model.model.memory.access.writes_in_place()  # under autograd: the reads keep no whole slot field
+    x = tokens(length=24)
+    mask = padded_mask(x)
+    first = model(input_ids=x[:, :12], attention_mask=mask[:, :12])
+    given = {name: t.detach().clone() for name, t in first.memory_state.items()}
+    out = model(input_ids=x[:, 12:], attention_mask=mask[:, 12:], memory_state=first.memory_state, labels=x[:, 12:])
+    (out.loss + first.logits.mean()).backward()  # both calls' graphs, after the second wrote into the memory
+    assert all(torch.equal(given[name], t) for name, t in first.memory_state.items())
+    assert model.model.memory.interface.proj.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # the same numbers as without autograd
+        again = model(input_ids=x[:, 12:], attention_mask=mask[:, 12:], memory_state=given)
+    assert torch.allclose(again.logits, out.logits, atol=1e-6)
+    dense = standalone(chunk_size=chunk_size, read_top_k=2)
+    assert not dense.model.memory.access.writes_in_place()  # exact top-K scores every slot

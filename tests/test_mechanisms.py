@@ -207,7 +207,7 @@ def test_a_step_without_padding_skips_the_masked_update_and_changes_nothing(over
     core = DNCSDAPMModel(config).eval().memory  # initialised as the model initialises it (the clock's buffers)
     x = torch.randn(2, 7, 12)
     with torch.no_grad():
-        dense = masked = core.initial_state(2, torch.float32, torch.device("cpu"))
+        dense, masked = (core.initial_state(2, torch.float32, torch.device("cpu")) for _ in range(2))  # steps may write in place
         for t in range(7):  # past the point where the memory is full (consolidation)
             dense, out_dense, _, _ = core.step(x[:, t], dense, None)
             masked, out_masked, _, _ = core.step(x[:, t], masked, torch.ones(2, dtype=torch.bool))
