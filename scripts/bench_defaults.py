@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 from sdapm_hf import DNCSDAPMForCausalLM  # noqa: E402
 from sdapm_hf.reporting import (  # noqa: E402
-    code_revision, command_line, fmt, interleaved_cpu_seconds, machine, replace_section, table,
+    add_page_arguments, code_revision, command_line, fmt, interleaved_cpu_seconds, machine, table, write_section,
 )
 from sdapm_hf.training import train  # noqa: E402
 from sdapm_hf.training.arguments import load_experiment  # noqa: E402
@@ -112,8 +112,7 @@ steps; test accuracy {accuracy:.4f} with the memory, {alone:.4f} for the base al
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
-    p.add_argument("--write", action="store_true", help="replace the section in --out")
-    p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file for --write")
+    add_page_arguments(p)
     args = p.parse_args(argv)
     args.command = command_line(argv, "scripts/bench_defaults.py")
     return args
@@ -126,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     body = section(args, measure_steps(args.rounds), learn())
     print(body, flush=True)
     if args.write:
-        out = Path(args.out)
-        out.write_text(replace_section(out.read_text(), "defaults", body, MARK))
+        write_section(args.out, "defaults", body, MARK)
     return 0
 
 

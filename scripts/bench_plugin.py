@@ -31,16 +31,16 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-REPO = Path(__file__).resolve().parent.parent
 
-from sdapm_hf.reporting import code_revision, command_line, fmt, machine, replace_section, table  # noqa: E402
+from sdapm_hf.reporting import (  # noqa: E402
+    add_page_arguments, code_revision, command_line, fmt, machine, table, write_section,
+)
 
 from sdapm_hf import DNCSDAPMModel  # noqa: E402
 
@@ -242,8 +242,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (default 7)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--write", action="store_true", help="replace the 'Plugin overhead' section of --out")
-    p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file for --write")
+    add_page_arguments(p)
     args = p.parse_args(argv)
     args.command = command_line(argv, "scripts/bench_plugin.py")
     return args
@@ -263,8 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     body = section(args, cases)
     print("\n" + body)
     if args.write:
-        out = Path(args.out)
-        out.write_text(replace_section(out.read_text() if out.exists() else "", "overhead", body, MARK))
+        write_section(args.out, "overhead", body, MARK)
         print(f"wrote the 'Plugin overhead' section of {out}")
     return 0
 

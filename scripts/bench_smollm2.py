@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 from sdapm_hf.pretrained import model_path  # noqa: E402
 from sdapm_hf.reporting import (  # noqa: E402
-    code_revision, command_line, fmt, interleaved_cpu_seconds, machine, replace_section, table,
+    add_page_arguments, code_revision, command_line, fmt, interleaved_cpu_seconds, machine, table, write_section,
 )
 from sdapm_hf.tasks.haystack import essays  # noqa: E402
 from sdapm_hf.training.arguments import load_experiment  # noqa: E402
@@ -113,8 +113,11 @@ def section(args: argparse.Namespace, decode: dict[str, float], train: dict[str,
     base_rate, plugged_rate, segmented_rate = decode.values()
     own, plugged_train, forward = train.values()
     gen_rows = [[name, f"{rate:,.1f}", fmt(1000 / rate), f"{rate / base_rate:.2f}×"] for name, rate in decode.items()]
-    train_rows = [[name, f"{rate:,.0f}", fmt(1000 * TOKENS / rate), f"{own / rate:.2f}×"] for name, rate in train.items()]
+    train_rows = [[name, f"{rate:,.0f}", fmt(1000 * TOKENS / rate), f"{own / rate:.2f}×"]
+                  for name, rate in train.items()]
     gen_ratio, step_ratio = plugged_rate / base_rate, own / plugged_train
+    gen_verdict = "met" if gen_ratio >= GENERATION_TARGET else "**missed**"
+    step_verdict = "met" if step_ratio <= TRAINING_TARGET else "**missed**"
     return f"""## The memory on the real SmolLM2: generation and training throughput
 
 Command: `{args.command}` (from the repository root)  
@@ -141,13 +144,13 @@ Training, one forward and backward of {TOKENS:,} tokens (labels = the input):
 {table(["variant", "tokens/s", "CPU ms per step", "time × the base's own step"], train_rows)}
 
 The plugged model adds at the top layer, so its backward runs through the LM head and the memory only; with the
-memory deeper in the base it would also run through the layers above. Its step costs {forward / plugged_train:.2f}× the
-base's forward alone.
+memory deeper in the base it would also run through the layers above. Its step costs
+{forward / plugged_train:.2f}× the base's forward alone.
 
 * plugged generation ≥ {GENERATION_TARGET}× the base alone's tokens/s: {gen_ratio:.2f}× ({plugged_rate:.1f} against
-  {base_rate:.1f} tokens/s; {plugged_rate / segmented_rate:.2f}× the base in the same segments) — {"met" if gen_ratio >= GENERATION_TARGET else "**missed**"}
+  {base_rate:.1f} tokens/s; {plugged_rate / segmented_rate:.2f}× the base in the same segments) — {gen_verdict}
 * plugged training within {TRAINING_TARGET}× of the base's own forward and backward: the plugged step takes
-  {step_ratio:.2f}× the base's time ({plugged_train:,.0f} against {own:,.0f} tokens/s) — {"met" if step_ratio <= TRAINING_TARGET else "**missed**"}
+  {step_ratio:.2f}× the base's time ({plugged_train:,.0f} against {own:,.0f} tokens/s) — {step_verdict}
 """
 
 
@@ -155,8 +158,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
     p.add_argument("--new-tokens", type=int, default=32, help="decoded tokens G (default 32)")
-    p.add_argument("--write", action="store_true", help="replace the section in --out")
-    p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file for --write")
+    add_page_arguments(p)
     args = p.parse_args(argv)
     args.command = command_line(argv, "scripts/bench_smollm2.py")
     return args
@@ -172,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                    training(base.train(), plugged.train(), ids, args.rounds))
     print(body, flush=True)
     if args.write:
-        out = Path(args.out)
-        out.write_text(replace_section(out.read_text(), "throughput", body, MARK))
+        write_section(args.out, "throughput", body, MARK)
     return 0
 
 

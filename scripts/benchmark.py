@@ -43,15 +43,15 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-REPO = Path(__file__).resolve().parent.parent
 
-from sdapm_hf.reporting import code_revision, command_line, fmt, machine, ratio, replace_section, table  # noqa: E402
+from sdapm_hf.reporting import (  # noqa: E402
+    add_page_arguments, code_revision, command_line, fmt, machine, ratio, table, write_section,
+)
 from sdapm_hf import sdapm  # noqa: E402
 from sdapm_hf import dnc_memory  # noqa: E402
 from sdapm_hf.configuration_dnc_sdapm import DNCSDAPMConfig  # noqa: E402
@@ -642,8 +642,7 @@ SECTIONS = {"step": run_step, "learn": run_learn, "scaling": run_scaling, "capac
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("section", choices=[*SECTIONS, "all"])
-    p.add_argument("--write", action="store_true", help="replace the section(s) in --out")
-    p.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
+    add_page_arguments(p)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256, 1024], help="N of the step section")
@@ -685,8 +684,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print("\n" + body, flush=True)
         if args.write:
-            out = Path(args.out)
-            out.write_text(replace_section(out.read_text() if out.exists() else "", name, body, MARK))
+            write_section(args.out, name, body, MARK)
     return 0
 
 

@@ -250,6 +250,30 @@ def lengths_section(folder: str, evaluation: str) -> Callable[[], str]:
     return render
 
 
+def past_storage_section(folder: str, evaluation: str) -> Callable[[], str]:
+    """The committed runs of ``folder`` (associative recall) with filler between their pairs and queries
+    (``evaluation``: the JSON of ``scripts/recall_past_storage.py`` in each run's folder): per filler, writes before
+    the queries and consolidation, the accuracies' mean and worst over the seeds."""
+    def render() -> str:
+        runs = sorted(p.parent for p in (RUNS / folder).glob(f"*/{evaluation}"))
+        results = [json.loads((run / evaluation).read_text()) for run in runs]
+        exact = results[0]["exact_storage"]
+        rows = []
+        for i, case in enumerate(results[0]["results"]):
+            cells = []
+            for metric in ("token_accuracy", "sequence_accuracy"):
+                values = [r["results"][i][metric] for r in results]
+                cells.append(f"{sum(values) / len(values):.4f} ({min(values):.4f})")
+            rows.append([case["filler"], str(case["writes_before_queries"]), f"{case['ratio']:g}",
+                         case["consolidation"], *cells])
+        seeds = ", ".join(str(json.loads((run / "experiment.json").read_text())["seed"]) for run in runs)
+        return (f"Writes counted in units of {exact} (the SDAPM's exact storage); "
+                f"{results[0]['pairs']} pairs queried; seeds {seeds}.\n\n"
+                + table(["filler", "writes before the queries", "/ exact storage", "consolidation",
+                         "token accuracy: mean (worst)", "sequence accuracy: mean (worst)"], rows))
+    return render
+
+
 # The committed runs' folders under docs/runs/ and the config every run in one came from.
 RUN_CONFIGS = {
     "smollm2_passkey": "configs/smollm2_passkey.yaml",
@@ -264,6 +288,10 @@ RUN_CONFIGS = {
     "copy_beyond_capacity_dnc_equal_cpu": "configs/copy_beyond_capacity_dnc_equal_cpu.yaml",
     "copy_beyond_capacity_lstm": "configs/copy_beyond_capacity_lstm.yaml",
     "copy_beyond_capacity_lstm_equal_cpu": "configs/copy_beyond_capacity_lstm_equal_cpu.yaml",
+    "associative_recall": "configs/associative_recall.yaml",
+    "associative_recall_dnc_equal_memory": "configs/associative_recall_dnc_equal_memory.yaml",
+    "associative_recall_dnc_equal_cpu": "configs/associative_recall_dnc_equal_cpu.yaml",
+    "associative_recall_lstm": "configs/associative_recall_lstm.yaml",
 }
 COPY = {  # folder: (the memory, the budget)
     "copy_beyond_capacity": ("SDAPM, 8 slots of rank 16, clock keys", "1,000 steps"),
@@ -275,6 +303,13 @@ COPY = {  # folder: (the memory, the budget)
 }
 COPY_METRICS = ["test_len32/token_accuracy", "test_len64/token_accuracy", "test_len64/sequence_accuracy",
                 "test_len64/zero_memory/token_accuracy"]
+ASSOCIATIVE_RECALL = {  # folder: (the memory, the budget)
+    "associative_recall": ("SDAPM, 8 slots of rank 16, content keys", "1,800 steps"),
+    "associative_recall_dnc_equal_memory": ("DNC, 88 slots, temporal links, content keys", "equal steps"),
+    "associative_recall_dnc_equal_cpu": ("DNC, 88 slots, temporal links, content keys", "equal CPU time"),
+    "associative_recall_lstm": ("none (the LSTM controller alone)", "equal steps"),
+}
+ASSOCIATIVE_RECALL_METRICS = ["test/token_accuracy", "test/sequence_accuracy", "validation/token_accuracy"]
 VALIDATION = ["validation/accuracy", "validation/token_accuracy", "validation/loss"]
 SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_passkey_runs": runs_section(["smollm2_passkey"], VALIDATION),
@@ -294,6 +329,11 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "copy_beyond_capacity_runs": runs_section(list(COPY), COPY_METRICS),
     "copy_beyond_capacity_lengths": lengths_section("copy_beyond_capacity", "lengths.json"),
     "copy_beyond_capacity_stability": stability_section("copy_beyond_capacity", "test_len64/token_accuracy"),
+    "associative_recall": seeds_section(ASSOCIATIVE_RECALL, ASSOCIATIVE_RECALL_METRICS),
+    "associative_recall_runs": runs_section(list(ASSOCIATIVE_RECALL), ASSOCIATIVE_RECALL_METRICS),
+    "associative_recall_past_storage": past_storage_section("associative_recall", "past_storage.json"),
+    "associative_recall_dnc_past_storage": past_storage_section("associative_recall_dnc_equal_cpu",
+                                                                "past_storage.json"),
     "copy_seed_regime_runs": runs_section(["copy_seed_regime"], ["test_len32/token_accuracy", "test_len64/token_accuracy"]),
     "copy_seed_regime": evaluations_section("copy_seed_regime", ["validation", "test_len32", "test_len64"],
                                             "zero_memory", "token_accuracy"),

@@ -48,7 +48,7 @@ from .sdapm_selection import (
     ConsolidationHead, closest_pair_selection, is_full, least_used_pair_selection, most_similar_pair_selection,
     slot_metadata,
 )
-from .sdapm_state import SLOT_FIELDS, MemoryState, SDAPMSettings
+from .sdapm_state import MemoryState, SDAPMSettings
 from .sdapm_state import init_state as sdapm_init_state
 from .sdapm_write import write as sdapm_write
 from .sdapm_write import write_chunk as sdapm_write_chunk
@@ -170,13 +170,11 @@ class MemoryAccess(nn.Module):
         return shortlisted and not settings.temporal_links and self.consolidation is None
 
     def owned(self, state: AccessState) -> AccessState:
-        """``state`` with the slot tensors copied where writes go in place, so that a state a caller passed in (a
-        model's ``memory_state``) is never changed."""
+        """``state`` with the memory's tensors copied where writes go in place, so that a state a caller passed in
+        (a model's ``memory_state``) is never changed."""
         if not self.writes_in_place():
             return state
-        memory = state.memory
-        copies = {name: getattr(memory, name).clone() for name in SLOT_FIELDS}
-        return dataclasses.replace(state, memory=dataclasses.replace(memory, **copies))
+        return dataclasses.replace(state, memory=state.memory.map(torch.clone))
 
     def read_chunk(self, iface: InterfaceVector, state: AccessState) -> tuple[torch.Tensor, torch.Tensor]:
         """Every step of a chunk reads the memory as it is, in one call (``sdapm_read.read_queries``).

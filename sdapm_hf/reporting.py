@@ -7,6 +7,7 @@ ran on), the date, the code revision and the machine.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import subprocess
@@ -118,3 +119,16 @@ def replace_section(text: str, name: str, body: str, mark: str) -> str:
     if not text.strip():
         text = "# Benchmarks\n\nEach section names the command that produced it, the date and the machine.\n"
     return text.rstrip() + "\n\n" + block + "\n"
+
+
+def add_page_arguments(parser: argparse.ArgumentParser) -> None:
+    """A benchmark's ``--write`` and ``--out``: whether and where it writes its section (docs/benchmarks.md)."""
+    parser.add_argument("--write", action="store_true", help="replace the section(s) in --out")
+    parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file for --write")
+
+
+def write_section(path: str | Path, name: str, body: str, mark: str) -> None:
+    """Replace (or append) the section ``name`` of the page at ``path`` (``replace_section``)."""
+    path = Path(path)
+    path.write_text(replace_section(path.read_text() if path.exists() else "", name, body, mark))
+

@@ -254,8 +254,10 @@ def test_shortlisted_models_train_with_writes_in_place_and_leave_a_given_state_a
     (out.loss + first.logits.mean()).backward()  # both calls' graphs, after the second wrote into the memory
     assert all(torch.equal(given[name], t) for name, t in first.memory_state.items())
     assert model.model.memory.interface.proj.weight.grad.abs().sum() > 0
-    with torch.no_grad():  # the same numbers as without autograd
+    kept = {name: t.clone() for name, t in given.items()}
+    with torch.no_grad():  # the same numbers as without autograd, where every field is written in place
         again = model(input_ids=x[:, 12:], attention_mask=mask[:, 12:], memory_state=given)
     assert torch.allclose(again.logits, out.logits, atol=1e-6)
+    assert all(torch.equal(kept[name], t) for name, t in given.items())
     dense = standalone(chunk_size=chunk_size, read_top_k=2)
     assert not dense.model.memory.access.writes_in_place()  # exact top-K scores every slot
