@@ -37,12 +37,8 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-
-from sdapm_hf.reporting import (  # noqa: E402
-    add_page_arguments, code_revision, command_line, fmt, machine, table, write_section,
-)
-
-from sdapm_hf import DNCSDAPMModel  # noqa: E402
+from sdapm_hf import DNCSDAPMModel
+from sdapm_hf.reporting import add_page_arguments, code_revision, command_line, fmt, machine, table, write_section
 
 MEMORY = dict(memory_slots=16, word_size=32, controller_size=128)
 CHUNKABLE = dict(consolidation="auto", clock_keys=False)
@@ -263,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + body)
     if args.write:
         write_section(args.out, "overhead", body, MARK)
-        print(f"wrote the 'Plugin overhead' section of {out}")
+        print(f"wrote the 'Plugin overhead' section of {args.out}")
     return 0
 
 

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-from contextlib import nullcontext
 import statistics
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch

@@ -149,10 +149,11 @@ class MemoryAccess(nn.Module):
                 iface.allocation_gate, iface.write_strength, iface.erase, mask,
             )
             return AccessState(memory, clock)
-        memory = self._consolidate(memory, mask, iface)
+        inplace = self.writes_in_place()
+        memory = self._consolidate(memory, mask, inplace, iface)
         memory = sdapm_write(
             memory, key, iface.write_value, self.settings, gate=iface.write_gate,
-            free_gates=iface.free_gates, mask=mask, check=False, inplace=self.writes_in_place(),
+            free_gates=iface.free_gates, mask=mask, check=False, inplace=inplace,
         )
         return AccessState(memory, clock)
 
@@ -217,7 +218,8 @@ class MemoryAccess(nn.Module):
         b, c, heads, n = read_weights.shape
         real = mask.any(-1)
         memory = dataclasses.replace(state.memory, read_weights=read_weights.flatten(1, 2))
-        memory = self._consolidate(memory, real)
+        inplace = self.writes_in_place()
+        memory = self._consolidate(memory, real, inplace)
         weight = mask.to(gates.dtype)
         gates = gates * weight
         if self.chunk_members is not None and self.chunk_members < c:  # the M strongest steps alone
@@ -225,32 +227,34 @@ class MemoryAccess(nn.Module):
             gates = gates * torch.zeros_like(mask).scatter(-1, strongest, True).to(gates.dtype)
         memory = sdapm_write_chunk(
             memory, keys, values, self.settings, gates, (free_gates * weight[..., None]).flatten(1), mask=real,
-            check=False, inplace=self.writes_in_place(),
+            check=False, inplace=inplace,
         )
         last = memory.read_weights.view(b, c, heads, n)[torch.arange(b, device=mask.device), last_real(mask)]
         weights = torch.where(real[:, None, None], last, state.memory.read_weights)
         return AccessState(dataclasses.replace(memory, read_weights=weights), state.clock)
 
     def _consolidate(
-        self, memory: MemoryState, mask: torch.Tensor | None, iface: InterfaceVector | None = None
+        self, memory: MemoryState, mask: torch.Tensor | None, inplace: bool, iface: InterfaceVector | None = None
     ) -> MemoryState:
-        """Consolidate where the memory is full and ``mask`` (B,) (None: everywhere); ``iface`` feeds the learned
-        head."""
+        """Consolidate where the memory is full and ``mask`` (B,) (None: everywhere), in place where ``inplace``
+        (``writes_in_place``); ``iface`` feeds the learned head."""
         if self.consolidation_mode == "off":
             return memory
         full = is_full(memory) if mask is None else is_full(memory) & mask
         if not bool(full.any()):  # nothing to do: skip choosing a pair (consolidate would change nothing)
             return memory
         with record_function("memory.consolidation"):
-            return self._merge_pair(memory, full, iface)
+            return self._merge_pair(memory, full, inplace, iface)
 
-    def _merge_pair(self, memory: MemoryState, full: torch.Tensor, iface: InterfaceVector | None) -> MemoryState:
+    def _merge_pair(
+        self, memory: MemoryState, full: torch.Tensor, inplace: bool, iface: InterfaceVector | None
+    ) -> MemoryState:
         """Merge the pair the consolidation mode selects, where ``full`` (B,)."""
         if self.consolidation_mode in FIXED_SELECTIONS:
             selection = FIXED_SELECTIONS[self.consolidation_mode](memory)
             usage = "weighted" if self.consolidation_mode == "usage" else "max"
             return consolidate(memory, selection, self.settings, 2, mask=full, check=False, merged_usage=usage,
-                               inplace=self.writes_in_place())
+                               inplace=inplace)
         query = iface.consolidation_key[:, None]
         fit, _ = subspace_fit(query, memory.key, memory.key_factors, memory.key_offsets, memory.gram_inv, memory.radius)
         meta = slot_metadata(memory, self.settings.ridge)

@@ -131,4 +131,3 @@ def write_section(path: str | Path, name: str, body: str, mark: str) -> None:
     """Replace (or append) the section ``name`` of the page at ``path`` (``replace_section``)."""
     path = Path(path)
     path.write_text(replace_section(path.read_text() if path.exists() else "", name, body, mark))
-
