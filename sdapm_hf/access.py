@@ -52,7 +52,7 @@ from .sdapm_state import MemoryState, SDAPMSettings
 from .sdapm_state import init_state as sdapm_init_state
 from .sdapm_write import write as sdapm_write
 from .sdapm_write import write_chunk as sdapm_write_chunk
-from .tensor_state import TensorState
+from .tensor_state import TensorState, host_reads_free
 
 if TYPE_CHECKING:
     from .configuration_dnc_sdapm import DNCSDAPMConfig
@@ -241,7 +241,7 @@ class MemoryAccess(nn.Module):
         if self.consolidation_mode == "off":
             return memory
         full = is_full(memory) if mask is None else is_full(memory) & mask
-        if not bool(full.any()):  # nothing to do: skip choosing a pair (consolidate would change nothing)
+        if host_reads_free(full) and not bool(full.any()):  # nothing to do: skip choosing a pair
             return memory
         with record_function("memory.consolidation"):
             return self._merge_pair(memory, full, inplace, iface)

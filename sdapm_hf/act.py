@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import nn
 
+from .tensor_state import host_reads_free
+
 if TYPE_CHECKING:
     from .configuration_dnc_sdapm import DNCSDAPMConfig
 
@@ -89,8 +91,8 @@ class Ponder(nn.Module):
             steps = torch.where(stops, torch.full_like(steps, n), steps)
             total = total + torch.where(stops, torch.zeros_like(halt), halt) * running
             running = running & ~stops
-            if not bool(running.any()):
-                break
+            if host_reads_free(running) and not bool(running.any()):
+                break  # elsewhere the remaining steps run with every position halted: they change nothing
         return PonderStep(output, state, steps, steps + remainder)
 
 

@@ -65,16 +65,17 @@ class Controller(nn.Module):
         return h.clamp(-self.clip, self.clip), (h, c)
 
     def steps(
-        self, x: torch.Tensor, reads: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor
+        self, x: torch.Tensor, reads: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """L steps that all get the same reads: x (B, L, D), reads (B, R·W), mask (B, L) bool (a masked step keeps
-        the state) → outputs (B, L, H) and the last state.
+        the state; None: every step real) → outputs (B, L, H) and the last state.
 
-        Several steps without a masked one run as one fused LSTM call with the cell's weights (``torch.lstm``, the
-        op behind ``nn.LSTM``: 5× faster than L cell calls on CPU at H = 128, equal to float rounding); otherwise
-        step by step (so one step is exactly ``forward``).
+        Several steps without a mask run as one fused LSTM call with the cell's weights (``torch.lstm``, the op
+        behind ``nn.LSTM``: 5× faster than L cell calls on CPU at H = 128, equal to float rounding); otherwise step
+        by step (so one step is exactly ``forward``).
         """
-        if x.shape[1] > 1 and bool(mask.all()):
+        if mask is None and x.shape[1] > 1:
             inputs = torch.cat([x, reads[:, None].expand(-1, x.shape[1], -1)], dim=-1)
             cell = self.cell
             weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
@@ -86,8 +87,11 @@ class Controller(nn.Module):
         outputs = []
         for i in range(x.shape[1]):
             out, new = self(x[:, i], reads, state)
-            keep = mask[:, i, None]
-            state = (torch.where(keep, new[0], state[0]), torch.where(keep, new[1], state[1]))
+            if mask is None:
+                state = new
+            else:
+                keep = mask[:, i, None]
+                state = (torch.where(keep, new[0], state[0]), torch.where(keep, new[1], state[1]))
             outputs.append(out)
         return torch.stack(outputs, 1), state
 

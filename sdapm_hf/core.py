@@ -46,7 +46,7 @@ from .access import AccessState, MemoryAccess, last_real
 from .act import Ponder, PonderStep, ponder_statistics
 from .compiled import CompiledStep
 from .controller import Controller, Interface, InterfaceVector
-from .tensor_state import TensorState
+from .tensor_state import TensorState, host_reads_free
 
 if TYPE_CHECKING:
     from .configuration_dnc_sdapm import DNCSDAPMConfig
@@ -367,8 +367,9 @@ class MemoryCore(nn.Module):
         features, gates = [], []
         records = [self._record(0, 0, None, state)] if record else None
         piece = self.stepper("_chunk_piece")
+        dense = bool(mask.all())  # one look at the mask per call: without padding no piece looks at it
         for start, end in piece_bounds(0, t, self.chunk_size, state.chunk.length):
-            state, out, weights, piece_gates = piece(x[:, start:end], mask[:, start:end], state)
+            state, out, weights, piece_gates = piece(x[:, start:end], mask[:, start:end], state, dense)
             features.append(out)
             gates.append(piece_gates)
             if record:
@@ -379,15 +380,18 @@ class MemoryCore(nn.Module):
                           write_gates=torch.cat(gates, 1) if gates else zeros, memory_states=records)
 
     def _chunk_piece(
-        self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState
+        self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState, dense: bool
     ) -> tuple[RecurrentState, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The L positions of one chunk in this call, x (B, L, D), mask (B, L) → state, features (B, L, F), read
-        weights (B, L, R, N), write gates (B, L); the chunk's end (write, reads fed back) when they complete it."""
+        """The L positions of one chunk in this call, x (B, L, D), mask (B, L) (``dense``: every position real) →
+        state, features (B, L, F), read weights (B, L, R, N), write gates (B, L); the chunk's end (write, reads fed
+        back) when they complete it."""
         b, steps = mask.shape
+        # a padded call's pieces without padding run fused too, where looking at the mask costs nothing
+        real = None if dense or (host_reads_free(mask) and bool(mask.all())) else mask
         with record_function("memory.controller"):
-            h, (hh, cc) = self.controller.steps(x, state.reads, (state.h, state.c), mask)
+            h, (hh, cc) = self.controller.steps(x, state.reads, (state.h, state.c), real)
         with record_function("memory.interface"):
-            windows, previous = self._windows(x, mask, state.window)
+            windows, previous = self._windows(x, real, state.window)
             iface = self.interface(h.flatten(0, 1), windows.flatten(0, 1)).map(lambda t: t.unflatten(0, (b, steps)))
             query = state.query
             if self.predictive:  # each position writes under the query of the real position before it
@@ -425,9 +429,9 @@ class MemoryCore(nn.Module):
         if previous is None:
             return x, None
         k = previous.shape[1] + 1
-        # one unfold without padding (the stream (B, K−1+L, D) oldest first → (B, L, D, K) → newest first); a single
-        # masked position (the per-token step with padding) takes the loop, which needs no host-side look at the mask
-        if mask is None or (x.shape[1] > 1 and bool(mask.all())):
+        # one unfold without padding (the stream (B, K−1+L, D) oldest first → (B, L, D, K) → newest first); with a
+        # mask, a loop that skips the masked positions without a host-side look at it
+        if mask is None:
             stream = torch.cat([previous.flip(1), x], 1)
             windows = stream.unfold(1, k, 1).flip(-1).transpose(-1, -2).flatten(2)
             return windows, stream[:, -(k - 1) :].flip(1)

@@ -29,6 +29,7 @@ from .sdapm_state import (
     NORM_EPS, MemoryState, SDAPMSettings, SlotContents, check_mask, check_state, check_tensor, gate_or_ones,
     put_slots, select_fields,
 )
+from .tensor_state import host_reads_free
 
 # Smallest trace a row Gram is divided by in float64 (``_row_basis``): an all-zero Gram stays zero.
 TRACE_EPS = 1e-300
@@ -71,10 +72,11 @@ def consolidate(
     eligible = member.sum(-1) >= 2
     if mask is not None:
         eligible = eligible & mask
-    if not bool(eligible.any()):
+    skippable = host_reads_free(eligible)
+    if skippable and not bool(eligible.any()):
         return state  # the gate changes nothing anywhere, so it gets no gradient either
     do = eligible & (gate >= 0.5)
-    if not gate.requires_grad and not bool(do.any()):
+    if skippable and not gate.requires_grad and not bool(do.any()):
         return state
     weights = top / top[:, :1].clamp_min(torch.finfo(top.dtype).tiny) * member.to(top.dtype)
 
@@ -172,8 +174,9 @@ def merge_slots(slots: SlotContents, weights: torch.Tensor, member: torch.Tensor
     shift_x = coef.unsqueeze(-1) * dk
     shift_y = coef.unsqueeze(-1) * (dv - dk)
 
-    # Members' own rows, scaled by √a: only the first max(rank) rows of each can be used (none for raw slots).
-    used_rank = int(rank.max())
+    # Members' own rows, scaled by √a: only the first max(rank) rows of each can be used (none for raw slots); the
+    # shape-static path keeps all r.
+    used_rank = int(rank.max()) if host_reads_free(rank) else r
     root = torch.where(member, a.clamp_min(tiny).sqrt(), torch.zeros_like(a))
     own_x = (root[..., None, None] * xf[:, :, :used_rank]).reshape(bsz, g * used_rank, w)
     own_y = (root[..., None, None] * yf[:, :, :used_rank]).reshape(bsz, g * used_rank, w)
@@ -189,12 +192,13 @@ def merge_slots(slots: SlotContents, weights: torch.Tensor, member: torch.Tensor
     order = torch.argsort((~used).to(torch.int8), dim=1, stable=True)
     rows_x = rows_x.gather(1, order.unsqueeze(-1).expand_as(rows_x))
     rows_y = rows_y.gather(1, order.unsqueeze(-1).expand_as(rows_y))
-    k = int(count.max())
+    k = int(count.max()) if host_reads_free(count) else rows_x.shape[1]
     rows_x, rows_y = rows_x[:, :k], rows_y[:, :k]
-    if k > r:
-        top = _row_basis(rows_x, r)
-        rows_x = top.transpose(1, 2) @ rows_x
-        rows_y = top.transpose(1, 2) @ rows_y
+    if k > r:  # where an element has more than r rows, it keeps their top-r basis; elsewhere its rows as they are
+        basis = _row_basis(rows_x, r, span=r == w).transpose(1, 2)
+        over = (count > r)[:, None, None]
+        rows_x = torch.where(over, basis @ rows_x, rows_x[:, :r])
+        rows_y = torch.where(over, basis @ rows_y, rows_y[:, :r])
         count = count.clamp(max=r)
     else:
         pad = r - k
@@ -226,17 +230,17 @@ def merge_slots(slots: SlotContents, weights: torch.Tensor, member: torch.Tensor
     )
 
 
-def _row_basis(rows_x: torch.Tensor, r: int) -> torch.Tensor:
+def _row_basis(rows_x: torch.Tensor, r: int, span: bool) -> torch.Tensor:
     """(B, k, r) orthonormal columns U, a constant for autograd, such that the r rows ``Uᵀ X`` keep the most of the
-    key scatter of the k > r rows X (B, k, W).
+    key scatter of the k > r rows X (B, k, W) (used for the elements with more than r used rows only).
 
     For r < W: the top-r eigenvectors of X Xᵀ, the principal directions (solved in float64 on the trace-normalised
-    Gram, so that large or clustered rows converge). For r = W: any orthonormal basis of X's column span, from a
-    reduced QR (about 10× cheaper than the eigendecomposition); it loses nothing, as ``U Uᵀ X = X`` keeps both
-    ``S = XᵀX`` and ``T = XᵀY``.
+    Gram, so that large or clustered rows converge). With ``span`` (r = W): any orthonormal basis of X's column
+    span, from a reduced QR (about 10× cheaper than the eigendecomposition); it loses nothing, as ``U Uᵀ X = X``
+    keeps both ``S = XᵀX`` and ``T = XᵀY``.
     """
     rows = rows_x.detach()
-    if r == rows.shape[-1]:
+    if span:
         return torch.linalg.qr(rows).Q
     gram = (rows @ rows.transpose(1, 2)).double()
     gram = gram / gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(TRACE_EPS)[:, None, None]

@@ -1,4 +1,5 @@
-"""A frozen dataclass of tensors that converts to and from a plain dict (the form models return)."""
+"""A frozen dataclass of tensors that converts to and from a plain dict (the form models return), and when the memory's
+step may branch on a tensor's values."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ from typing import Callable, TypeVar
 import torch
 
 State = TypeVar("State", bound="TensorState")
+
+
+def host_reads_free(t: torch.Tensor) -> bool:
+    """Whether the step may branch on ``t``'s values (``bool(t.any())``, ``int(t.max())``) at no cost: for a CPU
+    tensor in eager mode the value is already in host memory. On an accelerator the read waits for the device (a
+    synchronisation) and under ``torch.compile`` it breaks the graph, so there the step takes its shape-static path
+    instead: the same result, without the early exit or the data-sized shape."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 class TensorState:

@@ -1,11 +1,13 @@
-"""The memory's steps through torch.compile: the same outputs and gradients as eager, no recompilation for a new
-sequence length, eager where the backend fails."""
+"""The memory's steps through torch.compile: one graph per step (no host reads), the same outputs and gradients as
+eager, no recompilation for a new sequence length, eager where the backend fails."""
 
 import copy
 
 import pytest
 import torch
 from test_model import tiny, tokens
+
+from sdapm_hf.sdapm_state import slot_maps
 
 CHUNKED = dict(chunk_size=4, clock_keys=False, consolidation="auto")
 
@@ -32,8 +34,53 @@ def loss_and_grads(model, ids, mask):
     return out.logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize(("settings", "padded"), [({}, False), ({}, True), (CHUNKED, True)],
-                         ids=["per-token", "per-token-padded", "chunked-padded"])
+ACT = dict(act_mode="act", act_max_steps=3)
+
+
+@pytest.mark.parametrize(("settings", "padded"), [
+    ({}, False), (ACT, True), (dict(consolidation="usage", read_top_k=2, read_candidates=3), True), (CHUNKED, False),
+    (CHUNKED, True),
+], ids=["per-token", "act-padded", "usage-shortlist-padded", "chunked", "chunked-padded"])
+def test_each_step_traces_as_one_graph_and_steps_as_eager_does(settings, padded):
+    """fullgraph=True fails on any graph break, so on any host read of a tensor's values (skipping consolidation
+    while the memory has room, a merge sized by the ranks it meets, ACT's early stop, a look at the mask): the
+    traced steps take the shape-static paths, which must step exactly as the eager ones (memory filled and
+    consolidated from the fifth step on)."""
+    torch._dynamo.reset()
+    backend = CountingBackend()
+    core = tiny(**settings).model.core()
+    chunked = core.chunk_size is not None
+    name = "_chunk_piece" if chunked else "step"
+    traced = torch.compile(getattr(core, name), backend=backend, fullgraph=True)
+    width = core.controller.cell.input_size - core.read_size
+    x = torch.randn(3, 12, core.chunk_size or 1, width, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 12, core.chunk_size or 1, dtype=torch.bool)
+    if padded:
+        mask[1, :4] = False
+        mask[2, 7, 0] = False
+    states = [core.initial_state(3, torch.float32, torch.device("cpu")) for _ in range(2)]
+    with torch.no_grad():
+        for i in range(12):
+            if chunked:  # (x, mask, state, dense)
+                calls = [(x[:, i], mask[:, i], state, not padded) for state in states]
+            else:  # (x, state, mask)
+                calls = [(x[:, i, 0], state, mask[:, i, 0] if padded else None) for state in states]
+            eager_state, eager_out = getattr(core, name)(*calls[0])[:2]
+            traced_state, traced_out = traced(*calls[1])[:2]
+            torch.testing.assert_close(traced_out, eager_out, rtol=1e-4, atol=1e-4)
+            states = [eager_state, traced_state]
+    assert backend.graphs >= 1
+    eager, traced = states[0].access.memory, states[1].access.memory
+    assert bool(eager.occupied.all()) and int(eager.rank.max()) > 1  # the memory filled and merged
+    # a merge may keep its factor rows in another orthonormal basis: the slots' maps and statistics are what match
+    for one, other in zip(slot_maps(eager), slot_maps(traced)):
+        torch.testing.assert_close(other, one, rtol=1e-4, atol=1e-4)
+    for field in ("mass", "radius", "rank", "usage", "age", "occupied", "read_weights"):
+        torch.testing.assert_close(getattr(traced, field), getattr(eager, field), rtol=1e-4, atol=1e-5, msg=field)
+
+
+@pytest.mark.parametrize(("settings", "padded"), [({}, False), ({}, True), (ACT, True), (CHUNKED, True)],
+                         ids=["per-token", "per-token-padded", "act-padded", "chunked-padded"])
 def test_compiled_steps_give_eager_outputs_and_gradients(settings, padded):
     eager = tiny(**settings)  # eval: no dropout, whose random draws compiled code makes differently
     compiled = copy.deepcopy(eager).compile_memory(backend="aot_eager")
@@ -51,9 +98,9 @@ def test_compiled_steps_give_eager_outputs_and_gradients(settings, padded):
 
 @pytest.mark.parametrize("settings", [{}, CHUNKED], ids=["per-token", "chunked"])
 def test_a_new_sequence_length_does_not_recompile(settings):
-    """Inputs that are prefixes of one sequence take the branches (consolidation or not, the ranks a merge needs)
-    the first pass took, so only the length differs. A chunked call that ends inside a chunk steps a shorter piece:
-    the first two such lengths may compile (the second one with a dynamic length), later ones may not."""
+    """A traced step has no branch on the memory's contents, so only the length differs. A chunked call that ends
+    inside a chunk steps a shorter piece: the first two such lengths may compile (the second one with a dynamic
+    length), later ones may not."""
     torch._dynamo.reset()
     backend = CountingBackend()
     model = tiny(**settings).compile_memory(backend=backend)

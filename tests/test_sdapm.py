@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdapm_hf import sdapm
+from sdapm_hf import sdapm, sdapm_merge
 from sdapm_hf.memory_demo import stream_recall
 from sdapm_hf.sdapm import MemoryState, SDAPMSettings
 
@@ -476,3 +476,45 @@ def test_the_demo_runs_end_to_end(capsys):
     printed = capsys.readouterr().out
     rules, bare = printed.split("with the stability rules ")[1].split(" (bound ")[0], printed.split("without them ")[1]
     assert float(rules) <= 19.0 and float(bare) > 19.0
+
+
+@pytest.mark.parametrize("shape_static", [False, True], ids=["sized-by-its-ranks", "shape-static"])
+def test_a_merge_within_rank_is_exact_whatever_else_its_batch_merges(shape_static, monkeypatch):
+    """An element whose merge has at most r rows keeps them as they are (value and gradient), also when another
+    element of its batch merges more than r rows (and keeps a top-r basis of them), and on the shape-static path
+    that accelerators and torch.compile take."""
+    settings = SDAPMSettings(slots=8, word_size=8, max_rank=3, ridge=1e-3, gain_max=None)
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randn(2, 8, 8, generator=g, dtype=torch.float64)
+    # the second element's merged keys ±d (unit after normalisation): its 3 rows have rank 1, so a top-3 basis of
+    # them depends on how the eigensolver completes it, and need not span the directions their gradient has
+    keys[1, [0, 1, 2, 6]] = torch.tensor([1.0, -1.0, 3.0, -2.0], dtype=torch.float64)[:, None] * keys[1, 5]
+    keys.requires_grad_()
+    values = torch.randn(2, 8, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    words = torch.randn(2, 3, 8, generator=g, dtype=torch.float64)
+
+    def group(batch, *slots):  # the first slot scores highest, so the merged slot takes its place
+        selection = torch.zeros(batch, 8, dtype=torch.float64)
+        selection[:, list(slots)] = torch.linspace(1.0, 0.8, len(slots), dtype=torch.float64)
+        return selection
+
+    def merged_reads(keys, values):
+        b = keys.shape[0]
+        state = sdapm.init_state(settings, b, dtype=torch.float64)
+        for i in range(8):
+            state = sdapm.write(state, keys[:, i], values[:, i], settings)
+        state = sdapm.consolidate(state, group(b, 0, 1, 2), settings, group_size=3)  # rank 2
+        state = sdapm.consolidate(state, group(b, 3, 4, 5), settings, group_size=3)  # rank 2
+        last = torch.stack([group(1, 0, 3, 6)[0], group(1, 0, 6)[0]])[-b:]  # 2 + 2 + 2 rows; 2 + 1 rows
+        state = sdapm.consolidate(state, last, settings, group_size=3)
+        return read_all(state, settings, words[-b:])
+
+    alone = merged_reads(keys[1:], values[1:])
+    key_grad, value_grad = torch.autograd.grad(alone.sum(), (keys, values))
+    if shape_static:
+        monkeypatch.setattr(sdapm_merge, "host_reads_free", lambda t: False)
+    batch = merged_reads(keys, values)
+    torch.testing.assert_close(batch[1], alone[0], rtol=0, atol=1e-10)
+    batch_key_grad, batch_value_grad = torch.autograd.grad(batch[1].sum(), (keys, values))
+    torch.testing.assert_close(batch_key_grad, key_grad, rtol=0, atol=1e-10)
+    torch.testing.assert_close(batch_value_grad, value_grad, rtol=0, atol=1e-10)
