@@ -234,8 +234,8 @@ a one-layer LSTM of {CONTROLLER}; forward, BCE on the answer steps, backward, Ad
 temporal links, `reset_experience=True`) with a linear read-out; ours is `DNCSDAPMModel` between a linear read-in
 and read-out (parameters at N = {args.sizes[0]}: {", ".join(f"{k} {int(v):,}" for k, v in params.items() if v)}).
 "compiled": the same model after `compile_memory()` (torch.compile, inductor, of the per-position step or the
-chunk piece; the graph breaks where the memory's control flow depends on its contents, and those parts run eager);
-its warm-up step compiles.
+chunk piece; on the CPU the graph breaks where the memory's control flow depends on its contents, and those parts
+run eager); its warm-up step compiles.
 Each case runs in a fresh process ({args.steps} timed steps after one warm-up step; the two models with dense
 temporal links at N ≥ 1024: one step, {args.peer_rounds_at_1024} round(s)); {args.rounds} rounds, cases rotated each round; medians. Peak RSS is
 the process's, minus that of a process that only imports torch and the package ({base:.0f} MB).

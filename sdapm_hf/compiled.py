@@ -2,10 +2,10 @@
 
 The recurrence calls one function per position (``MemoryCore.step``, per-token mode) or per chunk
 (``MemoryCore._chunk_piece``, chunked mode). Those functions never see the sequence length, so compiling them, and
-not the loop around them, gives graphs that a new length does not recompile. Where the memory's eager control flow
+not the loop around them, gives graphs that a new length does not recompile. Where the memory's control flow
 depends on its contents (skipping consolidation while the memory has room, the rank a merge needs, ACT's early
-stop), the traced step takes the shape-static path instead (``tensor_state.host_reads_free``), so those do not
-break the graph.
+stop), a CPU step breaks its graph and runs that part eager; on an accelerator the step takes its shape-static
+path (``tensor_state.host_reads_free``) and is one graph.
 
 A backend that cannot compile (no C++ compiler for inductor on CPU, an unsupported device) raises at the first
 call; the step then warns once, naming the error, and runs eager from then on.

@@ -7,6 +7,8 @@ import pytest
 import torch
 from test_model import tiny, tokens
 
+from sdapm_hf import access, act, sdapm_merge
+from sdapm_hf import core as core_module
 from sdapm_hf.sdapm_state import slot_maps
 
 CHUNKED = dict(chunk_size=4, clock_keys=False, consolidation="auto")
@@ -41,34 +43,40 @@ ACT = dict(act_mode="act", act_max_steps=3)
     ({}, False), (ACT, True), (dict(consolidation="usage", read_top_k=2, read_candidates=3), True), (CHUNKED, False),
     (CHUNKED, True),
 ], ids=["per-token", "act-padded", "usage-shortlist-padded", "chunked", "chunked-padded"])
-def test_each_step_traces_as_one_graph_and_steps_as_eager_does(settings, padded):
-    """fullgraph=True fails on any graph break, so on any host read of a tensor's values (skipping consolidation
-    while the memory has room, a merge sized by the ranks it meets, ACT's early stop, a look at the mask): the
-    traced steps take the shape-static paths, which must step exactly as the eager ones (memory filled and
-    consolidated from the fifth step on)."""
+def test_each_step_traces_as_one_graph_and_steps_as_eager_does(settings, padded, monkeypatch):
+    """On the shape-static paths an accelerator takes (``host_reads_free`` False), a step has no host read of a
+    tensor's values: fullgraph=True, which fails on any graph break, traces it. Those paths must step exactly as
+    the eager CPU ones (memory filled and consolidated from the fifth step on)."""
     torch._dynamo.reset()
     backend = CountingBackend()
     core = tiny(**settings).model.core()
     chunked = core.chunk_size is not None
     name = "_chunk_piece" if chunked else "step"
-    traced = torch.compile(getattr(core, name), backend=backend, fullgraph=True)
     width = core.controller.cell.input_size - core.read_size
     x = torch.randn(3, 12, core.chunk_size or 1, width, generator=torch.Generator().manual_seed(1))
     mask = torch.ones(3, 12, core.chunk_size or 1, dtype=torch.bool)
     if padded:
         mask[1, :4] = False
         mask[2, 7, 0] = False
-    states = [core.initial_state(3, torch.float32, torch.device("cpu")) for _ in range(2)]
-    with torch.no_grad():
-        for i in range(12):
-            if chunked:  # (x, mask, state, dense)
-                calls = [(x[:, i], mask[:, i], state, not padded) for state in states]
-            else:  # (x, state, mask)
-                calls = [(x[:, i, 0], state, mask[:, i, 0] if padded else None) for state in states]
-            eager_state, eager_out = getattr(core, name)(*calls[0])[:2]
-            traced_state, traced_out = traced(*calls[1])[:2]
-            torch.testing.assert_close(traced_out, eager_out, rtol=1e-4, atol=1e-4)
-            states = [eager_state, traced_state]
+
+    def run(step) -> tuple[list[torch.Tensor], object]:
+        state, outs = core.initial_state(3, torch.float32, torch.device("cpu")), []
+        with torch.no_grad():
+            for i in range(12):
+                if chunked:  # (x, mask, state, dense)
+                    state, out = step(x[:, i], mask[:, i], state, not padded)[:2]
+                else:  # (x, state, mask)
+                    state, out = step(x[:, i, 0], state, mask[:, i, 0] if padded else None)[:2]
+                outs.append(out)
+        return outs, state
+
+    eager_outs, eager_state = run(getattr(core, name))
+    for module in (access, act, core_module, sdapm_merge):
+        monkeypatch.setattr(module, "host_reads_free", lambda t: False)
+    traced_outs, traced_state = run(torch.compile(getattr(core, name), backend=backend, fullgraph=True))
+    for traced_out, eager_out in zip(traced_outs, eager_outs):
+        torch.testing.assert_close(traced_out, eager_out, rtol=1e-4, atol=1e-4)
+    states = [eager_state, traced_state]
     assert backend.graphs >= 1
     eager, traced = states[0].access.memory, states[1].access.memory
     assert bool(eager.occupied.all()) and int(eager.rank.max()) > 1  # the memory filled and merged
@@ -98,9 +106,9 @@ def test_compiled_steps_give_eager_outputs_and_gradients(settings, padded):
 
 @pytest.mark.parametrize("settings", [{}, CHUNKED], ids=["per-token", "chunked"])
 def test_a_new_sequence_length_does_not_recompile(settings):
-    """A traced step has no branch on the memory's contents, so only the length differs. A chunked call that ends
-    inside a chunk steps a shorter piece: the first two such lengths may compile (the second one with a dynamic
-    length), later ones may not."""
+    """Inputs that are prefixes of one sequence take the branches (consolidation or not, the ranks a merge needs)
+    the first pass took, so only the length differs. A chunked call that ends inside a chunk steps a shorter piece:
+    the first two such lengths may compile (the second one with a dynamic length), later ones may not."""
     torch._dynamo.reset()
     backend = CountingBackend()
     model = tiny(**settings).compile_memory(backend=backend)
