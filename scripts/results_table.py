@@ -159,6 +159,11 @@ def evaluations_section(folder: str, splits: list[str], ablation: str, metric: s
     return render
 
 
+def mean_worst(values: list[float] | tuple[float, ...]) -> str:
+    """"mean (worst)" of the seeds' values, four decimals."""
+    return f"{sum(values) / len(values):.4f} ({min(values):.4f})"
+
+
 def memory_floats(experiment: dict) -> int:
     """Floats of one sequence's memory state (the memory's own tensors; not the controller's or the clock's) for a
     run's model settings."""
@@ -178,7 +183,7 @@ def seeds_section(rows: dict[str, tuple[str, str]], metrics: list[str]) -> Calla
             cells = []
             for metric in metrics:
                 values = [r[metric] for r in results if metric in r]
-                cells.append(f"{sum(values) / len(values):.4f} ({min(values):.4f})" if values else "–")
+                cells.append(mean_worst(values) if values else "–")
             out.append([label, f"{memory_floats(experiments[0]):,}", budget,
                         ", ".join(str(e["seed"]) for e in experiments),
                         f"{sum(r['steps'] for r in results) / len(results):.0f}",
@@ -240,7 +245,7 @@ def lengths_section(folder: str, evaluation: str) -> Callable[[], str]:
             cells = []
             for metric in ("token_accuracy", "sequence_accuracy"):
                 values = [r[split][metric] for r in results]
-                cells.append(f"{sum(values) / len(values):.4f} ({min(values):.4f})")
+                cells.append(mean_worst(values))
             rows.append([str(length), str(2 * length + 1), f"{(2 * length + 1) / exact:.2f}", *cells])
         seeds = ", ".join(str(json.loads((run / "experiment.json").read_text())["seed"]) for run in runs)
         return (f"Exact storage: {model['memory_slots']} slots × (rank {model['max_rank']} + 1) = {exact} pairs; "
@@ -263,7 +268,7 @@ def past_storage_section(folder: str, evaluation: str) -> Callable[[], str]:
             cells = []
             for metric in ("token_accuracy", "sequence_accuracy"):
                 values = [r["results"][i][metric] for r in results]
-                cells.append(f"{sum(values) / len(values):.4f} ({min(values):.4f})")
+                cells.append(mean_worst(values))
             rows.append([case["filler"], str(case["writes_before_queries"]), f"{case['ratio']:g}",
                          case["consolidation"], *cells])
         seeds = ", ".join(str(json.loads((run / "experiment.json").read_text())["seed"]) for run in runs)
@@ -271,6 +276,52 @@ def past_storage_section(folder: str, evaluation: str) -> Callable[[], str]:
                 f"{results[0]['pairs']} pairs queried; seeds {seeds}.\n\n"
                 + table(["filler", "writes before the queries", "/ exact storage", "consolidation",
                          "token accuracy: mean (worst)", "sequence accuracy: mean (worst)"], rows))
+    return render
+
+
+def ablations_section(folder: str, trained: str, evaluations: list[str], metric: str) -> Callable[[], str]:
+    """The committed runs of ``folder`` evaluated on another task (``evaluations``: the JSONs that
+    ``sdapm-hf evaluate --task-args … --base-alone`` / ``--zero-memory`` printed, in each run's folder): per seed
+    the training run's test ``trained`` metric, the model on the evaluation's task (with the sequence accuracy for
+    ``token_accuracy``) and each ablation; a last row with the mean and the worst seed."""
+    def render() -> str:
+        runs = sorted(p.parent for p in (RUNS / folder).glob("*/experiment.json"))
+        columns: list[list[float]] = []
+        for run in runs:
+            results = [json.loads((run / name).read_text()) for name in evaluations]
+            memory = results[0]["with_memory"]["test"]
+            cells = [json.loads((run / "metrics.json").read_text())[trained], memory[metric]]
+            if metric == "token_accuracy":
+                cells.append(memory["sequence_accuracy"])
+            columns.append(cells + [r["ablated"]["test"][metric] for r in results])
+        first = [json.loads((runs[0] / name).read_text()) for name in evaluations]
+        task = " ".join(f"{k}={v}" for k, v in first[0]["task_args"].items() if not k.endswith("_size"))
+        header = ["seed", f"trained task: {trained}", f"{task}: {metric}"]
+        if metric == "token_accuracy":
+            header.append("sequences")
+        header += [f"{r['label']}: {metric}" for r in first]
+        rows = [[str(json.loads((run / "experiment.json").read_text())["seed"]), *(f"{v:.4f}" for v in cells)]
+                for run, cells in zip(runs, columns)]
+        rows.append(["**mean (worst)**", *(mean_worst(c) for c in zip(*columns))])
+        return table(header, rows)
+    return render
+
+
+def variants_section(folder: str, rows: dict[str, str], metric: str) -> Callable[[], str]:
+    """The committed runs of ``folder`` on variants of their task (``rows``: label → the JSON that
+    ``sdapm-hf evaluate`` printed, in each run's folder): ``metric`` of the model with its memory per seed, and the
+    mean and the worst seed."""
+    def render() -> str:
+        runs = sorted(p.parent for p in (RUNS / folder).glob("*/experiment.json"))
+        seeds = [json.loads((run / "experiment.json").read_text())["seed"] for run in runs]
+        out = []
+        for label, name in rows.items():
+            values = []
+            for run in runs:
+                result = json.loads((run / name).read_text())
+                values.append(result.get("with_memory", result)["test"][metric])
+            out.append([label, *(f"{v:.4f}" for v in values), mean_worst(values)])
+        return table(["variant", *(f"seed {s}" for s in seeds), "mean (worst)"], out)
     return render
 
 
@@ -292,6 +343,10 @@ RUN_CONFIGS = {
     "associative_recall_dnc_equal_memory": "configs/associative_recall_dnc_equal_memory.yaml",
     "associative_recall_dnc_equal_cpu": "configs/associative_recall_dnc_equal_cpu.yaml",
     "associative_recall_lstm": "configs/associative_recall_lstm.yaml",
+    "associative_recall_lstm_equal_cpu": "configs/associative_recall_lstm_equal_cpu.yaml",
+    "plugin_llama_mqar_short_long": "configs/plugin_llama_mqar_short_long.yaml",
+    "plugin_minilm_fact_recall_soft_reads": "configs/plugin_minilm_fact_recall_soft_reads.yaml",
+    "plugin_llama_mqar_short_long_distractors": "configs/plugin_llama_mqar_short_long_distractors.yaml",
 }
 COPY = {  # folder: (the memory, the budget)
     "copy_beyond_capacity": ("SDAPM, 8 slots of rank 16, clock keys", "1,000 steps"),
@@ -308,8 +363,9 @@ ASSOCIATIVE_RECALL = {  # folder: (the memory, the budget)
     "associative_recall_dnc_equal_memory": ("DNC, 88 slots, temporal links, content keys", "equal steps"),
     "associative_recall_dnc_equal_cpu": ("DNC, 88 slots, temporal links, content keys", "equal CPU time"),
     "associative_recall_lstm": ("none (the LSTM controller alone)", "equal steps"),
+    "associative_recall_lstm_equal_cpu": ("none (the LSTM controller alone)", "equal CPU time"),
 }
-ASSOCIATIVE_RECALL_METRICS = ["test/token_accuracy", "test/sequence_accuracy", "validation/token_accuracy"]
+TEST_METRICS = ["test/token_accuracy", "test/sequence_accuracy", "validation/token_accuracy"]
 VALIDATION = ["validation/accuracy", "validation/token_accuracy", "validation/loss"]
 SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_passkey_runs": runs_section(["smollm2_passkey"], VALIDATION),
@@ -329,11 +385,32 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "copy_beyond_capacity_runs": runs_section(list(COPY), COPY_METRICS),
     "copy_beyond_capacity_lengths": lengths_section("copy_beyond_capacity", "lengths.json"),
     "copy_beyond_capacity_stability": stability_section("copy_beyond_capacity", "test_len64/token_accuracy"),
-    "associative_recall": seeds_section(ASSOCIATIVE_RECALL, ASSOCIATIVE_RECALL_METRICS),
-    "associative_recall_runs": runs_section(list(ASSOCIATIVE_RECALL), ASSOCIATIVE_RECALL_METRICS),
+    "associative_recall": seeds_section(ASSOCIATIVE_RECALL, TEST_METRICS),
+    "associative_recall_runs": runs_section(list(ASSOCIATIVE_RECALL), TEST_METRICS),
     "associative_recall_past_storage": past_storage_section("associative_recall", "past_storage.json"),
     "associative_recall_dnc_past_storage": past_storage_section("associative_recall_dnc_equal_cpu",
                                                                 "past_storage.json"),
+    "plugin_llama_mqar_short_long_runs": runs_section(["plugin_llama_mqar_short_long"], TEST_METRICS),
+    "plugin_llama_mqar_short_long": ablations_section(
+        "plugin_llama_mqar_short_long", "test/token_accuracy", ["long_512.json", "long_512_zero_memory.json"],
+        "token_accuracy"),
+    "plugin_llama_mqar_short_long_variants": variants_section("plugin_llama_mqar_short_long", {
+        "512 tokens, one repeated filler token (as trained)": "long_512.json",
+        "512 tokens, random filler tokens from the whole vocabulary": "long_512_random_filler.json",
+        "1,024 tokens, repeated filler, queries in the last segment": "length_1024.json",
+        "2,048 tokens, the same": "length_2048.json",
+        "2,048 tokens, `--set consolidation=similar`": "length_2048_similar.json",
+    }, "token_accuracy"),
+    "plugin_llama_mqar_short_long_distractors_runs": runs_section(["plugin_llama_mqar_short_long_distractors"],
+                                                                  TEST_METRICS),
+    "plugin_llama_mqar_short_long_distractors": variants_section("plugin_llama_mqar_short_long_distractors", {
+        "512 tokens, random filler tokens from the whole vocabulary": "long_512_random_filler.json",
+        "512 tokens, one repeated filler token": "long_512.json",
+    }, "token_accuracy"),
+    "plugin_minilm_fact_recall_soft_reads_runs": runs_section(["plugin_minilm_fact_recall_soft_reads"],
+                                                              ["test/accuracy", "validation/accuracy"]),
+    "plugin_minilm_fact_recall_soft_reads": ablations_section(
+        "plugin_minilm_fact_recall_soft_reads", "test/accuracy", ["segments_8.json"], "accuracy"),
     "copy_seed_regime_runs": runs_section(["copy_seed_regime"], ["test_len32/token_accuracy", "test_len64/token_accuracy"]),
     "copy_seed_regime": evaluations_section("copy_seed_regime", ["validation", "test_len32", "test_len64"],
                                             "zero_memory", "token_accuracy"),
