@@ -76,11 +76,11 @@ def run_rows(config: str, runs: list[Path], metrics: list[str]) -> list[list[str
 
 def runs_table(folders: list[str], metrics: list[str]) -> str:
     """The table of the committed runs ``docs/runs/FOLDER/*/`` of each folder, whose config is
-    ``RUN_CONFIGS[folder]``."""
+    ``run_config(folder)``."""
     rows = []
     for folder in folders:
         runs = sorted(p.parent for p in (RUNS / folder).glob("*/experiment.json"))
-        rows += run_rows(RUN_CONFIGS[folder], runs, metrics)
+        rows += run_rows(run_config(folder), runs, metrics)
     return table(["command", "seed", "steps", "wall min", "CPU min", *metrics], rows)
 
 
@@ -286,15 +286,15 @@ def ablations_section(folder: str, trained: str, evaluations: list[str], metric:
     ``token_accuracy``) and each ablation; a last row with the mean and the worst seed."""
     def render() -> str:
         runs = sorted(p.parent for p in (RUNS / folder).glob("*/experiment.json"))
+        loaded = [[json.loads((run / name).read_text()) for name in evaluations] for run in runs]
         columns: list[list[float]] = []
-        for run in runs:
-            results = [json.loads((run / name).read_text()) for name in evaluations]
+        for run, results in zip(runs, loaded):
             memory = results[0]["with_memory"]["test"]
             cells = [json.loads((run / "metrics.json").read_text())[trained], memory[metric]]
             if metric == "token_accuracy":
                 cells.append(memory["sequence_accuracy"])
             columns.append(cells + [r["ablated"]["test"][metric] for r in results])
-        first = [json.loads((runs[0] / name).read_text()) for name in evaluations]
+        first = loaded[0]
         task = " ".join(f"{k}={v}" for k, v in first[0]["task_args"].items() if not k.endswith("_size"))
         header = ["seed", f"trained task: {trained}", f"{task}: {metric}"]
         if metric == "token_accuracy":
@@ -325,29 +325,13 @@ def variants_section(folder: str, rows: dict[str, str], metric: str) -> Callable
     return render
 
 
-# The committed runs' folders under docs/runs/ and the config every run in one came from.
-RUN_CONFIGS = {
-    "smollm2_passkey": "configs/smollm2_passkey.yaml",
-    "smollm2_multi_needle": "configs/smollm2_multi_needle.yaml",
-    "gemma3_passkey": "configs/gemma3_passkey.yaml",
-    "copy_seed_regime": "configs/copy_seed_regime.yaml",
-    "smollm2_qa1": "configs/smollm2_qa1.yaml",
-    "smollm2_passkey_stage2": "configs/smollm2_passkey_stage2.yaml",
-    "copy_beyond_capacity": "configs/copy_beyond_capacity.yaml",
-    "copy_beyond_capacity_dnc_equal_memory": "configs/copy_beyond_capacity_dnc_equal_memory.yaml",
-    "copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_beyond_capacity_dnc_equal_memory.yaml",
-    "copy_beyond_capacity_dnc_equal_cpu": "configs/copy_beyond_capacity_dnc_equal_cpu.yaml",
-    "copy_beyond_capacity_lstm": "configs/copy_beyond_capacity_lstm.yaml",
-    "copy_beyond_capacity_lstm_equal_cpu": "configs/copy_beyond_capacity_lstm_equal_cpu.yaml",
-    "associative_recall": "configs/associative_recall.yaml",
-    "associative_recall_dnc_equal_memory": "configs/associative_recall_dnc_equal_memory.yaml",
-    "associative_recall_dnc_equal_cpu": "configs/associative_recall_dnc_equal_cpu.yaml",
-    "associative_recall_lstm": "configs/associative_recall_lstm.yaml",
-    "associative_recall_lstm_equal_cpu": "configs/associative_recall_lstm_equal_cpu.yaml",
-    "plugin_llama_mqar_short_long": "configs/plugin_llama_mqar_short_long.yaml",
-    "plugin_minilm_fact_recall_soft_reads": "configs/plugin_minilm_fact_recall_soft_reads.yaml",
-    "plugin_llama_mqar_short_long_distractors": "configs/plugin_llama_mqar_short_long_distractors.yaml",
-}
+# The committed runs' folders under docs/runs/ whose config is not configs/FOLDER.yaml.
+OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_beyond_capacity_dnc_equal_memory.yaml"}
+
+
+def run_config(folder: str) -> str:
+    """The config every committed run of ``docs/runs/FOLDER/`` came from."""
+    return OTHER_CONFIGS.get(folder, f"configs/{folder}.yaml")
 COPY = {  # folder: (the memory, the budget)
     "copy_beyond_capacity": ("SDAPM, 8 slots of rank 16, clock keys", "1,000 steps"),
     "copy_beyond_capacity_dnc_equal_memory": ("DNC, 88 slots, temporal links, content keys", "equal steps"),

@@ -28,7 +28,7 @@ def test_the_generated_tables_are_what_the_committed_runs_give():
 @pytest.mark.parametrize("run", RUNS, ids=lambda run: f"{run.parent.name}/{run.name}")
 def test_each_committed_run_is_its_command(run):
     experiment = json.loads((run / "experiment.json").read_text())
-    words = shlex.split(results_table.command(results_table.RUN_CONFIGS[run.parent.name], experiment))
+    words = shlex.split(results_table.command(results_table.run_config(run.parent.name), experiment))
     assert words[:2] == ["sdapm-hf", "train"]
     parsed = json.loads(json.dumps(asdict(ExperimentParser().parse_experiment(words[2:]))))
     defaults = json.loads(json.dumps(asdict(ExperimentArguments())))
