@@ -332,8 +332,12 @@ OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_be
 def run_config(folder: str) -> str:
     """The config every committed run of ``docs/runs/FOLDER/`` came from."""
     return OTHER_CONFIGS.get(folder, f"configs/{folder}.yaml")
+
+
 COPY = {  # folder: (the memory, the budget)
     "copy_beyond_capacity": ("SDAPM, 8 slots of rank 16, clock keys", "1,000 steps"),
+    "copy_beyond_capacity_content_keys": ("SDAPM, 8 slots of rank 16, learned content keys (clock off)",
+                                          "1,000 steps"),
     "copy_beyond_capacity_dnc_equal_memory": ("DNC, 88 slots, temporal links, content keys", "equal steps"),
     "copy_beyond_capacity_dnc_equal_cpu": ("DNC, 88 slots, temporal links, content keys", "equal CPU time"),
     "copy_beyond_capacity_dnc_equal_memory_clock": ("DNC, 88 slots, temporal links, clock keys", "equal steps"),
@@ -368,6 +372,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "copy_beyond_capacity": seeds_section(COPY, COPY_METRICS),
     "copy_beyond_capacity_runs": runs_section(list(COPY), COPY_METRICS),
     "copy_beyond_capacity_lengths": lengths_section("copy_beyond_capacity", "lengths.json"),
+    "copy_beyond_capacity_content_keys_lengths": lengths_section("copy_beyond_capacity_content_keys", "lengths.json"),
     "copy_beyond_capacity_stability": stability_section("copy_beyond_capacity", "test_len64/token_accuracy"),
     "associative_recall": seeds_section(ASSOCIATIVE_RECALL, TEST_METRICS),
     "associative_recall_runs": runs_section(list(ASSOCIATIVE_RECALL), TEST_METRICS),
@@ -390,6 +395,13 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "plugin_llama_mqar_short_long_distractors": variants_section("plugin_llama_mqar_short_long_distractors", {
         "512 tokens, random filler tokens from the whole vocabulary": "long_512_random_filler.json",
         "512 tokens, one repeated filler token": "long_512.json",
+    }, "token_accuracy"),
+    "plugin_mqar_distractors_runs": runs_section(["plugin_mqar_distractors"], [
+        "test/token_accuracy", "test/sequence_accuracy", "test/base_alone/token_accuracy"]),
+    "plugin_mqar_distractors": variants_section("plugin_mqar_distractors", {
+        "256 tokens (8 windows), queries 208 tokens (6.5 windows) after the pairs, as trained": "length_256.json",
+        "512 tokens (16 windows), queries 464 tokens (14.5 windows) after the pairs": "length_512.json",
+        "1,024 tokens (32 windows), queries 976 tokens (30.5 windows) after the pairs": "length_1024.json",
     }, "token_accuracy"),
     "plugin_minilm_fact_recall_soft_reads_runs": runs_section(["plugin_minilm_fact_recall_soft_reads"],
                                                               ["test/accuracy", "validation/accuracy"]),

@@ -64,6 +64,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
             before it, and its value is the position's own: a pair stores what followed a context (kNN-LM's
             datastore: key the context before a token, value the token), so a later read with the same query gets
             what came next; write and read keys are then one function, not two to be aligned by training.
+            None (the default): on with a frozen base (``text_config`` set), off for a standalone model.
 
     Controller:
         vocab_size: tokens of the standalone model (ignored with a frozen base).
@@ -130,7 +131,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
     consolidation: str = "auto"
     chunk_size: int | None = 32
     chunk_members: int | None = None
-    predictive_writes: bool = False
+    predictive_writes: bool | None = None
     # controller
     vocab_size: int = 32
     hidden_size: int = 128
@@ -159,6 +160,8 @@ class DNCSDAPMConfig(PreTrainedConfig):
 
     def validate_fields(self) -> None:
         """Each group's rules, once (the memory checks its own numeric rules when it is built)."""
+        if self.predictive_writes is None:
+            self.predictive_writes = self.text_config is not None
         self._check_memory()
         self._check_controller()
         self._check_act()

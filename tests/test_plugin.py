@@ -221,6 +221,17 @@ def test_the_config_route_equals_from_base():
         DNCSDAPMConfig(hidden_size=48, text_config=base.config.to_dict(), **MEMORY)
 
 
+def test_a_plugged_memory_writes_predictively_unless_told_otherwise(tmp_path):
+    assert DNCSDAPMConfig().predictive_writes is False  # standalone
+    plugged_default = DNCSDAPMForCausalLM.from_base(tiny_base(), **MEMORY)
+    assert plugged_default.config.predictive_writes is True
+    assert plugged_default.model.memory.core.predictive
+    off = DNCSDAPMForCausalLM.from_base(tiny_base(), predictive_writes=False, **MEMORY)
+    assert not off.model.memory.core.predictive
+    off.save_pretrained(tmp_path)  # the resolved value is what a checkpoint keeps
+    assert DNCSDAPMConfig.from_pretrained(tmp_path).predictive_writes is False
+
+
 def test_standalone_generation_carries_the_recurrent_state():
     torch.manual_seed(0)
     model = DNCSDAPMForCausalLM(DNCSDAPMConfig(vocab_size=12, hidden_size=16, **MEMORY)).eval()
