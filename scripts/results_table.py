@@ -355,6 +355,7 @@ ASSOCIATIVE_RECALL = {  # folder: (the memory, the budget)
 }
 TEST_METRICS = ["test/token_accuracy", "test/sequence_accuracy", "validation/token_accuracy"]
 VALIDATION = ["validation/accuracy", "validation/token_accuracy", "validation/loss"]
+MQAR_DISTRACTORS_METRICS = ["test/token_accuracy", "test/sequence_accuracy", "test/base_alone/token_accuracy"]
 SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_passkey_runs": runs_section(["smollm2_passkey"], VALIDATION),
     "smollm2_passkey": haystack_section("smollm2_passkey", ["haystack_eval.json"], {64: 0.95, 256: 0.90}),
@@ -396,13 +397,19 @@ SECTIONS: dict[str, Callable[[], str]] = {
         "512 tokens, random filler tokens from the whole vocabulary": "long_512_random_filler.json",
         "512 tokens, one repeated filler token": "long_512.json",
     }, "token_accuracy"),
-    "plugin_mqar_distractors_runs": runs_section(["plugin_mqar_distractors"], [
-        "test/token_accuracy", "test/sequence_accuracy", "test/base_alone/token_accuracy"]),
+    "plugin_mqar_distractors_runs": runs_section(["plugin_mqar_distractors"], MQAR_DISTRACTORS_METRICS),
     "plugin_mqar_distractors": variants_section("plugin_mqar_distractors", {
         "256 tokens (8 windows), queries 208 tokens (6.5 windows) after the pairs, as trained": "length_256.json",
         "512 tokens (16 windows), queries 464 tokens (14.5 windows) after the pairs": "length_512.json",
         "1,024 tokens (32 windows), queries 976 tokens (30.5 windows) after the pairs": "length_1024.json",
     }, "token_accuracy"),
+    "plugin_mqar_distractors_stage2_runs": runs_section(["plugin_mqar_distractors_stage2"], MQAR_DISTRACTORS_METRICS),
+    "plugin_mqar_distractors_stages": seeds_section({
+        "plugin_mqar_distractors": ("SDAPM plugged, 8 slots, defaults; 256 tokens, queries 6.5 windows later",
+                                    "600 CPU s"),
+        "plugin_mqar_distractors_stage2": ("the same, then 1,024 tokens, queries 30.5 windows later",
+                                           "600 + 600 CPU s"),
+    }, MQAR_DISTRACTORS_METRICS),
     "plugin_minilm_fact_recall_soft_reads_runs": runs_section(["plugin_minilm_fact_recall_soft_reads"],
                                                               ["test/accuracy", "validation/accuracy"]),
     "plugin_minilm_fact_recall_soft_reads": ablations_section(
