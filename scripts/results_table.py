@@ -325,6 +325,32 @@ def variants_section(folder: str, rows: dict[str, str], metric: str) -> Callable
     return render
 
 
+def hops_section(systems: dict[str, str], evaluation: str) -> Callable[[], str]:
+    """Multi-hop recall answer by answer (``evaluation``: the JSON of ``scripts/multi_hop_table.py`` in each
+    committed run of each folder; ``systems``: folder → label): per seed and hop count the accuracy and the mean
+    inner read steps, then the mean and the worst seed of each system."""
+    def render() -> str:
+        out, hops = [], None
+        for folder, label in systems.items():
+            runs = sorted(p.parent for p in (RUNS / folder).glob("*/experiment.json"))
+            results = [json.loads((run / evaluation).read_text()) for run in runs]
+            hops = hops or list(results[0]["by_hops"])
+            columns = []
+            for run, result in zip(runs, results):
+                seed = json.loads((run / "experiment.json").read_text())["seed"]
+                cells = [result["by_hops"][k] for k in hops] + [result]
+                columns.append(cells)
+                out.append([label, str(seed), *(f"{c['accuracy']:.2%} ({c['ponder_mean']:.2f})" for c in cells)])
+            worst = [min(col[i]["accuracy"] for col in columns) for i in range(len(hops) + 1)]
+            mean = [sum(col[i]["accuracy"] for col in columns) / len(columns) for i in range(len(hops) + 1)]
+            steps = [sum(col[i]["ponder_mean"] for col in columns) / len(columns) for i in range(len(hops) + 1)]
+            out.append([f"**{label}: mean (worst)**", "",
+                        *(f"{m:.2%} ({w:.2%}); {s:.2f} steps" for m, w, s in zip(mean, worst, steps))])
+        header = [f"{k} hop{'s' if k != '1' else ''}: accuracy (mean inner steps)" for k in hops]
+        return table(["system", "seed", *header, "all answers"], out)
+    return render
+
+
 # The committed runs' folders under docs/runs/ whose config is not configs/FOLDER.yaml.
 OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_beyond_capacity_dnc_equal_memory.yaml"}
 
@@ -414,6 +440,8 @@ SECTIONS: dict[str, Callable[[], str]] = {
                                                               ["test/accuracy", "validation/accuracy"]),
     "plugin_minilm_fact_recall_soft_reads": ablations_section(
         "plugin_minilm_fact_recall_soft_reads", "test/accuracy", ["segments_8.json"], "accuracy"),
+    "multi_hop_runs": runs_section(["multi_hop_act"], TEST_METRICS),
+    "multi_hop": hops_section({"multi_hop_act": "ACT (at most 5 reads)"}, "by_hops.json"),
     "copy_seed_regime_runs": runs_section(["copy_seed_regime"], ["test_len32/token_accuracy", "test_len64/token_accuracy"]),
     "copy_seed_regime": evaluations_section("copy_seed_regime", ["validation", "test_len32", "test_len64"],
                                             "zero_memory", "token_accuracy"),

@@ -3,12 +3,16 @@
 For one time step with first read word ``x_0`` and controller output ``h``::
 
     y_n = Read(y_{n−1}),  y_0 = x_0                      (a chain of slots applied to this input)
-    λ_n = σ(w_h · [h ; y_n] + b_h)                      (halting unit)
+    λ_n = σ(w_h · [h ; y_n ; e_n] + b_h)                (halting unit; e_n the one-hot of the inner step n)
 
 * ``act`` (Graves 2016): ``N = min{n : Σ_{m≤n} λ_m ≥ 1 − ε}`` (capped), remainder ``R = 1 − Σ_{m<N} λ_m``,
   output ``Σ_{n<N} λ_n y_n + R y_N``, ponder cost ``N + R`` (its gradient flows through ``R``).
 * ``fixed``: always ``K`` steps, output ``y_K`` (the baseline ACT must beat at equal mean compute).
 * ``none``: one read.
+
+The halting unit sees which inner step it is at (``e_n``; Graves feeds a first-step flag into a cell whose state
+then moves with every step, while ``h`` here is fixed for the time step): a read's output alone does not say how
+many links were followed, so without ``e_n`` no halting unit can stop after exactly k of them.
 
 Ponder statistics: steps per token (mean, p90, share at the cap) over the tokens that count.
 """
@@ -56,7 +60,7 @@ class Ponder(nn.Module):
         read_size = config.read_heads * config.word_size
         self.halting = None
         if self.mode == "act":
-            self.halting = nn.Linear(config.controller_size + read_size, 1)
+            self.halting = nn.Linear(config.controller_size + read_size + self.max_steps, 1)
             self.halting.init_bias = HALTING_BIAS_INIT
 
     def forward(self, read: ReadFn, words: torch.Tensor, state: object, h: torch.Tensor) -> PonderStep:
@@ -70,8 +74,11 @@ class Ponder(nn.Module):
             words, state = read(words, state, everyone)
         return PonderStep(words, state, zeros + self.max_steps, zeros)
 
-    def _halt(self, h: torch.Tensor, reads: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.halting(torch.cat([h, reads.flatten(1)], dim=-1))).squeeze(-1)
+    def _halt(self, h: torch.Tensor, reads: torch.Tensor, n: int) -> torch.Tensor:
+        """λ_n (B,) after inner step n ≥ 1."""
+        step = torch.zeros(h.shape[0], self.max_steps, dtype=h.dtype, device=h.device)
+        step[:, n - 1] = 1.0
+        return torch.sigmoid(self.halting(torch.cat([h, reads.flatten(1), step], dim=-1))).squeeze(-1)
 
     def _act(self, read: ReadFn, words: torch.Tensor, state: object, h: torch.Tensor) -> PonderStep:
         b = words.shape[0]
@@ -82,7 +89,7 @@ class Ponder(nn.Module):
         running = torch.ones(b, dtype=torch.bool, device=words.device)
         for n in range(1, self.max_steps + 1):
             words, state = read(words, state, running)
-            halt = self._halt(h, words)
+            halt = self._halt(h, words, n)
             last = n == self.max_steps
             stops = running & ((total + halt >= 1.0 - ACT_EPSILON) | last)
             weight = torch.where(stops, 1.0 - total, halt) * running

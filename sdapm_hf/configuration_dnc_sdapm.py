@@ -64,7 +64,11 @@ class DNCSDAPMConfig(PreTrainedConfig):
             before it, and its value is the position's own: a pair stores what followed a context (kNN-LM's
             datastore: key the context before a token, value the token), so a later read with the same query gets
             what came next; write and read keys are then one function, not two to be aligned by training.
-            None (the default): on with a frozen base (``text_config`` set), off for a standalone model.
+            None (the default): on with a frozen base (``text_config`` set), off for a standalone model, on with
+            ``query_values``.
+        query_values: with predictive writes, a position's value is its own read query (of the first head)
+            instead of the interface's value: the memory holds the map from each query to the next one, so a
+            read's output is itself a query, and the k reads of a ponder loop (``act_mode``) follow k stored links.
 
     Controller:
         vocab_size: tokens of the standalone model (ignored with a frozen base).
@@ -132,6 +136,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
     chunk_size: int | None = 32
     chunk_members: int | None = None
     predictive_writes: bool | None = None
+    query_values: bool = False
     # controller
     vocab_size: int = 32
     hidden_size: int = 128
@@ -161,8 +166,9 @@ class DNCSDAPMConfig(PreTrainedConfig):
     def validate_fields(self) -> None:
         """Each group's rules, once (the memory checks its own numeric rules when it is built)."""
         if self.predictive_writes is None:
-            self.predictive_writes = self.text_config is not None
+            self.predictive_writes = self.text_config is not None or self.query_values
         self._check_memory()
+        self._check_writes()
         self._check_controller()
         self._check_act()
         self._check_plug()
@@ -173,6 +179,11 @@ class DNCSDAPMConfig(PreTrainedConfig):
             _positive(self, name)
         _choice(self, "memory_type", MEMORY_TYPES)
         _choice(self, "consolidation", CONSOLIDATION_MODES)
+
+    def _check_writes(self) -> None:
+        if self.query_values and not self.predictive_writes:
+            raise ValueError("query_values writes each query under the one before it, which needs predictive writes: "
+                             "set predictive_writes=True (or None) or query_values=False")
 
     def _check_chunking(self) -> None:
         """What chunked mode supports, checked once every choice is known to be valid."""

@@ -4,7 +4,8 @@ One time step (``MemoryCore.step``)::
 
     h, state_c  = Controller([x_t ; r_{t−1}])                    controller.py
     ξ           = Interface(h, [x_t ; … ; x_{t−K+1}])             controller.py (K = interface_window)
-                  (predictive_writes: the write key is the read key of the previous real position)
+                  (predictive_writes: the write key is the read key of the previous real position;
+                   query_values: the value is this position's read key)
     r_t         = Ponder(read, read keys ⊕ clock)                act.py (read output → next read word)
     memory      = consolidate if full, write (k ⊕ clock, v)      access.py, sdapm_*.py
     f_t         = [Dropout_bypass(h) ; r_t]                      the core's features (B, H + R·W)
@@ -186,6 +187,7 @@ class MemoryCore(nn.Module):
         self.chunk_size = config.chunk_size
         self.window = config.interface_window
         self.predictive = config.predictive_writes
+        self.query_values = config.query_values
         self.width = config.hidden_size
         self.controller_size = config.controller_size
         self.read_heads = config.read_heads
@@ -317,7 +319,8 @@ class MemoryCore(nn.Module):
         query = None
         if self.predictive:  # this position writes under the query of the one before it
             query = iface.read_key[:, 0]
-            iface = dataclasses.replace(iface, write_key=state.query)
+            iface = dataclasses.replace(iface, write_key=state.query,
+                                        write_value=query if self.query_values else iface.write_value)
         access = self.access.advance_clock(iface, state.access, mask)
         words = self.access.first_words(iface, access)
 
@@ -396,7 +399,8 @@ class MemoryCore(nn.Module):
             query = state.query
             if self.predictive:  # each position writes under the query of the real position before it
                 keys, query = previous_real(iface.read_key[:, :, 0], mask, state.query)
-                iface = dataclasses.replace(iface, write_key=keys)
+                values = iface.read_key[:, :, 0] if self.query_values else iface.write_value
+                iface = dataclasses.replace(iface, write_key=keys, write_value=values)
         with record_function("memory.reads"):
             reads, weights = self.access.read_chunk(iface, state.access)
         reads = reads.flatten(2)

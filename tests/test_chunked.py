@@ -57,7 +57,7 @@ def assert_same_run(a, b, tol=1e-5):
 @pytest.mark.parametrize(
     "overrides",
     [{}, {"consolidation": "off"}, {"temporal_links": True}, {"read_top_k": 2}, {"read_top_k": 2, "read_candidates": 3},
-     {"interface_window": 3}, {"consolidation": "similar"}],
+     {"interface_window": 3}, {"consolidation": "similar"}, {"query_values": True}],
 )
 def test_chunk_size_one_is_the_per_token_model(overrides):
     per_token = standalone(**overrides)  # 4 slots, 20 positions: the memory fills and consolidates

@@ -55,6 +55,15 @@ def test_act_stops_at_the_cap_with_the_unspent_mass_as_remainder():
     assert torch.allclose(step.reads, torch.full((1, 1, W), 0.1 * 1 + 0.1 * 2 + 0.8 * 3))
 
 
+def test_act_halting_reads_the_inner_step_so_it_can_stop_after_exactly_k_steps():
+    loop = ponder("act", halting=0.0 + 1e-6, max_steps=5)  # λ ≈ 0 at every step unless the step says otherwise
+    with torch.no_grad():
+        loop.halting.weight[0, -5 + 2] = 40.0  # the one-hot of inner step 3: λ_3 ≈ 1
+    step = loop(counting_read([]), torch.zeros(1, 1, W), None, torch.zeros(1, 4))
+    assert step.steps.item() == 3 and step.cost.item() == pytest.approx(4.0, abs=1e-4)  # N = 3, R ≈ 1
+    assert torch.allclose(step.reads, torch.full((1, 1, W), 3.0), atol=1e-4)  # y_3: three links followed
+
+
 def test_act_halts_after_one_step_when_the_first_halting_value_is_enough():
     step = ponder("act", halting=1 - ACT_EPSILON / 2)(counting_read([]), torch.zeros(1, 1, W), None, torch.zeros(1, 4))
     assert step.steps.item() == 1 and step.cost.item() == pytest.approx(2.0)  # N = 1, R = 1
@@ -191,6 +200,28 @@ def test_evaluations_can_measure_the_model_with_its_reads_zeroed(tmp_path, monke
     assert all(0 <= r["validation/zero_memory/token_accuracy"] <= 1 for r in evaluations)
     with pytest.raises(ValueError, match="eval_ablations: unknown"):
         ExperimentArguments(eval_ablations=["no_reads"])
+
+
+def test_query_values_write_each_read_query_under_the_one_before_it():
+    from sdapm_hf import DNCSDAPMModel
+
+    torch.manual_seed(0)
+    config = DNCSDAPMConfig(hidden_size=12, controller_size=16, memory_slots=3, word_size=W, chunk_size=None,
+                            query_values=True)
+    assert config.predictive_writes is True
+    core = DNCSDAPMModel(config).eval().memory
+    x = torch.randn(2, 3, 12)
+    with torch.no_grad():
+        state = core.initial_state(2, torch.float32, torch.device("cpu"))
+        queries = []
+        for t in range(3):
+            state, _, _, iface = core.step(x[:, t], state, None)
+            assert torch.equal(iface.write_value, iface.read_key[:, 0])  # the value is this position's query
+            if queries:
+                assert torch.equal(iface.write_key, queries[-1])  # under the query of the position before
+            queries.append(iface.read_key[:, 0])
+    with pytest.raises(Exception, match="query_values.*predictive_writes=True"):  # wrapped by the validator
+        DNCSDAPMConfig(query_values=True, predictive_writes=False)
 
 
 @pytest.mark.parametrize("overrides", [

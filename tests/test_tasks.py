@@ -196,17 +196,25 @@ def test_associative_recall_target_follows_the_query(item_length):
 def test_multi_hop_answer_follows_the_stored_chain():
     vocab = tasks.MultiHopVocab(16, 3)
     assert vocab.vocab_size == 21 and vocab.hop_token(2) == 3  # pad, query, 3 hop tokens, 16 symbols
-    for row in build("multi_hop_recall")["train"]:
-        ids = row["input_ids"]
-        pairs = dict(zip(ids[0:12:2], ids[1:12:2]))
-        assert ids[12] == vocab.query and len(pairs) == 6
-        node, hops = ids[13], ids[14] - vocab.query
-        assert hops == row["hops"] and 1 <= hops <= 3
-        for _ in range(hops):
-            node = pairs[node]
-        assert answer_span(row) == [(15, node)] and ids[15] == node
+    for queries in (1, 3):
+        for row in build_task("multi_hop_recall", num_pairs=6, max_hops=3, queries=queries)["train"]:
+            ids = row["input_ids"]
+            pairs = dict(zip(ids[0:12:2], ids[1:12:2]))
+            assert len(pairs) == 6 and len(ids) == 12 + 4 * queries and len(row["hops"]) == queries
+            expected = []
+            for q, hops in enumerate(row["hops"]):
+                at = 12 + 4 * q
+                assert ids[at] == vocab.query and ids[at + 2] - vocab.query == hops and 1 <= hops <= 3
+                node = ids[at + 1]
+                for _ in range(hops):
+                    node = pairs[node]
+                assert ids[at + 3] == node
+                expected.append((at + 3, node))
+            assert answer_span(row) == expected
     with pytest.raises(ValueError, match="max_hops"):
         build_task("multi_hop_recall", num_pairs=2, max_hops=3)
+    with pytest.raises(ValueError, match="queries"):
+        build_task("multi_hop_recall", queries=0)
 
 
 def latest_values(context):

@@ -304,3 +304,23 @@ def test_a_run_can_start_from_another_runs_trained_memory(tmp_path):
         build_model(other, build_task("copy", **other.task_args))
     with pytest.raises(ValueError, match="no trained model"):
         build_model(experiment(tmp_path, "x", init_from=str(tmp_path / "nowhere")), build_task("copy", **TASK_ARGS))
+
+
+def test_example_outcomes_follow_the_split_order_whatever_the_batch_order(tmp_path):
+    from sdapm_hf.training import example_outcomes, load_run
+    from sdapm_hf.training.evaluation import evaluate_model
+
+    train(experiment(tmp_path, "run", max_steps=1, task_args={**TASK_ARGS, "test_size": 24}))
+    _, model, dataset = load_run(tmp_path / "run")
+    split = dataset["test"]
+    assert len(set(split["length"])) > 1  # the batches regroup the examples by length
+    out = example_outcomes(model, split, batch_size=5)
+    assert 0 < out["answer_correct"].mean() < 1  # (seeded) so the order of the outcomes is visible
+    answers = [sum(y != -100 for y in labels[1:]) for labels in split["labels"]]
+    assert out["example"].tolist() == [e for e, n in enumerate(answers) for _ in range(n)]
+    assert len(out["ponder_steps"]) == len(out["answer_correct"]) == sum(answers)
+    for e in range(len(split)):  # each example alone gives its own outcome
+        alone = example_outcomes(model, split.select([e]))
+        assert alone["answer_correct"].tolist() == out["answer_correct"][out["example"] == e].tolist()
+        assert out["correct"][e] == alone["correct"][0] == alone["answer_correct"].all()
+    assert out["answer_correct"].mean() == pytest.approx(evaluate_model(model, split)["token_accuracy"])

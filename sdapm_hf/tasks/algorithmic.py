@@ -303,15 +303,20 @@ class MultiHopVocab(SymbolVocab):
         return self.query + self.max_hops + 1
 
 
-def _multi_hop_example(rng: np.random.Generator, vocab: MultiHopVocab, num_pairs: int) -> dict[str, Any]:
+def _multi_hop_example(
+    rng: np.random.Generator, vocab: MultiHopVocab, num_pairs: int, queries: int
+) -> dict[str, Any]:
     chain = (vocab.first_symbol + rng.permutation(vocab.symbols)[: num_pairs + 1]).tolist()
     order = rng.permutation(num_pairs)
-    context = [token for i in order for token in (chain[i], chain[i + 1])]
-    hops = int(rng.integers(1, vocab.max_hops + 1))
-    start = int(rng.integers(0, num_pairs + 1 - hops))
-    prompt = context + [vocab.query, chain[start], vocab.hop_token(hops)]
-    answer = chain[start + hops]
-    return token_example(prompt + [answer], [IGNORE_INDEX] * len(prompt) + [answer], hops=hops)
+    tokens = [token for i in order for token in (chain[i], chain[i + 1])]
+    labels = [IGNORE_INDEX] * len(tokens)
+    hops = rng.integers(1, vocab.max_hops + 1, size=queries)
+    for k in hops.tolist():
+        start = int(rng.integers(0, num_pairs + 1 - k))
+        answer = chain[start + k]
+        tokens += [vocab.query, chain[start], vocab.hop_token(k), answer]
+        labels += [IGNORE_INDEX] * 3 + [answer]
+    return token_example(tokens, labels, hops=hops.tolist())
 
 
 def multi_hop_recall(
@@ -319,6 +324,7 @@ def multi_hop_recall(
     symbols: int = 16,
     num_pairs: int = 8,
     max_hops: int = 4,
+    queries: int = 1,
     train_size: int = 1000,
     validation_size: int = 100,
     test_size: int = 100,
@@ -328,25 +334,27 @@ def multi_hop_recall(
     """Follow a chain of stored pairs: the answer is the symbol ``k`` hops from the queried one.
 
     A chain of ``num_pairs + 1`` distinct symbols is shown as its ``num_pairs`` pairs ``a b`` in random order;
-    then QUERY, a start symbol and the hop token for k ~ U{1..max_hops} (the chain always has k more links);
-    the loss covers the answer. A memory that stores each pair as a map ``a ↦ b`` answers by reading k times,
-    each read's output being the next read word, which is what adaptive computation time is for. With the
-    chain 5 → 7 → 6 (QUERY=1, hop k -> k+1) and two hops from 5::
+    then ``queries`` questions, each QUERY, a start symbol, the hop token for k ~ U{1..max_hops} (the chain always
+    has k more links) and the answer; the loss covers the answers. A memory that stores each pair as a map
+    ``a ↦ b`` answers by reading k times, each read's output being the next read word, which is what adaptive
+    computation time is for. With the chain 5 → 7 → 6 (QUERY=1, hop k -> k+1) and one question, two hops from 5::
 
         input_ids  [7, 6, 5, 7, 1, 5, 3, 6]
         labels     [-100] * 7 + [6]
 
-    Metadata: ``length``, ``hops``.
+    Metadata: ``length``, ``hops`` (k of each question, in order).
     """
     require_int("num_pairs", num_pairs, 1)
+    require_int("queries", queries, 1)
     vocab = MultiHopVocab(symbols, max_hops)
     if symbols < num_pairs + 1:
         raise ValueError(f"symbols={symbols} is too few for a chain of num_pairs={num_pairs} pairs")
     if max_hops > num_pairs:
         raise ValueError(f"max_hops={max_hops} exceeds num_pairs={num_pairs}")
-    params = {"vocab": vocab, "num_pairs": num_pairs}
+    params = {"vocab": vocab, "num_pairs": num_pairs, "queries": queries}
     splits = standard_splits(params, train_size, validation_size, test_size)
-    return build_splits("multi_hop_recall", _multi_hop_example, splits, token_features(hops="int32"), seed, cache_dir)
+    features = token_features(hops=datasets.List(datasets.Value("int32")))
+    return build_splits("multi_hop_recall", _multi_hop_example, splits, features, seed, cache_dir)
 
 
 # --- multi-query associative recall (Zoology) --------------------------------------------------------

@@ -1,8 +1,8 @@
 """Evaluating trained models: scores over a split, per-example outcomes, ablations, and loading a run folder back.
 
 ``evaluate_model`` scores the labelled positions with the ``sdapm_hf.metrics`` modules; ``example_outcomes`` says
-per example whether every answer token was right (for accuracy against distance) and how many inner read steps
-each counted position took. ``compare`` scores a model and the same model under one of its ablations
+per example whether every answer token was right (for accuracy against distance), and per answer whether it was
+right and how many inner read steps it took. ``compare`` scores a model and the same model under one of its ablations
 (``model.ablation("zero_memory" | "base_alone")``). Splits that carry the base's cached ``layer_states`` run
 through ``OverLayerStates``.
 """
@@ -121,24 +121,35 @@ def evaluate_model(model: PreTrainedModel, split, batch_size: int = 64) -> dict[
 
 @torch.no_grad()
 def example_outcomes(model: PreTrainedModel, split, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """``correct`` (E,) bool, every labelled position of example e right (in the split's order), and
-    ``ponder_steps`` (P,) the inner read steps of every counted position (a causal LM; empty for a classifier)."""
+    """Outcomes in the split's order. Per example: ``correct`` (E,) bool, every labelled position of example e
+    right. Per answer (each labelled position, examples in order, positions in order within one): ``example``
+    (P,) its example's index, ``answer_correct`` (P,) bool, and ``ponder_steps`` (P,) the inner read steps it took
+    (a causal LM; empty for a classifier)."""
     model.eval()
     device = next(model.parameters()).device
     order = [i for chunk in LengthBucketBatchSampler(split["length"], batch_size, shuffle=False) for i in chunk]
-    correct, steps = [], []
+    right: list[torch.Tensor] = []  # per example, in batch order: (A_e,) bool
+    steps: list[torch.Tensor] = []
     run = runner_for(model, split)
     for batch in batches(split, batch_size):
         batch = {k: v.to(device) for k, v in batch.items()}
         out = run(**batch)
         predicted, target = _predicted_and_target(out.logits, batch["labels"])
-        counted = target != -100
-        correct.append(((predicted == target) | ~counted).all(-1).cpu())
+        counted = (target != -100).cpu()
+        hits = (predicted == target).cpu()
+        right += [hits[e][counted[e]] for e in range(len(counted))]
         if getattr(out, "ponder_steps", None) is not None:
-            steps.append(out.ponder_steps[:, :-1][counted].float().cpu())
-    result = np.empty(len(order), dtype=bool)
-    result[order] = torch.cat(correct).numpy()
-    return {"correct": result, "ponder_steps": torch.cat(steps).numpy() if steps else np.zeros(0)}
+            ponder = out.ponder_steps[:, :-1].float().cpu()
+            steps += [ponder[e][counted[e]] for e in range(len(counted))]
+    position = {example: k for k, example in enumerate(order)}
+    ranked = [position[e] for e in range(len(order))]  # batch-order index of each example
+    answers = [right[k] for k in ranked]
+    return {
+        "correct": np.array([bool(a.all()) for a in answers], dtype=bool),
+        "example": np.concatenate([np.full(len(a), e) for e, a in enumerate(answers)]).astype(np.int64),
+        "answer_correct": torch.cat(answers).numpy().astype(bool),
+        "ponder_steps": torch.cat([steps[k] for k in ranked]).numpy() if steps else np.zeros(0),
+    }
 
 
 def compare(model: PreTrainedModel, dataset, splits: list[str], ablation: str) -> dict[str, Any]:

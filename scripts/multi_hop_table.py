@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""A trained multi-hop recall run, answer by answer: accuracy and inner read steps against the number of hops asked.
+
+Each answer of the run's test split (``sdapm_hf.tasks.multi_hop_recall``: k links to follow from a start symbol) is
+scored and its ponder steps counted (``example_outcomes``); the answers are grouped by k. Adaptive computation
+that follows the chain should take more inner steps for more hops; a fixed loop takes the same number for all.
+Prints and writes one JSON: per k the answers, their accuracy and mean inner steps, and the totals.
+
+    python scripts/multi_hop_table.py runs/multi_hop_act_seed0 --out docs/runs/multi_hop_act/seed0/by_hops.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sdapm_hf.training import example_outcomes, load_run
+
+
+def by_hops(run: Path, split: str = "test") -> dict:
+    """The module docstring's table for the run folder ``run``."""
+    _, model, dataset = load_run(run)
+    data = dataset[split]
+    if "hops" not in data.column_names:
+        raise ValueError(f"{run} was not trained on multi_hop_recall: its {split} split has no 'hops' column")
+    out = example_outcomes(model, data)
+    hops = np.concatenate([np.asarray(h) for h in data["hops"]])
+    steps = out["ponder_steps"] if out["ponder_steps"].size else np.ones(len(hops))
+    rows = {}
+    for k in sorted(set(hops.tolist())):
+        chosen = hops == k
+        rows[str(k)] = {"answers": int(chosen.sum()), "accuracy": float(out["answer_correct"][chosen].mean()),
+                        "ponder_mean": float(steps[chosen].mean())}
+    return {"split": split, "answers": len(hops), "accuracy": float(out["answer_correct"].mean()),
+            "ponder_mean": float(steps.mean()), "by_hops": rows}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="a finished multi_hop_recall run folder")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    table = by_hops(args.run, args.split)
+    print(json.dumps(table))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(table, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
