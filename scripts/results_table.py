@@ -440,9 +440,10 @@ SECTIONS: dict[str, Callable[[], str]] = {
                                                               ["test/accuracy", "validation/accuracy"]),
     "plugin_minilm_fact_recall_soft_reads": ablations_section(
         "plugin_minilm_fact_recall_soft_reads", "test/accuracy", ["segments_8.json"], "accuracy"),
-    "multi_hop_runs": runs_section(["multi_hop_act", "multi_hop_act_long"], TEST_METRICS),
+    "multi_hop_runs": runs_section(["multi_hop_act", "multi_hop_act_long", "multi_hop_fixed"], TEST_METRICS),
     "multi_hop": hops_section({"multi_hop_act": "ACT (at most 5 reads), 1,500 steps",
-                               "multi_hop_act_long": "ACT (at most 5 reads), 3,000 steps"}, "by_hops.json"),
+                               "multi_hop_act_long": "ACT (at most 5 reads), 3,000 steps",
+                               "multi_hop_fixed": "fixed loop, 3 reads, 1,500 steps"}, "by_hops.json"),
     "copy_seed_regime_runs": runs_section(["copy_seed_regime"], ["test_len32/token_accuracy", "test_len64/token_accuracy"]),
     "copy_seed_regime": evaluations_section("copy_seed_regime", ["validation", "test_len32", "test_len64"],
                                             "zero_memory", "token_accuracy"),
