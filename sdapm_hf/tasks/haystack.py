@@ -11,7 +11,9 @@ haystack longer than the split's stream wraps around and repeats its essays (``H
 many segments a split has). Sentences (needles, moves) are inserted at sentence boundaries of chosen segments; a
 segment that takes a sentence keeps its length (the tokens pushed past its end are dropped), so every other segment
 stays a segment of the stream, whose states a model can compute once and reuse. The question comes last, in a
-segment of its own.
+segment of its own. Where the tokenizer puts special tokens before a text (Gemma's ``<bos>``; SmolLM2's puts none),
+every segment and the question start with them (``HaystackCorpus.prefix``): a base reads each segment on its own
+and was trained on inputs that start so.
 
 A row is compact: ``haystack`` (the segment indices), the insertions (``insert_at`` segment positions,
 ``insert_offset`` token offsets, ``insert_ids`` token ids), the question segment (``input_ids`` with ``labels``
@@ -81,6 +83,14 @@ class HaystackCorpus:
         self.tokenizer = tokenizer
         self.segment_length = require_int("segment_length", segment_length, 16)
 
+    @cached_property
+    def prefix(self) -> list[int]:
+        """The special tokens the tokenizer puts before a text (``[<bos>]`` or none), the start of every segment."""
+        marked = list(self.tokenizer("a")["input_ids"])
+        plain = list(self.tokenizer("a", add_special_tokens=False)["input_ids"])
+        starts = [i for i in range(len(marked) - len(plain) + 1) if marked[i : i + len(plain)] == plain]
+        return marked[: starts[0]] if starts else []
+
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` with a leading space, without special tokens."""
         return list(self.tokenizer(" " + text, add_special_tokens=False)["input_ids"])
@@ -95,8 +105,10 @@ class HaystackCorpus:
             ids: list[int] = []
             for i in order:
                 ids += self.tokenizer(texts[names[i]], add_special_tokens=False)["input_ids"] + blank
-            usable = len(ids) // self.segment_length * self.segment_length
-            streams[split] = np.asarray(ids[:usable], dtype=np.int64).reshape(-1, self.segment_length)
+            body = self.segment_length - len(self.prefix)
+            text = np.asarray(ids[: len(ids) // body * body], dtype=np.int64).reshape(-1, body)
+            prefix = np.broadcast_to(np.asarray(self.prefix, dtype=np.int64), (len(text), len(self.prefix)))
+            streams[split] = np.concatenate([prefix, text], axis=1)
         return streams
 
     def segments(self, split: str) -> np.ndarray:
@@ -116,11 +128,11 @@ class HaystackCorpus:
 
     def offset_near(self, split: str, segment: int, fraction: float, room: int) -> int:
         """The sentence boundary of a segment nearest to ``fraction`` of it that leaves ``room`` tokens after it
-        (0 when there is none)."""
+        (right after the prefix when there is none)."""
         limit = self.segment_length - room
         candidates = [int(b) for b in self._boundaries[split][segment] if b <= limit]
         if not candidates:
-            return 0
+            return len(self.prefix)
         return min(candidates, key=lambda b: abs(b - fraction * limit))
 
     def live_segment(self, split: str, segment: int, inserts: list[tuple[int, list[int]]]) -> np.ndarray:
@@ -130,21 +142,26 @@ class HaystackCorpus:
             ids[offset:offset] = sentence
         return np.asarray(ids[: self.segment_length], dtype=np.int64)
 
-    def tokens(self, split: str, row: dict[str, Any]) -> np.ndarray:
-        """The whole input of a row: its haystack with the insertions, then the question segment."""
+    def tokens(self, split: str, row: dict[str, Any], segmented: bool = True) -> np.ndarray:
+        """The whole input of a row: its haystack with the insertions, then the question segment; every segment
+        with its prefix as a segmented model reads it, or (``segmented=False``) one prefix at the start, as a base
+        reads the whole input in its window."""
         pieces = []
         for position, segment in enumerate(row["haystack"]):
             inserts = [(o, ids) for at, o, ids in zip(row["insert_at"], row["insert_offset"], row["insert_ids"])
                        if at == position]
             pieces.append(self.live_segment(split, segment, inserts) if inserts else self.segments(split)[segment])
-        return np.concatenate([*pieces, np.asarray(row["input_ids"][: row["prompt_length"]], dtype=np.int64)])
+        pieces.append(np.asarray(row["input_ids"][: row["prompt_length"]], dtype=np.int64))
+        if not segmented:
+            pieces = [pieces[0], *(piece[len(self.prefix) :] for piece in pieces[1:])]
+        return np.concatenate(pieces)
 
     @cached_property
     def identity(self) -> str:
         """A digest of the tokenizer and the segment length, for dataset fingerprints."""
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         spec = backend.to_str() if backend is not None else str(sorted(self.tokenizer.get_vocab().items()))
-        return hashlib.sha256(f"{spec}:{self.segment_length}".encode()).hexdigest()
+        return hashlib.sha256(f"{spec}:{self.segment_length}:{self.prefix}".encode()).hexdigest()
 
 
 def _haystack_row(
@@ -153,7 +170,7 @@ def _haystack_row(
 ) -> dict[str, Any]:
     """A row: ``num_segments`` consecutive segments (one of them at random, when several are given) from a random
     start, each sentence at a sentence boundary of its own random segment (in order of their segments when
-    ``ordered``), the question and the answer last."""
+    ``ordered``), the question (after the corpus's prefix) and the answer last."""
     if not isinstance(num_segments, int):
         num_segments = int(rng.choice(num_segments))
     total = len(corpus.segments(split))
@@ -167,6 +184,7 @@ def _haystack_row(
     fractions = rng.random(len(sentences))
     offsets = [corpus.offset_near(split, haystack[a], f, len(s)) for a, f, s in zip(at, fractions, sentences)]
     depth = [float((a * corpus.segment_length + o) / (num_segments * corpus.segment_length)) for a, o in zip(at, offsets)]
+    question = corpus.prefix + question
     return {
         "haystack": haystack,
         "insert_at": [int(a) for a in at],

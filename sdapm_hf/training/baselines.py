@@ -46,8 +46,10 @@ def window_answers(base, corpus: HaystackCorpus, split: str, rows: list[dict[str
                    max_new_tokens: int = 8, batch_size: int = 2) -> list[str] | None:
     """The base's answers with each row's whole input in its window (None where an input does not fit), generated
     ``batch_size`` rows at a time (whole inputs are long)."""
-    intro = corpus.encode(PASSKEY_INTRO) if task == "haystack_passkey" else []
-    prompts = [np.concatenate([np.asarray(intro, dtype=np.int64), corpus.tokens(split, row)]) for row in rows]
+    intro = np.asarray(corpus.encode(PASSKEY_INTRO) if task == "haystack_passkey" else [], dtype=np.int64)
+    start = len(corpus.prefix)  # the intro goes after the prefix
+    prompts = [np.concatenate([tokens[:start], intro, tokens[start:]])
+               for tokens in (corpus.tokens(split, row, segmented=False) for row in rows)]
     if max(len(p) for p in prompts) > base.config.max_position_embeddings:
         return None
     pad = corpus.tokenizer.pad_token_id or 0
