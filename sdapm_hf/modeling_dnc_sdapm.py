@@ -568,9 +568,11 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         output_memory_states: bool | None = None,
         logits_to_keep: int = 0,
+        write_cost: float | None = None,
         **kwargs,
     ) -> DNCSDAPMCausalLMOutput:
-        """``logits_to_keep`` k > 0 computes the logits (and the loss) of the last k positions only."""
+        """``logits_to_keep`` k > 0 computes the logits (and the loss) of the last k positions only; ``write_cost``
+        replaces the config's in this call's loss (a schedule in training)."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, memory_state=memory_state,
                          inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
                          output_memory_states=output_memory_states)
@@ -582,7 +584,7 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
             if labels.shape != hidden.shape[:2]:
                 raise ValueError(f"labels must have shape {tuple(hidden.shape[:2])}, got {tuple(labels.shape)}")
             mask = _mask(attention_mask, *hidden.shape[:2], hidden.device)
-            loss = self.loss(out, logits, labels[:, kept], mask, ponder_positions=kept)
+            loss = self.loss(out, logits, labels[:, kept], mask, ponder_positions=kept, write_cost=write_cost)
         return DNCSDAPMCausalLMOutput(
             loss=loss, logits=logits, cache=out.cache, memory_state=out.memory_state,
             memory_states=out.memory_states, ponder_cost=out.ponder_cost, ponder_steps=out.ponder_steps,
@@ -606,10 +608,11 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
 
     def loss(
         self, out: DNCSDAPMModelOutput, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
-        ponder_positions: slice = slice(None),
+        ponder_positions: slice = slice(None), write_cost: float | None = None,
     ) -> torch.Tensor:
         """The training loss (class docstring) of logits (B, K, V) against labels (B, K) of the positions
-        ``ponder_positions`` of the model's output; mask (B, T) bool over all its positions."""
+        ``ponder_positions`` of the model's output; mask (B, T) bool over all its positions; ``write_cost``
+        (None: the config's) weighs the write gates."""
         vocab = logits.shape[-1]
         target = labels[:, 1:]
         counted = target != -100
@@ -623,8 +626,9 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
         real = mask.to(logits.dtype)
         if out.clock_resets is not None and self.config.clock_reset_cost > 0:
             loss = loss + self.config.clock_reset_cost * (out.clock_resets * real).sum() / real.sum().clamp_min(1)
-        if out.write_gates is not None and self.config.write_cost > 0:
-            loss = loss + self.config.write_cost * (out.write_gates * real).sum() / real.sum().clamp_min(1)
+        write_cost = self.config.write_cost if write_cost is None else write_cost
+        if out.write_gates is not None and write_cost > 0:
+            loss = loss + write_cost * (out.write_gates * real).sum() / real.sum().clamp_min(1)
         return loss
 
 

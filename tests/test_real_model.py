@@ -224,6 +224,18 @@ def test_the_memory_over_cached_states_is_the_model_over_the_whole_input(base, c
     assert matches("71432", " 71432. ") and not matches("71432", " 714320")
 
 
+def test_the_haystack_loss_charges_the_write_cost_it_is_given(base, corpus):
+    torch.manual_seed(0)
+    model = DNCSDAPMForCausalLM.from_base(base, segment_length=32, read_layer=1, write_cost=0.1, **MEMORY)
+    data = haystack_passkey(corpus=corpus, num_segments=2, train_size=0, validation_size=2, test_size=0)
+    batch = collate([data["validation"][i] for i in range(2)], pad_token_id=0)
+    runner = OverHaystack(model, HaystackStates(model, corpus), "validation")
+    with torch.no_grad():
+        free, half, configured = (runner(**batch, write_cost=c).loss for c in (0.0, 0.05, None))
+    assert configured > free + 1e-3  # the gates of every haystack and question position are charged
+    assert half.item() == pytest.approx((free + configured).item() / 2, abs=1e-5)
+
+
 def test_the_baselines_answer_a_passkey_from_the_whole_input_and_from_retrieved_chunks(base, corpus):
     model = DNCSDAPMForCausalLM.from_base(base, segment_length=32, read_layer=1, inject_layer=-1, **MEMORY)
     data = haystack_passkey(corpus=corpus, num_segments=3, train_size=0, validation_size=2, test_size=0)

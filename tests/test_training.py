@@ -324,3 +324,21 @@ def test_example_outcomes_follow_the_split_order_whatever_the_batch_order(tmp_pa
         assert alone["answer_correct"].tolist() == out["answer_correct"][out["example"] == e].tolist()
         assert out["correct"][e] == alone["correct"][0] == alone["answer_correct"].all()
     assert out["answer_correct"].mean() == pytest.approx(evaluate_model(model, split)["token_accuracy"])
+
+
+def test_write_cost_warmup_rises_from_zero_to_the_models_write_cost(tmp_path):
+    costly = {**MODEL, "write_cost": 0.2}
+    train(experiment(tmp_path, "warm", model=costly, write_cost_warmup_steps=4))
+    train(experiment(tmp_path, "free", model={**MODEL, "write_cost": 0.0}, max_steps=1))
+    train(experiment(tmp_path, "full", model=costly, max_steps=1))
+    logs = {name: [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+            for name in ("warm", "free", "full")}
+    warm = [r for r in logs["warm"] if "loss" in r]
+    assert [r["write_cost"] for r in warm] == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2, 0.2])
+    assert warm[0]["loss"] == pytest.approx(logs["free"][0]["loss"], abs=1e-6)  # the first step pays nothing
+    assert logs["full"][0]["loss"] > logs["free"][0]["loss"] + 0.01
+    assert json.loads((tmp_path / "warm" / "model" / "config.json").read_text())["write_cost"] == 0.2
+    with pytest.raises(ValueError, match="write_cost_warmup_steps must be >= 0"):
+        ExperimentArguments(write_cost_warmup_steps=-1)
+    with pytest.raises(ValueError, match="write_cost_warmup_steps.*causal_lm"):
+        ExperimentArguments(write_cost_warmup_steps=5, head="sequence_classification", base_config={"x": 1})

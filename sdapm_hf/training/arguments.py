@@ -58,6 +58,12 @@ class ExperimentArguments:
     learning_rate: float = 3e-3
     weight_decay: float = 0.01
     warmup_steps: int = 50
+    write_cost_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "the write cost rises linearly from 0 to the model's write_cost over this many steps, so "
+                          "that the reads learn what storing pays before the gates pay for it (0: the whole cost "
+                          "from the first step)"},
+    )
     min_lr_ratio: float = 0.1
     max_grad_norm: float = 1.0
     gradient_accumulation_steps: int = 1
@@ -105,6 +111,10 @@ class ExperimentArguments:
         unknown = [name for name in self.eval_ablations if name not in ABLATIONS]
         if unknown:
             raise ValueError(f"eval_ablations: unknown {unknown}; known: {', '.join(ABLATIONS)}")
+        if self.write_cost_warmup_steps < 0:
+            raise ValueError(f"write_cost_warmup_steps must be >= 0, got {self.write_cost_warmup_steps}")
+        if self.write_cost_warmup_steps and self.head != "causal_lm":
+            raise ValueError("write_cost_warmup_steps schedules the causal LM's write cost: it needs head 'causal_lm'")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 

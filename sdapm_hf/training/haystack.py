@@ -125,26 +125,28 @@ class OverHaystack(nn.Module):
                 updates += [u.shifted(position * length) for u in out.memory_states[(1 if position else 0) :]]
         return state, (None if gates[0] is None else torch.cat(gates, 1)), (tuple(updates) if record else None)
 
-    def forward(self, haystack, inserts, input_ids, attention_mask, labels=None, **kwargs):
+    def forward(self, haystack, inserts, input_ids, attention_mask, labels=None, write_cost: float | None = None,
+                **kwargs):
         """The question segments' outputs after the memory read the haystacks (``question``), with the write cost of
-        the haystack's positions added to the loss (``write_cost`` × their mean write gate)."""
+        the haystack's positions added to the loss (``write_cost``, None: the config's, × their mean write gate)."""
+        cost = self.model.config.write_cost if write_cost is None else write_cost
         state, gates, _ = self.remember(haystack, inserts)
-        out = self.question(state, input_ids, attention_mask, labels)
-        cost = self.model.config.write_cost
+        out = self.question(state, input_ids, attention_mask, labels, write_cost=cost)
         if out.loss is not None and gates is not None and cost > 0:
             out.loss = out.loss + cost * gates.mean()
         return out
 
     def question(self, state: dict[str, torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 labels: torch.Tensor | None = None):
+                 labels: torch.Tensor | None = None, write_cost: float | None = None):
         """The question segments (B, Q) with the memory ``state``; with ``labels`` (teacher-forced answers), the
-        logits and the loss of the positions from the first one that predicts a label on."""
+        logits and the loss (``write_cost``: the model's ``forward``) of the positions from the first one that
+        predicts a label on."""
         keep = 0
         if labels is not None:
             first = int((labels[:, 1:] != -100).float().argmax(-1).min())  # the first position that predicts a label
             keep = labels.shape[1] - first
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, memory_state=state,
-                          logits_to_keep=keep)
+                          logits_to_keep=keep, write_cost=write_cost)
 
     @torch.no_grad()
     def answers(self, batch: dict[str, Any], state: dict[str, torch.Tensor] | None,

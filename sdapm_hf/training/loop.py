@@ -117,6 +117,13 @@ def _schedule(args: ExperimentArguments):
     return factor
 
 
+def _write_cost(args: ExperimentArguments, model: PreTrainedModel, step: int) -> dict[str, float]:
+    """The write cost of optimizer step ``step`` (counted from 0) as a forward keyword, where it is scheduled."""
+    if not args.write_cost_warmup_steps:
+        return {}
+    return {"write_cost": model.config.write_cost * min(1.0, step / args.write_cost_warmup_steps)}
+
+
 def _checkpoints(output_dir: Path) -> list[Path]:
     found = [p for p in (output_dir / "checkpoints").glob("step_*") if p.is_dir() and (p / "done").exists()]
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
@@ -216,7 +223,7 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
         for batch in epoch_loader:
             micro += 1
             with accelerator.accumulate(runner):
-                out = runner(**batch)
+                out = runner(**batch, **_write_cost(args, model, step))
                 if torch.isfinite(out.loss):
                     accelerator.backward(out.loss)
                 else:
@@ -242,6 +249,8 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
                         f"of step {step - 1} and the last checkpoint in {output_dir / 'checkpoints'} is intact"
                     )
             record = None if skipped else _log_step(args, step, out, grad_norm, scheduler, started)
+            if record is not None and args.write_cost_warmup_steps:
+                record["write_cost"] = _write_cost(args, model, step - 1)["write_cost"]
             if record is not None:
                 _write_log(accelerator, output_dir, record)
             if step % args.eval_every == 0 or step == args.max_steps:
