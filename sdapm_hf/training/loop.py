@@ -222,8 +222,9 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
         epoch_loader = accelerator.skip_first_batches(loader, offset) if offset else loader
         for batch in epoch_loader:
             micro += 1
+            scheduled = _write_cost(args, model, step)
             with accelerator.accumulate(runner):
-                out = runner(**batch, **_write_cost(args, model, step))
+                out = runner(**batch, **scheduled)
                 if torch.isfinite(out.loss):
                     accelerator.backward(out.loss)
                 else:
@@ -249,10 +250,8 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
                         f"of step {step - 1} and the last checkpoint in {output_dir / 'checkpoints'} is intact"
                     )
             record = None if skipped else _log_step(args, step, out, grad_norm, scheduler, started)
-            if record is not None and args.write_cost_warmup_steps:
-                record["write_cost"] = _write_cost(args, model, step - 1)["write_cost"]
             if record is not None:
-                _write_log(accelerator, output_dir, record)
+                _write_log(accelerator, output_dir, {**record, **scheduled})
             if step % args.eval_every == 0 or step == args.max_steps:
                 record = {"step": step, **_evaluate(model, dataset, args)}
                 _write_log(accelerator, output_dir, record)
