@@ -70,6 +70,10 @@ MODELS = {
     "ours (SDAPM, dense)": PER_TOKEN,
     "ours (SDAPM, dense, compiled)": {**PER_TOKEN, "compiled": True},
     "ours (SDAPM, top-8 of 32)": {**PER_TOKEN, "read_top_k": 8, "read_candidates": 32},
+    # the fixed consolidation rule instead of the learned head: nothing of the whole memory is kept for the
+    # backward, so writes and merges go in place under autograd (MemoryAccess.writes_in_place)
+    "ours (SDAPM, top-8 of 32, fixed consolidation)": {**PER_TOKEN, "read_top_k": 8, "read_candidates": 32,
+                                                       "consolidation": "auto"},
     "ours (SDAPM, chunks of 4)": CHUNKS_OF_4,
     "ours (SDAPM, chunks of 4, compiled)": {**CHUNKS_OF_4, "compiled": True},
     "ours (classic DNC memory, links)": {**PER_TOKEN, "memory_type": "dnc", "temporal_links": True},
@@ -144,17 +148,20 @@ def _sync(device: str) -> None:
 
 
 def measure_step(name: str, slots: int, steps: int, device: str, seed: int = 0) -> dict:
-    """In this process: median wall and CPU ms of a training step after one warm-up step, and the peak RSS."""
+    """In this process: median wall and CPU ms of a training step after one warm-up step (and the CPU ms of its
+    forward pass), and the peak RSS."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = copy_model(name, slots, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    wall, cpu = [], []
+    wall, cpu, forward = [], [], []
     for i in range(steps + 1):
         x, bits = copy_batch(generator, device=device)
         _sync(device)
         started, cpu_started = time.perf_counter(), time.process_time()
         loss, _ = copy_loss(model, x, bits)
+        _sync(device)
+        forward_cpu = time.process_time() - cpu_started
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -162,8 +169,10 @@ def measure_step(name: str, slots: int, steps: int, device: str, seed: int = 0) 
         if i:  # the first step warms up
             wall.append(1000 * (time.perf_counter() - started))
             cpu.append(1000 * (time.process_time() - cpu_started))
+            forward.append(1000 * forward_cpu)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     return {"wall_ms": statistics.median(wall), "cpu_ms": statistics.median(cpu),
+            "forward_cpu_ms": statistics.median(forward),
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "gpu_mb": peak,
             "params": sum(p.numel() for p in model.parameters())}
 
@@ -254,13 +263,18 @@ Compiled against eager (the eager model's CPU ms / the compiled one's):
 
 {chr(10).join(compiled)}
 
-Why the targets are missed. At small N a step is bound by the number of small operations per time step, and ours
-runs more of them than the classic DNC: the SDAPM's write replaces a slot's whole affine map (centroid, value
-mean, rank-r factors X and Y, the r × r Gram inverse) with masked functional updates so that autograd can see
-them, and the read scores each slot's subspace fit. As N grows, every time step copies the memory's state for the
-backward pass: B·N·(2rW + r² + 2W + …) floats against the DNC's B·N·W, about 50 times more at r = W = 16. The DNC's
-O(N²) link matrix overtakes that only at N = 1024, where ours is several times faster but not 50 times. Chunked
-mode writes once per chunk and reads a chunk's steps in parallel, which is why it is the fastest of ours.
+Temporal links: pytorch-dnc and "ours (classic DNC memory, links)" compute them (an N × N matrix per sequence);
+the SDAPM rows do not.
+
+Where the time goes. At small N a step is bound by the number of small operations per time step, and ours runs
+more of them than the classic DNC: the SDAPM's write replaces a slot's whole affine map (centroid, value mean,
+rank-r factors X and Y, the r × r Gram inverse), and the read scores each slot's subspace fit. Where the reads are
+dense or the learned consolidation head scores every slot, autograd keeps every step's whole memory, so each time
+step copies the state for the backward pass: B·N·(2rW + r² + 2W + …) floats against the DNC's B·N·W, about 50
+times more at r = W = 16. With shortlisted reads and the fixed consolidation rule nothing of the whole memory is
+kept: writes and merges go in place, and the backward touches only the slots each step gathered or wrote
+(`sdapm_hf/slot_tape.py`); what grows with N is the O(N) bookkeeping (shortlist scores, usage, allocation), against
+the DNC's O(N²) links. Chunked mode writes once per chunk and reads a chunk's steps in parallel.
 """
 
 
@@ -355,6 +369,10 @@ def run_scaling(args) -> str:
         first = _median(results[(mode, args.scaling_sizes[0])], KEY)
         rows.append([label, "CPU ms"] + [fmt(_median(results[(mode, n)], KEY)) for n in args.scaling_sizes])
         rows.append(["", "wall ms"] + [fmt(_median(results[(mode, n)], "wall_ms")) for n in args.scaling_sizes])
+        if mode == "train":
+            for part, key in (("forward", "forward_cpu_ms"), ("backward + Adam", None)):
+                rows.append(["", f"of which {part}, CPU ms"]
+                            + [fmt(_part(results[(mode, n)], key)) for n in args.scaling_sizes])
         rows.append(["", f"CPU × N={args.scaling_sizes[0]}"]
                     + [ratio(_median(results[(mode, n)], KEY), first) for n in args.scaling_sizes])
         rows.append(["", "peak RSS − import (MB)"]
@@ -363,6 +381,8 @@ def run_scaling(args) -> str:
     if 64 in args.scaling_sizes and 4096 in args.scaling_sizes:
         got = _ratio(_median(results[("train", 4096)], KEY), _median(results[("train", 64)], KEY))
         verdict += f"{got:.2f}× — {'met' if got <= 2 else '**missed**'}" if got else "no measurement"
+        rounds = [_ratio(a.get(KEY), b.get(KEY)) for a, b in zip(results[("train", 4096)], results[("train", 64)])]
+        verdict += " (round by round: " + ", ".join(f"{r:.2f}×" if r else "—" for r in rounds) + ")"
     errors = sorted({f"* {mode}, N = {n}: {r['error']}" for (mode, n), rs in results.items() for r in rs if "error" in r})
     return f"""## Memory scaling with sparse reads
 
@@ -379,12 +399,13 @@ round(s), medians.
 {chr(10).join(errors)}
 
 The step writes and merges in place (`MemoryAccess.writes_in_place`): the shortlisted reads and the fixed
-consolidation rule gather what they use, so autograd keeps no copy of the memory per step, and a write touches
-the one slot it changes. What still grows with N, from `torch.profiler` of the training step at N = 4096: the
-backward's dense gradient buffers (`aten::fill_` 58% and `aten::copy_` 24% of the step's CPU time: every gather of
-a read returns a gradient of the whole slot field, mostly zeros, and every in-place write's backward copies the
-gradient of the whole field), and in both modes the O(N) bookkeeping (the shortlist's centroid scores and norms
-over every slot, usage, allocation, the dense read weights of every head).
+consolidation rule gather what they use, so autograd keeps no copy of the memory per step, a write touches the one
+slot it changes, and the backward updates one gradient buffer per slot field at the slots a step gathered or wrote
+(`sdapm_hf/slot_tape.py`) instead of a gradient of the whole field per gather and per write. The forward and the
+backward rows show which part grows with N (the backward's share is the step's CPU ms less the forward's, medians
+of each). What the forward still does over every slot: the empty memory it starts from (zeros of every slot
+field, once per sequence), the shortlist's centroid scores and key norms, and the bookkeeping of usage,
+allocation, age and the dense read weights of every head at every step.
 """
 
 
@@ -618,6 +639,14 @@ def run_smollm2(args) -> str:
 def _median(results: list[dict], key: str) -> float | None:
     values = [r[key] for r in results if r.get(key) is not None]
     return statistics.median(values) if values else None
+
+
+def _part(results: list[dict], key: str | None) -> float | None:
+    """Median of ``key`` over the rounds; None: of the step's CPU ms less its forward's."""
+    if key is not None:
+        return _median(results, key)
+    return _median([{"rest": r[KEY] - r["forward_cpu_ms"]} for r in results if r.get("forward_cpu_ms") is not None],
+                   "rest")
 
 
 def _minus(a: float | None, b: float) -> float | None:

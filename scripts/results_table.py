@@ -400,7 +400,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
         ["haystack_eval_seed0.json", "haystack_eval_seed1.json", "haystack_eval_seed2.json"], {64: 0.90}),
     "gemma3_passkey_runs": runs_section(["gemma3_passkey"], VALIDATION),
     "smollm2_qa1_runs": runs_section(["smollm2_qa1"], VALIDATION),
-    "smollm2_qa1": haystack_section("smollm2_qa1", ["haystack_eval.json", "haystack_eval_seed1.json"], {}),
+    "smollm2_qa1": haystack_section("smollm2_qa1", ["haystack_eval.json", "haystack_eval_seed1.json", "haystack_eval_seed2.json"], {}),
     "capacity_curve": capacity_section("capacity/curve.json"),
     "copy_beyond_capacity": seeds_section(COPY, COPY_METRICS),
     "copy_beyond_capacity_runs": runs_section(list(COPY), COPY_METRICS),

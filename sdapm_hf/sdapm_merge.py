@@ -29,6 +29,7 @@ from .sdapm_state import (
     NORM_EPS, MemoryState, SDAPMSettings, SlotContents, check_mask, check_state, check_tensor, gate_or_ones,
     put_slots, select_fields,
 )
+from .slot_tape import gather_rows
 from .tensor_state import host_reads_free
 
 # Smallest trace a row Gram is divided by in float64 (``_row_basis``): an all-zero Gram stays zero.
@@ -82,7 +83,7 @@ def consolidate(
 
     rows = torch.arange(b, device=idx.device)[:, None].expand(b, group_size)
     # indexing keeps only the indices for the backward (a gather keeps the whole field): in-place writes stay legal
-    merged = merge_slots(state.slots().map(lambda t: t[rows, idx]), weights, member, settings)
+    merged = merge_slots(state.slots().map(lambda t: gather_rows(t, rows, idx)), weights, member, settings)
     contents = {name: _first_then_zeros(t, group_size) for name, t in merged.as_dict().items()}
     bookkeeping = _merged_bookkeeping(state, idx, member, weights if merged_usage == "weighted" else None)
     bookkeeping = {name: _first_then_zeros(t, group_size) for name, t in bookkeeping.items()}

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .addressing import EMPTY_SCORE, content_weights, directional_weights, mix_read_modes, subspace_fit, top_k_weights
 from .sdapm_state import NORM_EPS, MemoryState, SDAPMSettings, check_state, check_tensor
+from .slot_tape import gather_rows
 
 
 def read(
@@ -114,8 +115,8 @@ def _fit(x: torch.Tensor, state: MemoryState, pick=None) -> tuple[torch.Tensor, 
 def _pick(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Each head's own slots: t (B, N, ...), idx (B, R, K) → (B·R, K, ...)."""
     b, heads, k = idx.shape
-    flat = (idx + t.shape[1] * torch.arange(b, device=idx.device)[:, None, None]).flatten()
-    return t.flatten(0, 1).index_select(0, flat).view(b * heads, k, *t.shape[2:])
+    rows = torch.arange(b, device=idx.device)[:, None, None].expand_as(idx)
+    return gather_rows(t, rows, idx).view(b * heads, k, *t.shape[2:])
 
 
 def _read_top_k(

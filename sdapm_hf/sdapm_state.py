@@ -47,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from .slot_tape import gather_rows, put_rows_
 from .tensor_state import TensorState
 
 # Smallest norm a vector is divided by (normalisation, cosines, clipping): a zero vector stays zero.
@@ -256,9 +257,10 @@ def put_slots(
     per-slot bookkeeping (``usage``, ``age``, ``write_weights``; ``read_weights`` as (B, k, R)).
 
     ``inplace`` writes the slot fields into the state's own tensors, so that a write costs ``O(k r W)`` instead of a
-    copy of the memory; the bookkeeping too where autograd is off. Under autograd this is right only where nothing
-    kept for the backward holds a whole slot field (autograd raises at the backward otherwise): reads from a
-    shortlist and the fixed consolidation rules gather what they use, dense reads keep every slot's factors.
+    copy of the memory, in its backward too (``slot_tape``); the bookkeeping too where autograd is off. Under
+    autograd this is right only where nothing kept for the backward holds a whole slot field (autograd raises at
+    the backward otherwise): reads from a shortlist and the fixed consolidation rules gather what they use
+    (``slot_tape.gather_rows``), dense reads keep every slot's factors.
     """
     bsz, k = index.shape
     rows = torch.arange(bsz, device=index.device)[:, None].expand(bsz, k)
@@ -267,8 +269,10 @@ def put_slots(
     for name, new in contents.items():
         old = _slot_major(name, getattr(state, name))
         extra = (1,) * (old.dim() - 2)
-        values = torch.where(active.view(bsz, k, *extra), new, old[rows, index])
-        if inplace and (name in SLOT_FIELDS or not recorded):
+        values = torch.where(active.view(bsz, k, *extra), new, gather_rows(old, rows, index))
+        if inplace and name in SLOT_FIELDS:
+            out = put_rows_(old, rows, index, values)
+        elif inplace and not recorded:
             out = old.index_put_((rows, index), values)
         else:
             out = old.index_put((rows, index), values)

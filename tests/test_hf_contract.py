@@ -206,7 +206,8 @@ def _absolute_imports(path: Path) -> set[str]:
 
 def test_the_layers_of_the_import_graph():
     assert _relative_imports(PACKAGE / "configuration_dnc_sdapm.py") == set()  # a leaf
-    memory = ["addressing.py", "dnc_memory.py", "tensor_state.py", *(p.name for p in PACKAGE.glob("sdapm*.py"))]
+    memory = ["addressing.py", "dnc_memory.py", "tensor_state.py", "slot_tape.py",
+              *(p.name for p in PACKAGE.glob("sdapm*.py"))]
     for name in memory:  # the memory imports only torch (safetensors lazily, to save a state)
         assert _absolute_imports(PACKAGE / name) <= {"torch", "safetensors"}, name
     for name in ("core.py", "access.py", "controller.py", "act.py", *memory):  # nothing of the plug or the models
