@@ -63,6 +63,16 @@ class SlotTape:
         return grad
 
 
+def _gather(field: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``field[rows, idx]``, by ``index_select`` over the flattened (batch, slot) dimensions where they flatten
+    without a copy (measured twice as fast as advanced indexing on the CPU)."""
+    try:
+        flat = field.view(-1, *field.shape[2:])
+    except RuntimeError:  # a transposed view (the read weights): no flat view
+        return field[rows, idx]
+    return flat.index_select(0, (rows * field.shape[1] + idx).flatten()).view(*idx.shape, *field.shape[2:])
+
+
 def tape_of(field: torch.Tensor) -> SlotTape | None:
     """The tape of a field last updated by this module under autograd (None otherwise)."""
     tape = getattr(field.grad_fn, "tape", None)
@@ -74,7 +84,7 @@ class _Gather(torch.autograd.Function):
     def forward(ctx, field: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor, tape: SlotTape) -> torch.Tensor:
         ctx.tape = tape
         ctx.save_for_backward(rows, idx)
-        return field[rows, idx]
+        return _gather(field, rows, idx)
 
     @staticmethod
     @once_differentiable
@@ -117,7 +127,7 @@ def gather_rows(field: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor) -> t
     """``field[rows, idx]``: field (B, N, ...), rows and idx of one shape S (batch and slot indices) → S + (...)."""
     tape = tape_of(field) if _recorded(field) else None
     if tape is None:  # not written by ``put_rows_`` under autograd: autograd's own gather is as good
-        return field[rows, idx]
+        return _gather(field, rows, idx)
     return _Gather.apply(field, rows, idx, tape)
 
 
