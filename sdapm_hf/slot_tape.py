@@ -66,10 +66,9 @@ class SlotTape:
 def _gather(field: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``field[rows, idx]``, by ``index_select`` over the flattened (batch, slot) dimensions where they flatten
     without a copy (measured twice as fast as advanced indexing on the CPU)."""
-    try:
-        flat = field.view(-1, *field.shape[2:])
-    except RuntimeError:  # a transposed view (the read weights): no flat view
+    if field.stride(0) != field.stride(1) * field.shape[1]:  # a transposed view (the read weights): no flat view
         return field[rows, idx]
+    flat = field.flatten(0, 1)
     return flat.index_select(0, (rows * field.shape[1] + idx).flatten()).view(*idx.shape, *field.shape[2:])
 
 
