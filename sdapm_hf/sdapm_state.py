@@ -270,10 +270,8 @@ def put_slots(
         old = _slot_major(name, getattr(state, name))
         extra = (1,) * (old.dim() - 2)
         values = torch.where(active.view(bsz, k, *extra), new, gather_rows(old, rows, index))
-        if inplace and name in SLOT_FIELDS:
+        if inplace and (name in SLOT_FIELDS or not recorded):
             out = put_rows_(old, rows, index, values)
-        elif inplace and not recorded:
-            out = old.index_put_((rows, index), values)
         else:
             out = old.index_put((rows, index), values)
         fields[name] = _slot_major(name, out)

@@ -65,7 +65,7 @@ class SlotTape:
 
 def _gather(field: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``field[rows, idx]``, by ``index_select`` over the flattened (batch, slot) dimensions where they flatten
-    without a copy (measured twice as fast as advanced indexing on the CPU)."""
+    without a copy (faster than advanced indexing on the CPU)."""
     if field.stride(0) != field.stride(1) * field.shape[1]:  # a transposed view (the read weights): no flat view
         return field[rows, idx]
     flat = field.flatten(0, 1)
@@ -113,9 +113,7 @@ class _Put(torch.autograd.Function):
         ctx.tape.add_whole(grad)
         values = ctx.tape.take_rows(rows, idx)
         field = ctx.tape.release() if ctx.first else None
-        if not ctx.needs_input_grad[0]:
-            field = None
-        return field, values, None, None, None, None
+        return field if ctx.needs_input_grad[0] else None, values, None, None, None, None
 
 
 def _recorded(*tensors: torch.Tensor) -> bool:
