@@ -6,8 +6,9 @@ base alone, the base with the whole input in its window, and a retrieval memory 
 
 For every run and length (in segments of the model's ``segment_length``): the test split regenerated at that length
 (``sdapm-hf evaluate``'s ``--task-args num_segments=L``, as the run's final evaluation otherwise: its
-``eval_model``), the generated answers' exact match with the memory and with the base alone, and the bytes of the
-memory state per sequence. Then, once per length, the baselines: the base with the whole input in its window where it
+``eval_model``), the generated answers' exact match with the memory and with the base alone (and the share of wrong
+answers that another inserted sentence holds, ``haystack.answers_another``), and the bytes of the memory state per
+sequence. Then, once per length, the baselines: the base with the whole input in its window where it
 fits (``baselines.window_answers``) and the retrieval memory (``baselines.retrieval_answers``, its bytes growing with
 the input). Figures are saved after each one: run again with the same ``--out`` and it measures only what is
 missing (an interrupted table resumes). The mean write gates of the first 8 rows, at the inserted sentences and at the essays, say what the

@@ -434,3 +434,15 @@ def test_pad_collate_in_a_dataloader():
 def test_bad_arguments_name_the_argument(name, overrides, argument, tmp_path):
     with pytest.raises(ValueError, match=argument):
         build(name, cache_dir=tmp_path, **overrides)
+
+
+def test_a_wrong_haystack_answer_held_by_another_inserted_sentence_is_told_apart():
+    from sdapm_hf.training.haystack import answers_another, matches
+
+    needles = ["The code of the red door is 4921.", "The pin of the red door is 3307."]
+    assert matches("4921", " 4921.") and not answers_another("4921", " 4921.", needles)
+    assert answers_another("4921", " 3307.", needles)  # the other needle's value
+    assert not answers_another("4921", " 4920.", needles)  # stored nowhere: lost, not confused
+    assert not answers_another("4921", " The code", needles)  # a word of the sentences, not a value
+    assert answers_another("kitchen", " garden", ["Mary went to the garden.", "Mary moved to the kitchen."])
+    assert not answers_another("kitchen", "", needles)

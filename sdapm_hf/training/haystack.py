@@ -167,10 +167,28 @@ class OverHaystack(nn.Module):
         return [tokenizer.decode(row[longest:], skip_special_tokens=True) for row in out]
 
 
+WORD = r"\d+|[A-Za-z]+"
+
+
+def first_word(text: str) -> str | None:
+    """The first word (digits, or letters) of a generated text, None if it starts with neither."""
+    found = re.match(rf"\s*({WORD})", text)
+    return None if found is None else found.group(1)
+
+
 def matches(answer: str, generated: str) -> bool:
     """Exact match of the answer with the first word (digits, or letters) of the generated text."""
-    found = re.match(r"\s*(\d+|[A-Za-z]+)", generated)
-    return found is not None and found.group(1) == answer
+    return first_word(generated) == answer
+
+
+def answers_another(answer: str, generated: str, sentences: list[str]) -> bool:
+    """Whether a wrong answer is what another inserted sentence holds: the last word of one of ``sentences``
+    (each inserted sentence of the haystack tasks ends with its value: "The code of the red door is 4921.",
+    "Mary went to the kitchen."). Tells a memory that confused two stored sentences from one that lost them."""
+    word = first_word(generated)
+    if word is None or word == answer:
+        return False
+    return any(re.findall(WORD, sentence)[-1:] == [word] for sentence in sentences)
 
 
 def haystack_states(model: DNCSDAPMForCausalLM, tokenizer=None) -> HaystackStates:
@@ -201,20 +219,25 @@ def loader(split: datasets.Dataset, pad_token_id: int, batch_size: int, seed: in
 @torch.no_grad()
 def evaluate_haystack(model: DNCSDAPMForCausalLM, split: datasets.Dataset, batch_size: int = 16,
                       max_new_tokens: int = 8, outcomes: list[bool] | None = None) -> dict[str, float]:
-    """Over a split of haystack rows: ``accuracy``, the share of answers the model generates exactly (greedy); and
-    teacher-forced on the answer tokens, ``token_accuracy``, ``sequence_accuracy`` and ``loss``. ``outcomes``
-    receives whether each row was answered exactly, in the split's order."""
+    """Over a split of haystack rows: ``accuracy``, the share of answers the model generates exactly (greedy);
+    ``another_sentence``, the share answered wrongly with what another inserted sentence holds
+    (``answers_another``); and teacher-forced on the answer tokens, ``token_accuracy``, ``sequence_accuracy`` and
+    ``loss``. ``outcomes`` receives whether each row was answered exactly, in the split's order."""
     was_training = model.training
     model.eval()
     run = runner(model, split)
-    pad = run.states.corpus.tokenizer.pad_token_id or 0
-    hits = counted = sequences = right = 0
+    tokenizer = run.states.corpus.tokenizer
+    pad = tokenizer.pad_token_id or 0
+    hits = counted = sequences = right = confused = 0
     loss_sum, answered = 0.0, []
     skipped = model.memory_model().ablated == "base_alone"  # the base alone never reads the haystack
     for batch in loader(split, pad, batch_size):
         state = None if skipped else run.remember(batch["haystack"], batch["inserts"])[0]
         generated = run.answers(batch, state, max_new_tokens)
         answered += [matches(answer, text) for answer, text in zip(batch["answer"], generated)]
+        for answer, text, inserts in zip(batch["answer"], generated, batch["inserts"]):
+            sentences = [tokenizer.decode(ids, skip_special_tokens=True) for _, _, ids in inserts]
+            confused += answers_another(answer, text, sentences)
         device = model.device
         out = run.question(state, batch["input_ids"].to(device), batch["attention_mask"].to(device),
                            batch["labels"].to(device))
@@ -234,4 +257,5 @@ def evaluate_haystack(model: DNCSDAPMForCausalLM, split: datasets.Dataset, batch
             in_order[i] = right_answer
         outcomes += in_order
     return {"accuracy": sum(answered) / max(sequences, 1), "token_accuracy": hits / max(counted, 1),
-            "sequence_accuracy": right / max(sequences, 1), "loss": loss_sum / max(sequences, 1)}
+            "sequence_accuracy": right / max(sequences, 1), "loss": loss_sum / max(sequences, 1),
+            "another_sentence": confused / max(sequences, 1)}
