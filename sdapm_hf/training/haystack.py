@@ -183,8 +183,9 @@ def matches(answer: str, generated: str) -> bool:
 
 def answers_another(answer: str, generated: str, sentences: list[str]) -> bool:
     """Whether a wrong answer is what another inserted sentence holds: the last word of one of ``sentences``
-    (each inserted sentence of the haystack tasks ends with its value: "The code of the red door is 4921.",
-    "Mary went to the kitchen."). Tells a memory that confused two stored sentences from one that lost them."""
+    (the multi-needle and QA1 sentences end with their value: "The code of the red door is 4921.", "Mary went to
+    the kitchen."; the passkey's one sentence holds only the answer, so there it stays 0). Tells a memory that
+    confused two stored sentences from one that lost them."""
     word = first_word(generated)
     if word is None or word == answer:
         return False
