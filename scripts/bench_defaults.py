@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 from sdapm_hf import DNCSDAPMForCausalLM  # noqa: E402
 from sdapm_hf.reporting import (  # noqa: E402
-    add_page_arguments, code_revision, command_line, fmt, interleaved_cpu_seconds, machine, table, write_section,
+    add_page_arguments, code_revision, command_line, fmt, interleaved_seconds, machine, table, write_section,
 )
 from sdapm_hf.training import train  # noqa: E402
 from sdapm_hf.training.arguments import load_experiment  # noqa: E402
@@ -64,7 +64,7 @@ def measure_steps(rounds: int) -> dict[str, float]:
         model(input_ids=ids, labels=ids).loss.backward()
         model.zero_grad()
 
-    seconds = interleaved_cpu_seconds({name: partial(step, model) for name, model in models.items()}, rounds)
+    seconds = interleaved_seconds({name: partial(step, model) for name, model in models.items()}, rounds)
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 

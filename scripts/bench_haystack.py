@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from sdapm_hf import DNCSDAPMForCausalLM
 from sdapm_hf.reporting import code_revision, command_line, machine, ratio, table
 from sdapm_hf.tasks import build_task
 from sdapm_hf.training import load_experiment
-from sdapm_hf.training.evaluation import base_path
+from sdapm_hf.training.evaluation import base_path, load_base
 from sdapm_hf.training.haystack import OverHaystack, collate, haystack_states
 
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     experiment = load_experiment(args.config)
     path = base_path(experiment.base_model)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    base = AutoModelForCausalLM.from_pretrained(path).eval()
+    base = load_base(experiment.base_model, "causal_lm").eval()
     model = DNCSDAPMForCausalLM.from_base(base, **{**experiment.model, **experiment.eval_model}).eval()
     states = haystack_states(model, tokenizer)
     length = model.config.segment_length

@@ -50,7 +50,7 @@ from torch import nn
 
 
 from sdapm_hf.reporting import (  # noqa: E402
-    add_page_arguments, code_revision, command_line, fmt, machine, ratio, table, write_section,
+    add_page_arguments, code_revision, command_line, device_name, fmt, machine, ratio, table, write_section,
 )
 from sdapm_hf import sdapm  # noqa: E402
 from sdapm_hf import dnc_memory  # noqa: E402
@@ -59,7 +59,7 @@ from sdapm_hf.modeling_dnc_sdapm import DNCSDAPMModel  # noqa: E402
 from sdapm_hf.sdapm import SDAPMSettings  # noqa: E402
 
 MARK = "benchmark:{}:{}"
-KEY = "cpu_ms"  # what the ratios compare (on one thread: the step's time without the load of other jobs)
+KEY = "cpu_ms"  # what the ratios compare on the CPU (on one thread: the step's time without the load of other jobs)
 BITS, LENGTH, BATCH, WORD, CONTROLLER = 8, 8, 32, 16, 64
 # The per-token recurrence with clock keys and learned consolidation, as the copy task trains it.
 PER_TOKEN = {"chunk_size": None, "clock_keys": True, "consolidation": "learned"}
@@ -217,21 +217,21 @@ def run_step(args) -> str:
         rows.append(["", "peak RSS − import (MB)"] + [fmt(_minus(median(name, n, "rss_mb"), base)) for n in args.sizes])
         if args.device == "cuda":
             rows.append(["", "peak GPU memory (MB)"] + [fmt(median(name, n, "gpu_mb")) for n in args.sizes])
-    speed = [[name] + [ratio(median(PEER, n, KEY), median(name, n, KEY)) for n in args.sizes]
+    speed = [[name] + [ratio(median(PEER, n, args.key), median(name, n, args.key)) for n in args.sizes]
              for name in names if name != PEER]
     verdicts = []
     for n, target in ((16, 5), (1024, 50)):
         if n in args.sizes:
             best = max((name for name in names if name != PEER),
-                       key=lambda name: _ratio(median(PEER, n, KEY), median(name, n, KEY)) or 0)
-            got = _ratio(median(PEER, n, KEY), median(best, n, KEY))
+                       key=lambda name: _ratio(median(PEER, n, args.key), median(name, n, args.key)) or 0)
+            got = _ratio(median(PEER, n, args.key), median(best, n, args.key))
             state = "met" if got and got >= target else "**missed**"
             verdicts.append(f"* N = {n}: target ≥ {target}× faster than pytorch-dnc; best {best}: "
                             f"{got:.1f}× — {state}" if got else f"* N = {n}: no measurement")
     errors = sorted({f"* {name}, N = {n}: {r['error']}" for (name, n), rs in results.items() for r in rs if "error" in r})
     eager = {name: name.replace(", compiled)", ")") for name in names if (MODELS[name] or {}).get("compiled")}
     compiled = [f"* {name}: " + ", ".join(
-                    f"N={n} {ratio(median(eager[name], n, KEY), median(name, n, KEY))}" for n in args.sizes)
+                    f"N={n} {ratio(median(eager[name], n, args.key), median(name, n, args.key))}" for n in args.sizes)
                 for name in eager if eager[name] in names]
     params = {name: _median(results.get((name, args.sizes[0]), []), "params") for name in names}
     return f"""## Training step against pytorch-dnc
@@ -366,22 +366,22 @@ def run_scaling(args) -> str:
     base = baseline_rss(args)
     rows = []
     for mode, label in (("train", "training step (fwd+bwd+Adam)"), ("stream", "streaming step (no grad)")):
-        first = _median(results[(mode, args.scaling_sizes[0])], KEY)
-        rows.append([label, "CPU ms"] + [fmt(_median(results[(mode, n)], KEY)) for n in args.scaling_sizes])
+        first = _median(results[(mode, args.scaling_sizes[0])], args.key)
+        rows.append([label, "CPU ms"] + [fmt(_median(results[(mode, n)], args.key)) for n in args.scaling_sizes])
         rows.append(["", "wall ms"] + [fmt(_median(results[(mode, n)], "wall_ms")) for n in args.scaling_sizes])
         if mode == "train":
             for part, key in (("forward", "forward_cpu_ms"), ("backward + Adam", None)):
                 rows.append(["", f"of which {part}, CPU ms"]
                             + [fmt(_part(results[(mode, n)], key)) for n in args.scaling_sizes])
         rows.append(["", f"CPU × N={args.scaling_sizes[0]}"]
-                    + [ratio(_median(results[(mode, n)], KEY), first) for n in args.scaling_sizes])
+                    + [ratio(_median(results[(mode, n)], args.key), first) for n in args.scaling_sizes])
         rows.append(["", "peak RSS − import (MB)"]
                     + [fmt(_minus(_median(results[(mode, n)], "rss_mb"), base)) for n in args.scaling_sizes])
     verdict = "* target: N = 4096 within 2× of N = 64 (training step): "
     if 64 in args.scaling_sizes and 4096 in args.scaling_sizes:
-        got = _ratio(_median(results[("train", 4096)], KEY), _median(results[("train", 64)], KEY))
+        got = _ratio(_median(results[("train", 4096)], args.key), _median(results[("train", 64)], args.key))
         verdict += f"{got:.2f}× — {'met' if got <= 2 else '**missed**'}" if got else "no measurement"
-        rounds = [_ratio(a.get(KEY), b.get(KEY)) for a, b in zip(results[("train", 4096)], results[("train", 64)])]
+        rounds = [_ratio(a.get(args.key), b.get(args.key)) for a, b in zip(results[("train", 4096)], results[("train", 64)])]
         verdict += " (round by round: " + ", ".join(f"{r:.2f}×" if r else "—" for r in rounds) + ")"
     errors = sorted({f"* {mode}, N = {n}: {r['error']}" for (mode, n), rs in results.items() for r in rs if "error" in r})
     return f"""## Memory scaling with sparse reads
@@ -645,7 +645,7 @@ def _part(results: list[dict], key: str | None) -> float | None:
     """Median of ``key`` over the rounds; None: of the step's CPU ms less its forward's."""
     if key is not None:
         return _median(results, key)
-    return _median([{"rest": r[KEY] - r["forward_cpu_ms"]} for r in results if r.get("forward_cpu_ms") is not None],
+    return _median([{"rest": r["cpu_ms"] - r["forward_cpu_ms"]} for r in results if r.get("forward_cpu_ms") is not None],
                    "rest")
 
 
@@ -660,7 +660,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def _header(args) -> str:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     return (f"Command: `{args.command}` (from the repository root)  \nDate: {date}  \nCode: {code_revision()}  \n"
-            f"Machine: {args.machine}; device {args.device}\n")
+            f"Machine: {args.machine}; device: {device_name(args.device)}\n")
 
 
 SECTIONS = {"step": run_step, "learn": run_learn, "scaling": run_scaling, "capacity": run_capacity, "act": run_act,
@@ -684,6 +684,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=480.0, help="CPU seconds per run of the learn section")
     args = p.parse_args(argv)
     args.command = command_line(argv, "scripts/benchmark.py")
+    args.key = KEY if args.device == "cpu" else "wall_ms"  # on a GPU the host waits for the device: wall time
     return args
 
 
@@ -713,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print("\n" + body, flush=True)
         if args.write:
-            write_section(args.out, name, body, MARK)
+            write_section(args.out, name if args.device == "cpu" else f"{name}-{args.device}", body, MARK)
     return 0
 
 

@@ -25,27 +25,29 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
 
-from sdapm_hf.reporting import code_revision, command_line, machine, table
+from sdapm_hf.reporting import code_revision, command_line, device_name, machine, table
 from sdapm_hf.training.baselines import retrieval_answers, state_bytes, window_answers
-from sdapm_hf.training.evaluation import base_path, load_run
+from sdapm_hf.training.evaluation import load_base, load_run
 from sdapm_hf.training.haystack import collate, evaluate_haystack, haystack_states, matches, runner
 
 
-def evaluate_run(run: str, lengths: list[int], test_size: int, done: dict, save) -> dict:
+def evaluate_run(run: str, lengths: list[int], test_size: int, done: dict, save, device: str = "cpu",
+                 batch_size: int = 16) -> dict:
     """The run's exact-match accuracy with the memory and with the base alone, its memory's bytes and write gates,
-    per length (those in ``done`` kept; ``save`` called after each new one)."""
+    per length (those in ``done`` kept; ``save`` called after each new one), computed on ``device`` in batches of
+    ``batch_size`` rows."""
     for length in lengths:
         if str(length) in done:
             continue
         started = time.process_time()
         _, model, dataset = load_run(run, {"num_segments": length, "train_size": 0, "validation_size": 0,
                                            "test_size": test_size}, final=True)
+        model.to(device)
         test = dataset["test"]
-        with_memory = evaluate_haystack(model, test)
+        with_memory = evaluate_haystack(model, test, batch_size)
         with model.ablation("base_alone"):
-            alone = evaluate_haystack(model, test)
+            alone = evaluate_haystack(model, test, batch_size)
         batch = collate([test[i] for i in range(min(8, len(test)))], pad_token_id=0)
         with torch.no_grad():  # a graph of every segment's memory update would hold gigabytes at 256x
             state, gates, _ = runner(model, test).remember(batch["haystack"], batch["inserts"])
@@ -70,7 +72,7 @@ def write_gates(gates: torch.Tensor, inserts: list, segment_length: int) -> dict
 
 
 def evaluate_baselines(run: str, lengths: list[int], test_size: int, window_rows: int, top_k: int, done: dict,
-                       save) -> dict:
+                       save, device: str = "cpu") -> dict:
     """The base with the whole input in its window and the retrieval memory, per length, on the run's test rows
     (lengths in ``done`` kept; ``save`` called after each new one)."""
     for length in lengths:
@@ -80,8 +82,8 @@ def evaluate_baselines(run: str, lengths: list[int], test_size: int, window_rows
         experiment, model, dataset = load_run(run, {"num_segments": length, "train_size": 0, "validation_size": 0,
                                                     "test_size": test_size}, final=True)
         rows = list(dataset["test"])
-        states = haystack_states(model)
-        base = AutoModelForCausalLM.from_pretrained(base_path(experiment.base_model)).eval()
+        states = haystack_states(model.to(device))
+        base = load_base(experiment.base_model, "causal_lm").to(device).eval()
         if "window" not in entry:
             answers = window_answers(base, states.corpus, "test", rows[:window_rows], experiment.task)
             entry["window"] = "does not fit" if answers is None else {
@@ -177,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window-rows", type=int, default=32, help="rows the whole-window baseline reads")
     parser.add_argument("--top-k", type=int, default=8)
     parser.add_argument("--out", required=True, help="JSON file of every figure")
+    parser.add_argument("--device", default="cpu", help="where the models compute (cpu, cuda)")
+    parser.add_argument("--batch-size", type=int, default=16, help="haystacks the memory reads at once")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -184,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     if results and (results["test_size"], results.get("top_k")) != (args.test_size, args.top_k):
         raise ValueError(f"{out} holds figures for another --test-size or --top-k: give another --out")
     results.update(command=command_line(argv or sys.argv[1:], "scripts/haystack_table.py"), code=code_revision(),
-                   machine=machine(), lengths=args.lengths, test_size=args.test_size, top_k=args.top_k)
+                   machine=machine(), device=device_name(args.device), lengths=args.lengths, test_size=args.test_size,
+                   top_k=args.top_k)
     results.setdefault("runs", {})
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -194,12 +199,13 @@ def main(argv: list[str] | None = None) -> None:
         partial.replace(out)
 
     for run in args.runs:
-        evaluate_run(run, args.lengths, args.test_size, results["runs"].setdefault(run, {}), save)
+        evaluate_run(run, args.lengths, args.test_size, results["runs"].setdefault(run, {}), save, args.device,
+                     args.batch_size)
     _, model, _ = load_run(args.runs[0], {"train_size": 0, "validation_size": 0, "test_size": 1})
     results["segment_length"] = model.config.segment_length
     if args.baselines:
         evaluate_baselines(args.runs[0], args.lengths, args.test_size, args.window_rows, args.top_k,
-                           results.setdefault("baselines", {}), save)
+                           results.setdefault("baselines", {}), save, args.device)
     save()
     print(markdown(results))
 

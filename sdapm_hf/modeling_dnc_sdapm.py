@@ -284,7 +284,8 @@ class DNCSDAPMPreTrainedModel(PreTrainedModel):
         if base is None:
             if not config.base_model_name_or_path:
                 raise ValueError(f"{pretrained_model_name_or_path} is an adapter checkpoint that names no base model")
-            base = cls.base_loader.from_pretrained(config.base_model_name_or_path, dtype=kwargs.get("dtype"))
+            base = cls.base_loader.from_pretrained(config.base_model_name_or_path, dtype=kwargs.get("dtype"),
+                                                   use_kernels=False)  # nothing fetched at run time
         model = cls(config, base)
         weights = cached_file(str(pretrained_model_name_or_path), "model.safetensors")
         try:

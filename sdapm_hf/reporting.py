@@ -37,6 +37,13 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s){load}"
 
 
+def device_name(device: str) -> str:
+    """What ``device`` ("cpu", "cuda", "cuda:1") is: the GPU's name and CUDA version, or "CPU"."""
+    if torch.device(device).type != "cuda":
+        return "CPU"
+    return f"{torch.cuda.get_device_name(torch.device(device))}, CUDA {torch.version.cuda}"
+
+
 def code_revision() -> str:
     """The git commit of the checkout, and whether the package differs from it."""
     try:
@@ -85,19 +92,28 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.1f}×" if a / b >= 10 else f"{a / b:.2f}×"
 
 
-def interleaved_cpu_seconds(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """CPU seconds of each call of every case over ``rounds`` rounds, after one warm-up call each; the order rotates
-    from round to round, so that load from other jobs hits every case alike."""
+def interleaved_seconds(cases: dict[str, Callable[[], object]], rounds: int,
+                        device: str = "cpu") -> dict[str, list[float]]:
+    """Seconds of each call of every case over ``rounds`` rounds, after one warm-up call each; the order rotates
+    from round to round, so that load from other jobs hits every case alike. On the CPU they are CPU seconds (which
+    other jobs do not stretch); on a CUDA device wall seconds, the device synchronised before and after each call."""
+    cuda = torch.device(device).type == "cuda"
+    clock = time.perf_counter if cuda else time.process_time
     names = list(cases)
     for run in cases.values():
         run()
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(rounds):
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-            started = time.process_time()
+            if cuda:
+                torch.cuda.synchronize(device)
+            started = clock()
             cases[name]()
-            seconds[name].append(time.process_time() - started)
-            print(f"round {round_ + 1}/{rounds} {name}: {seconds[name][-1]:.3f} CPU s", flush=True)
+            if cuda:
+                torch.cuda.synchronize(device)
+            seconds[name].append(clock() - started)
+            print(f"round {round_ + 1}/{rounds} {name}: {seconds[name][-1]:.3f} {'wall' if cuda else 'CPU'} s",
+                  flush=True)
     return seconds
 
 

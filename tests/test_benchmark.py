@@ -46,10 +46,10 @@ def test_act_compression_collapses_the_reads_into_one():
 
 
 def test_interleaved_rounds_warm_up_once_and_rotate_the_order():
-    from sdapm_hf.reporting import interleaved_cpu_seconds
+    from sdapm_hf.reporting import interleaved_seconds
 
     calls = []
-    seconds = interleaved_cpu_seconds({name: (lambda name=name: calls.append(name)) for name in "abc"}, rounds=3)
+    seconds = interleaved_seconds({name: (lambda name=name: calls.append(name)) for name in "abc"}, rounds=3)
     assert calls == list("abc") + list("abc") + list("bca") + list("cab")
     assert {name: len(values) for name, values in seconds.items()} == {"a": 3, "b": 3, "c": 3}
     assert all(s >= 0 for values in seconds.values() for s in values)

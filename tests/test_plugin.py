@@ -148,6 +148,14 @@ def test_segment_longer_than_the_base_window_is_refused():
         plugged(segment_length=64)(input_ids=ids())
 
 
+def test_bases_load_without_the_hubs_kernels(tmp_path):
+    """transformers would fetch kernels from the Hub at run time (on a GPU, when the base is put in training mode)."""
+    from sdapm_hf.training.evaluation import load_base
+
+    tiny_base().save_pretrained(tmp_path / "base")
+    assert not load_base(str(tmp_path / "base"), "causal_lm").use_kernels
+
+
 @pytest.mark.parametrize("mode", ["whole", "adapter"])
 def test_checkpoints_load_in_process_and_as_remote_code(tmp_path, clean_python, mode):
     base = tiny_base()

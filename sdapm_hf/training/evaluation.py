@@ -41,9 +41,10 @@ def base_path(name_or_path: str) -> str:
 
 
 def load_base(name_or_path: str, head: str) -> PreTrainedModel:
-    """A pretrained base by Hub id, path or packaged name (``base_path``), offline where it ships in a package."""
+    """A pretrained base by Hub id, path or packaged name (``base_path``), offline where it ships in a package, without
+    the Hub's kernels (transformers would fetch them at run time, on a GPU when the model is put in training mode)."""
     loader = AutoModelForCausalLM if head == "causal_lm" else AutoModel
-    return loader.from_pretrained(base_path(name_or_path))
+    return loader.from_pretrained(base_path(name_or_path), use_kernels=False)
 
 
 def load_run(run_dir: str | Path, task_overrides: dict[str, Any] | None = None, final: bool = False,
