@@ -28,30 +28,36 @@ import torch
 
 from sdapm_hf.reporting import code_revision, command_line, device_name, machine, table
 from sdapm_hf.training.baselines import retrieval_answers, state_bytes, window_answers
+from sdapm_hf.training.arguments import parse_assignment
 from sdapm_hf.training.evaluation import load_base, load_run
 from sdapm_hf.training.haystack import collate, evaluate_haystack, haystack_states, matches, runner
 
 
 def evaluate_run(run: str, lengths: list[int], test_size: int, done: dict, save, device: str = "cpu",
-                 batch_size: int = 16) -> dict:
-    """The run's exact-match accuracy with the memory and with the base alone, its memory's bytes and write gates,
-    per length (those in ``done`` kept; ``save`` called after each new one), computed on ``device`` in batches of
-    ``batch_size`` rows."""
+                 batch_size: int = 16, overrides: dict | None = None) -> dict:
+    """The run's exact-match accuracy with the memory and with the base alone, the rows it answered wrongly and the
+    segments each row's sentences went into, its memory's bytes and write gates, per length (those in ``done`` kept;
+    ``save`` called after each new one), computed on ``device`` in batches of ``batch_size`` rows, with the model
+    config's fields in ``overrides`` changed."""
     for length in lengths:
         if str(length) in done:
             continue
         started = time.process_time()
         _, model, dataset = load_run(run, {"num_segments": length, "train_size": 0, "validation_size": 0,
-                                           "test_size": test_size}, final=True)
+                                           "test_size": test_size}, final=True, **(overrides or {}))
         model.to(device)
         test = dataset["test"]
-        with_memory = evaluate_haystack(model, test, batch_size)
+        outcomes: list[bool] = []
+        with_memory = evaluate_haystack(model, test, batch_size, outcomes=outcomes)
         with model.ablation("base_alone"):
             alone = evaluate_haystack(model, test, batch_size)
         batch = collate([test[i] for i in range(min(8, len(test)))], pad_token_id=0)
         with torch.no_grad():  # a graph of every segment's memory update would hold gigabytes at 256x
             state, gates, _ = runner(model, test).remember(batch["haystack"], batch["inserts"])
-        done[str(length)] = {"with_memory": with_memory, "base_alone": alone, "memory_bytes": state_bytes(state),
+        wrong = [i for i, right in enumerate(outcomes) if not right]
+        done[str(length)] = {"with_memory": with_memory, "wrong_rows": wrong, "base_alone": alone,
+                             "inserted_at": [[int(at) for at in row] for row in test["insert_at"]],
+                             "memory_bytes": state_bytes(state),
                              "write_gates": write_gates(gates, batch["inserts"], model.config.segment_length),
                              "cpu_seconds": time.process_time() - started}
         print(run, length, json.dumps(done[str(length)]), flush=True)
@@ -181,15 +187,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="JSON file of every figure")
     parser.add_argument("--device", default="cpu", help="where the models compute (cpu, cuda)")
     parser.add_argument("--batch-size", type=int, default=16, help="haystacks the memory reads at once")
+    parser.add_argument("--set", nargs="*", default=[], type=parse_assignment, metavar="KEY=VALUE",
+                        help="model config fields changed for the evaluation (over the run's eval_model)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}  # what an interrupted run of it already measured
-    if results and (results["test_size"], results.get("top_k")) != (args.test_size, args.top_k):
-        raise ValueError(f"{out} holds figures for another --test-size or --top-k: give another --out")
+    if results and (results["test_size"], results.get("top_k"), results.get("overrides", {})) != (
+            args.test_size, args.top_k, dict(args.set)):
+        raise ValueError(f"{out} holds figures for another --test-size, --top-k or --set: give another --out")
     results.update(command=command_line(argv or sys.argv[1:], "scripts/haystack_table.py"), code=code_revision(),
                    machine=machine(), device=device_name(args.device), lengths=args.lengths, test_size=args.test_size,
-                   top_k=args.top_k)
+                   top_k=args.top_k, overrides=dict(args.set))
     results.setdefault("runs", {})
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -200,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
 
     for run in args.runs:
         evaluate_run(run, args.lengths, args.test_size, results["runs"].setdefault(run, {}), save, args.device,
-                     args.batch_size)
+                     args.batch_size, dict(args.set))
     _, model, _ = load_run(args.runs[0], {"train_size": 0, "validation_size": 0, "test_size": 1})
     results["segment_length"] = model.config.segment_length
     if args.baselines:

@@ -46,7 +46,7 @@ from .sdapm_read import read as sdapm_read
 from .sdapm_read import read_queries as sdapm_read_queries
 from .sdapm_selection import (
     ConsolidationHead, closest_pair_selection, is_full, least_used_pair_selection, most_similar_pair_selection,
-    slot_metadata,
+    relative_usage_pair_selection, slot_metadata,
 )
 from .sdapm_state import MemoryState, SDAPMSettings
 from .sdapm_state import init_state as sdapm_init_state
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
 # The consolidation modes whose pair is chosen by a fixed rule (no learned parts).
 FIXED_SELECTIONS = {"auto": closest_pair_selection, "usage": least_used_pair_selection,
-                    "similar": most_similar_pair_selection}
+                    "relative_usage": relative_usage_pair_selection, "similar": most_similar_pair_selection}
 
 
 def memory_settings(config: DNCSDAPMConfig) -> SDAPMSettings | DNCMemorySettings | None:
@@ -252,7 +252,7 @@ class MemoryAccess(nn.Module):
         """Merge the pair the consolidation mode selects, where ``full`` (B,)."""
         if self.consolidation_mode in FIXED_SELECTIONS:
             selection = FIXED_SELECTIONS[self.consolidation_mode](memory)
-            usage = "weighted" if self.consolidation_mode == "usage" else "max"
+            usage = "weighted" if self.consolidation_mode in ("usage", "relative_usage") else "max"
             return consolidate(memory, selection, self.settings, 2, mask=full, check=False, merged_usage=usage,
                                inplace=inplace)
         query = iface.consolidation_key[:, None]

@@ -11,7 +11,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 MEMORY_TYPES = ("sdapm", "dnc", "none")
-CONSOLIDATION_MODES = ("auto", "usage", "similar", "learned", "off")
+CONSOLIDATION_MODES = ("auto", "usage", "relative_usage", "similar", "learned", "off")
 ACT_MODES = ("none", "act", "fixed")
 READ_SOURCES = ("layer", "embeddings")
 # What chunked mode supports (one read per token, no per-token clock chain, a fixed consolidation rule), with the
@@ -20,7 +20,7 @@ CHUNKED_MODE = {
     "memory_type": (("sdapm",), "sdapm"),
     "act_mode": (("none",), "none"),
     "clock_keys": ((False,), False),
-    "consolidation": (("auto", "usage", "similar", "off"), "auto"),
+    "consolidation": (("auto", "usage", "relative_usage", "similar", "off"), "auto"),
 }
 
 
@@ -50,7 +50,8 @@ class DNCSDAPMConfig(PreTrainedConfig):
         consolidation: what happens when the memory is full: ``"auto"`` (merge its lightest slot with the slot
             nearest to it), ``"usage"`` (the same with usage for mass: merge the least-used slot, the one written
             with the smallest gates, with the little-used slot nearest to it, so that what was gated high stays
-            exact), ``"similar"`` (merge the two slots with the most similar keys), ``"learned"`` (the
+            exact), ``"relative_usage"`` (the same with usages relative to the largest, so that the partner's
+            usage weighs against its key's cosine on one scale), ``"similar"`` (merge the two slots with the most similar keys), ``"learned"`` (the
             controller's gate and pair selection, which sees slot metadata; per-token mode) or ``"off"`` (the
             least-used slot is overwritten). Merges are pairwise.
         chunk_size: C; None steps the memory token by token. In chunked mode (counted from the start of the

@@ -19,7 +19,7 @@ from .sdapm_merge import consolidate, merge_slots
 from .sdapm_read import read, read_queries, shortlist_slots
 from .sdapm_selection import (
     ConsolidationHead, closest_pair_selection, is_full, least_used_pair_selection, most_similar_pair_selection,
-    slot_metadata,
+    relative_usage_pair_selection, slot_metadata,
 )
 from .sdapm_state import (
     SLOT_FIELDS, MemoryState, SDAPMSettings, SlotContents, check_state, init_state, load_state, reset_state,
@@ -30,6 +30,6 @@ from .sdapm_write import write, write_chunk
 __all__ = [
     "SLOT_FIELDS", "ConsolidationHead", "MemoryState", "SDAPMSettings", "SlotContents", "check_state",
     "closest_pair_selection", "consolidate", "least_used_pair_selection", "init_state", "is_full", "load_state", "merge_slots",
-    "most_similar_pair_selection", "read", "read_queries", "reset_state", "save_state", "shortlist_slots",
+    "most_similar_pair_selection", "read", "read_queries", "relative_usage_pair_selection", "reset_state", "save_state", "shortlist_slots",
     "slot_maps", "slot_metadata", "stability_bound", "write", "write_chunk",
 ]

@@ -6,6 +6,8 @@ Every rule returns a selection (B, N) ≥ 0 for ``sdapm_merge.consolidate``, who
   ``mass_j − cos(Bv_i, Bv_j)`` (similar and small, so groups stay balanced);
 * ``least_used_pair_selection`` ("usage"): the same with usage for mass: the slots written with the smallest gates
   merge first, so what the controller gated high stays exact;
+* ``relative_usage_pair_selection`` ("relative_usage"): the same with each usage divided by the memory's largest,
+  so that a slot gated far above the rest is not the partner of a merge for a cosine that is only a little higher;
 * ``most_similar_pair_selection`` ("similar"): the two slots whose keys have the highest cosine;
 * ``ConsolidationHead`` ("learned"): ``softmax_n(β · fit(q, slot n) + w · meta_n)`` over occupied slots, with a
   gate from the controller's consolidation gate and the memory's mean metadata. The seed found that giving the
@@ -83,6 +85,22 @@ def least_used_pair_selection(state: MemoryState) -> torch.Tensor:
     """
     pair = _nearest_pair(state, state.usage, USAGE_TIE_BREAK)
     return pair * state.usage.clamp_min(torch.finfo(state.usage.dtype).tiny)
+
+
+def relative_usage_pair_selection(state: MemoryState) -> torch.Tensor:
+    """``least_used_pair_selection`` with every usage divided by the largest in its memory (in [0, 1]): the partner
+    minimises ``usage_j / max_n usage_n − cos(Bv_i, Bv_j)``. Usages are write gates, often far below 1, and a cosine
+    varies by up to 2: with raw usages the slot the controller gated highest merges with any lightly gated slot whose
+    key is a little closer to it, and thousands of such merges blur it; relative to the largest usage, it pays a
+    full unit of cosine for it.
+
+    Returns:
+        (B, N) selection with the usages of the two chosen slots there, 0 elsewhere (use with ``group_size=2``).
+    """
+    tiny = torch.finfo(state.usage.dtype).tiny
+    relative = state.usage / state.usage.amax(-1, keepdim=True).clamp_min(tiny)
+    pair = _nearest_pair(state, relative, USAGE_TIE_BREAK)
+    return pair * state.usage.clamp_min(tiny)
 
 
 def most_similar_pair_selection(state: MemoryState) -> torch.Tensor:

@@ -114,6 +114,18 @@ def test_most_similar_pair_merges_near_duplicates_and_keeps_a_distinct_oldest_sl
     assert torch.allclose(read_all(merged, settings, keys[:, :1]), values[:, :1], atol=1e-5)
 
 
+def test_relative_usage_keeps_the_most_used_slot_out_of_a_merge_for_a_slightly_closer_key():
+    """Usages are write gates far below 1: with raw usages the lightest slot merges with the most used one when its
+    key is a little closer (by more than their usages differ); relative to the largest usage it takes the next."""
+    settings = SDAPMSettings(slots=4, word_size=8, ridge=1e-6)
+    keys, values = unit(1, 4, 8, seed=1), unit(1, 4, 8, seed=2)
+    keys[0, 2] = F.normalize(keys[0, 0] + 0.3 * keys[0, 1], dim=-1)  # the most used slot: closest to slot 0
+    keys[0, 3] = F.normalize(keys[0, 0] + 0.5 * keys[0, 1], dim=-1)  # a lightly used slot, a little farther
+    state = dataclasses.replace(fill(settings, keys, values), usage=torch.tensor([[1e-5, 2e-5, 0.02, 3e-5]]))
+    assert sdapm.least_used_pair_selection(state)[0].nonzero().flatten().tolist() == [0, 2]
+    assert sdapm.relative_usage_pair_selection(state)[0].nonzero().flatten().tolist() == [0, 3]
+
+
 def test_gradcheck_through_write_consolidate_read():
     settings = SDAPMSettings(slots=5, word_size=4, read_heads=2, ridge=1e-3, gain_max=None)
     g = torch.Generator().manual_seed(0)
