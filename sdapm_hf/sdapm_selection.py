@@ -90,8 +90,8 @@ def least_used_pair_selection(state: MemoryState) -> torch.Tensor:
 def relative_usage_pair_selection(state: MemoryState) -> torch.Tensor:
     """``least_used_pair_selection`` with every usage divided by the largest in its memory (in [0, 1]): the partner
     minimises ``usage_j / max_n usage_n − cos(Bv_i, Bv_j)``. Usages are write gates, often far below 1, and a cosine
-    varies by up to 2: with raw usages the slot the controller gated highest merges with any lightly gated slot whose
-    key is a little closer to it, and thousands of such merges blur it; relative to the largest usage, it pays a
+    varies by up to 2: with raw usages the slot the controller gated highest is the partner of any lightly gated slot
+    whose key is a little closer to it, and repeated merges can blur it; relative to the largest usage, it pays a
     full unit of cosine for it.
 
     Returns:
