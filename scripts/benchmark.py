@@ -367,13 +367,13 @@ def run_scaling(args) -> str:
     rows = []
     for mode, label in (("train", "training step (fwd+bwd+Adam)"), ("stream", "streaming step (no grad)")):
         first = _median(results[(mode, args.scaling_sizes[0])], args.key)
-        rows.append([label, "CPU ms"] + [fmt(_median(results[(mode, n)], args.key)) for n in args.scaling_sizes])
+        rows.append([label, "CPU ms"] + [fmt(_median(results[(mode, n)], "cpu_ms")) for n in args.scaling_sizes])
         rows.append(["", "wall ms"] + [fmt(_median(results[(mode, n)], "wall_ms")) for n in args.scaling_sizes])
         if mode == "train":
             for part, key in (("forward", "forward_cpu_ms"), ("backward + Adam", None)):
                 rows.append(["", f"of which {part}, CPU ms"]
                             + [fmt(_part(results[(mode, n)], key)) for n in args.scaling_sizes])
-        rows.append(["", f"CPU × N={args.scaling_sizes[0]}"]
+        rows.append(["", f"{'CPU' if args.key == KEY else 'wall'} × N={args.scaling_sizes[0]}"]
                     + [ratio(_median(results[(mode, n)], args.key), first) for n in args.scaling_sizes])
         rows.append(["", "peak RSS − import (MB)"]
                     + [fmt(_minus(_median(results[(mode, n)], "rss_mb"), base)) for n in args.scaling_sizes])
@@ -381,7 +381,8 @@ def run_scaling(args) -> str:
     if 64 in args.scaling_sizes and 4096 in args.scaling_sizes:
         got = _ratio(_median(results[("train", 4096)], args.key), _median(results[("train", 64)], args.key))
         verdict += f"{got:.2f}× — {'met' if got <= 2 else '**missed**'}" if got else "no measurement"
-        rounds = [_ratio(a.get(args.key), b.get(args.key)) for a, b in zip(results[("train", 4096)], results[("train", 64)])]
+        rounds = [_ratio(a.get(args.key), b.get(args.key))
+                  for a, b in zip(results[("train", 4096)], results[("train", 64)])]
         verdict += " (round by round: " + ", ".join(f"{r:.2f}×" if r else "—" for r in rounds) + ")"
     errors = sorted({f"* {mode}, N = {n}: {r['error']}" for (mode, n), rs in results.items() for r in rs if "error" in r})
     return f"""## Memory scaling with sparse reads

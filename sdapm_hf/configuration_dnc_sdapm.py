@@ -51,9 +51,9 @@ class DNCSDAPMConfig(PreTrainedConfig):
             nearest to it), ``"usage"`` (the same with usage for mass: merge the least-used slot, the one written
             with the smallest gates, with the little-used slot nearest to it, so that what was gated high stays
             exact), ``"relative_usage"`` (the same with usages relative to the largest, so that the partner's
-            usage weighs against its key's cosine on one scale), ``"similar"`` (merge the two slots with the most similar keys), ``"learned"`` (the
-            controller's gate and pair selection, which sees slot metadata; per-token mode) or ``"off"`` (the
-            least-used slot is overwritten). Merges are pairwise.
+            usage weighs against its key's cosine on one scale), ``"similar"`` (merge the two slots with the most
+            similar keys), ``"learned"`` (the controller's gate and pair selection, which sees slot metadata;
+            per-token mode) or ``"off"`` (the least-used slot is overwritten). Merges are pairwise.
         chunk_size: C; None steps the memory token by token. In chunked mode (counted from the start of the
             memory's stream, across calls) the controller still steps every token, but every token of a chunk
             reads the memory as it was at the chunk's start (all C reads in one call) and gets the reads of the

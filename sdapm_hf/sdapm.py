@@ -29,7 +29,8 @@ from .sdapm_write import write, write_chunk
 
 __all__ = [
     "SLOT_FIELDS", "ConsolidationHead", "MemoryState", "SDAPMSettings", "SlotContents", "check_state",
-    "closest_pair_selection", "consolidate", "least_used_pair_selection", "init_state", "is_full", "load_state", "merge_slots",
-    "most_similar_pair_selection", "read", "read_queries", "relative_usage_pair_selection", "reset_state", "save_state", "shortlist_slots",
-    "slot_maps", "slot_metadata", "stability_bound", "write", "write_chunk",
+    "closest_pair_selection", "consolidate", "least_used_pair_selection", "init_state", "is_full", "load_state",
+    "merge_slots", "most_similar_pair_selection", "read", "read_queries", "relative_usage_pair_selection",
+    "reset_state", "save_state", "shortlist_slots", "slot_maps", "slot_metadata", "stability_bound", "write",
+    "write_chunk",
 ]

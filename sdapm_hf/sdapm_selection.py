@@ -83,8 +83,7 @@ def least_used_pair_selection(state: MemoryState) -> torch.Tensor:
     Returns:
         (B, N) selection with the usages of the two chosen slots there, 0 elsewhere (use with ``group_size=2``).
     """
-    pair = _nearest_pair(state, state.usage, USAGE_TIE_BREAK)
-    return pair * state.usage.clamp_min(torch.finfo(state.usage.dtype).tiny)
+    return _usage_pair(state, state.usage)
 
 
 def relative_usage_pair_selection(state: MemoryState) -> torch.Tensor:
@@ -97,10 +96,17 @@ def relative_usage_pair_selection(state: MemoryState) -> torch.Tensor:
     Returns:
         (B, N) selection with the usages of the two chosen slots there, 0 elsewhere (use with ``group_size=2``).
     """
-    tiny = torch.finfo(state.usage.dtype).tiny
-    relative = state.usage / state.usage.amax(-1, keepdim=True).clamp_min(tiny)
-    pair = _nearest_pair(state, relative, USAGE_TIE_BREAK)
-    return pair * state.usage.clamp_min(tiny)
+    return _usage_pair(state, state.usage / state.usage.amax(-1, keepdim=True).clamp_min(_tiny(state.usage)))
+
+
+def _usage_pair(state: MemoryState, weight: torch.Tensor) -> torch.Tensor:
+    """The pair ``_nearest_pair`` chooses by ``weight`` (B, N), selected with the two slots' usages."""
+    return _nearest_pair(state, weight, USAGE_TIE_BREAK) * state.usage.clamp_min(_tiny(state.usage))
+
+
+def _tiny(t: torch.Tensor) -> float:
+    """The smallest normal float of ``t``'s dtype."""
+    return torch.finfo(t.dtype).tiny
 
 
 def most_similar_pair_selection(state: MemoryState) -> torch.Tensor:
