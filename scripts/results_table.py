@@ -352,7 +352,8 @@ def hops_section(systems: dict[str, str], evaluation: str) -> Callable[[], str]:
 
 
 # The committed runs' folders under docs/runs/ whose config is not configs/FOLDER.yaml.
-OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_beyond_capacity_dnc_equal_memory.yaml"}
+OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_beyond_capacity_dnc_equal_memory.yaml",
+                 "multi_hop_pondernet_curriculum_weak_prior": "configs/multi_hop_pondernet_curriculum.yaml"}
 
 
 def run_config(folder: str) -> str:
@@ -456,6 +457,14 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "multi_hop": hops_section({"multi_hop_act": "ACT (at most 5 reads), 1,500 steps",
                                "multi_hop_act_long": "ACT (at most 5 reads), 3,000 steps",
                                "multi_hop_fixed": "fixed loop, 3 reads, 1,500 steps"}, "by_hops.json"),
+    "multi_hop_pondernet_runs": runs_section(["multi_hop_pondernet", "multi_hop_pondernet_one_hop",
+                                              "multi_hop_pondernet_curriculum_weak_prior",
+                                              "multi_hop_pondernet_curriculum"], TEST_METRICS),
+    "multi_hop_pondernet": hops_section({
+        "multi_hop_pondernet": "PonderNet (at most 5 reads), 1,500 steps",
+        "multi_hop_pondernet_curriculum_weak_prior": "PonderNet, 500 steps of one hop, then 1,500 of 1 to 4 (KL 0.01)",
+        "multi_hop_pondernet_curriculum": "PonderNet, 500 steps of one hop, then 1,500 of 1 to 4 (KL 0.1)",
+    }, "by_hops.json"),
     "copy_seed_regime_runs": runs_section(["copy_seed_regime"], ["test_len32/token_accuracy", "test_len64/token_accuracy"]),
     "copy_seed_regime": evaluations_section("copy_seed_regime", ["validation", "test_len32", "test_len64"],
                                             "zero_memory", "token_accuracy"),

@@ -7,6 +7,11 @@ For one time step with first read word ``x_0`` and controller output ``h``::
 
 * ``act`` (Graves 2016): ``N = min{n : Σ_{m≤n} λ_m ≥ 1 − ε}`` (capped), remainder ``R = 1 − Σ_{m<N} λ_m``,
   output ``Σ_{n<N} λ_n y_n + R y_N``, ponder cost ``N + R`` (its gradient flows through ``R``).
+* ``pondernet`` (Banino et al. 2021): halting distribution ``p_n = λ_n Π_{m<n} (1 − λ_m)`` (``λ_K = 1`` at the cap
+  K); training runs all K steps and the model's loss is the expected loss ``Σ_n p_n L(y_n)`` plus the ponder cost
+  ``KL(p ‖ Geometric(λ_p))`` (truncated at K, λ_p = ``ponder_prior``), so every inner read gets its own gradient and no
+  halting probability saturates without one. The read that goes on is ``y_{N*}`` at the median halting step
+  ``N* = min{n : Σ_{m≤n} p_m ≥ ½}``, in training and in evaluation (where the loop stops there).
 * ``fixed``: always ``K`` steps, output ``y_K`` (the baseline ACT must beat at equal mean compute).
 * ``none``: one read.
 
@@ -47,7 +52,9 @@ class PonderStep:
     reads: torch.Tensor  # (B, R, W) the reads that go on
     state: object  # memory after the loop
     steps: torch.Tensor  # (B,) inner steps taken
-    cost: torch.Tensor  # (B,) ponder cost (ACT), 0 otherwise
+    cost: torch.Tensor  # (B,) ponder cost (ACT; PonderNet in training), 0 otherwise
+    step_reads: torch.Tensor | None = None  # (B, K, R, W) every inner step's read (PonderNet in training)
+    halting: torch.Tensor | None = None  # (B, K) the halting distribution p (PonderNet in training)
 
 
 class Ponder(nn.Module):
@@ -58,8 +65,9 @@ class Ponder(nn.Module):
         self.mode = config.act_mode
         self.max_steps = 1 if config.act_mode == "none" else config.act_max_steps
         read_size = config.read_heads * config.word_size
+        self.prior = config.ponder_prior
         self.halting = None
-        if self.mode == "act":
+        if self.mode in ("act", "pondernet"):
             self.halting = nn.Linear(config.controller_size + read_size + self.max_steps, 1)
             self.halting.init_bias = HALTING_BIAS_INIT
 
@@ -67,6 +75,8 @@ class Ponder(nn.Module):
         """read(words (B, R, W), state, active (B,) bool) → (outputs (B, R, W), state); h (B, H)."""
         if self.mode == "act":
             return self._act(read, words, state, h)
+        if self.mode == "pondernet":
+            return self._pondernet(read, words, state, h)
         b = words.shape[0]
         zeros = torch.zeros(b, dtype=words.dtype, device=words.device)
         everyone = torch.ones(b, dtype=torch.bool, device=words.device)
@@ -101,6 +111,42 @@ class Ponder(nn.Module):
             if host_reads_free(running) and not bool(running.any()):
                 break  # elsewhere the remaining steps run with every position halted: they change nothing
         return PonderStep(output, state, steps, steps + remainder)
+
+    def _pondernet(self, read: ReadFn, words: torch.Tensor, state: object, h: torch.Tensor) -> PonderStep:
+        b = words.shape[0]
+        going = torch.ones(b, dtype=words.dtype, device=words.device)  # Π_{m<n} (1 − λ_m)
+        reached = torch.zeros_like(going)  # Σ_{m<n} p_m
+        chosen, steps = torch.zeros_like(words), torch.zeros_like(going)
+        running = torch.ones(b, dtype=torch.bool, device=words.device)  # before the median halting step
+        reads, probs = [], []
+        for n in range(1, self.max_steps + 1):
+            words, state = read(words, state, running)
+            halt = torch.ones_like(going) if n == self.max_steps else self._halt(h, words, n)
+            p = going * halt
+            going = going * (1.0 - halt)
+            reached = reached + p
+            stops = running & ((reached >= 0.5) | (n == self.max_steps))
+            chosen = torch.where(stops[:, None, None], words, chosen)
+            steps = torch.where(stops, torch.full_like(steps, n), steps)
+            running = running & ~stops
+            reads.append(words)
+            probs.append(p)
+            if not self.training and host_reads_free(running) and not bool(running.any()):
+                break  # in evaluation the later steps are never used
+        if not self.training:
+            return PonderStep(chosen, state, steps, torch.zeros_like(steps))
+        halting = torch.stack(probs, 1)
+        return PonderStep(chosen, state, steps, self._kl_to_prior(halting), torch.stack(reads, 1), halting)
+
+    def _kl_to_prior(self, halting: torch.Tensor) -> torch.Tensor:
+        """KL(p ‖ g) (B,) of the halting distribution p (B, K) to the geometric prior truncated at K:
+        ``g_n = λ_p (1 − λ_p)^{n−1}`` for n < K and ``g_K = (1 − λ_p)^{K−1}``."""
+        k = halting.shape[1]
+        n = torch.arange(k, dtype=halting.dtype, device=halting.device)
+        log_prior = n * math.log1p(-self.prior) + math.log(self.prior)
+        log_prior[-1] = (k - 1) * math.log1p(-self.prior)
+        tiny = torch.finfo(halting.dtype).tiny
+        return torch.where(halting > 0, halting * (halting.clamp_min(tiny).log() - log_prior), 0.0).sum(-1)
 
 
 def ponder_statistics(steps: torch.Tensor, mask: torch.Tensor, cap: int) -> dict[str, float]:

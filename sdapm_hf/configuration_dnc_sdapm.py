@@ -12,7 +12,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 MEMORY_TYPES = ("sdapm", "dnc", "none")
 CONSOLIDATION_MODES = ("auto", "usage", "relative_usage", "similar", "learned", "off")
-ACT_MODES = ("none", "act", "fixed")
+ACT_MODES = ("none", "act", "pondernet", "fixed")
 READ_SOURCES = ("layer", "embeddings")
 # What chunked mode supports (one read per token, no per-token clock chain, a fixed consolidation rule), with the
 # value that makes the other field work.
@@ -89,10 +89,14 @@ class DNCSDAPMConfig(PreTrainedConfig):
         initializer_range: std of the normal initialisation of linear layers.
 
     ACT (per-token mode):
-        act_mode: ``"none"`` (one read per step), ``"act"`` (Graves' adaptive computation time) or ``"fixed"``
-            (always ``act_max_steps`` reads); in each inner step the read output is the next read word.
+        act_mode: ``"none"`` (one read per step), ``"act"`` (Graves' adaptive computation time), ``"pondernet"``
+            (Banino et al.'s halting distribution and expected loss; standalone models only, the loss runs the head
+            on every inner step's read) or ``"fixed"`` (always ``act_max_steps`` reads); in each inner step the read
+            output is the next read word (act.py).
         act_max_steps: cap on inner read steps.
-        ponder_cost: weight of the ACT ponder cost in the loss.
+        ponder_cost: weight of the ponder cost in the loss (ACT: steps + remainder; PonderNet: the KL of the halting
+            distribution to the geometric prior).
+        ponder_prior: PonderNet's prior halting probability λ_p per step, in (0, 1) (prior mean about 1/λ_p steps).
 
     Plug (a frozen base):
         text_config: config of a frozen base model (dict or config), None for a standalone model.
@@ -153,6 +157,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
     act_mode: str = "none"
     act_max_steps: int = 4
     ponder_cost: float = 1e-3
+    ponder_prior: float = 0.2
     # plug
     text_config: dict | PreTrainedConfig | None = None
     base_model_name_or_path: str | None = None
@@ -222,6 +227,11 @@ class DNCSDAPMConfig(PreTrainedConfig):
             raise ValueError(f"act_max_steps must be >= 1, got {self.act_max_steps}")
         if self.ponder_cost < 0:
             raise ValueError(f"ponder_cost must be >= 0, got {self.ponder_cost}")
+        if not 0 < self.ponder_prior < 1:
+            raise ValueError(f"ponder_prior must be in (0, 1), got {self.ponder_prior}")
+        if self.act_mode == "pondernet" and self.text_config is not None:
+            raise ValueError("act_mode='pondernet' trains on the head's loss at every inner step, which a frozen base's "
+                             "upper layers would have to run once per step: set act_mode='act' in a plugged model")
 
     def _check_plug(self) -> None:
         _choice(self, "read_from", READ_SOURCES)

@@ -177,6 +177,8 @@ class CoreOutput:
     clock_resets: torch.Tensor | None = None  # (B, T)
     write_gates: torch.Tensor | None = None  # (B, T) the write gate of every position (a memory)
     memory_states: list[MemoryUpdate] | None = None  # with ``record``: one per memory update
+    ponder_reads: torch.Tensor | None = None  # (B, T, K, R·W) every inner step's read (PonderNet in training)
+    ponder_halting: torch.Tensor | None = None  # (B, T, K) the halting distributions (PonderNet in training)
 
 
 class MemoryCore(nn.Module):
@@ -336,7 +338,7 @@ class MemoryCore(nn.Module):
     def _forward_steps(self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState, record: bool) -> CoreOutput:
         """The per-token recurrence (``step``) over x (B, T, D), mask (B, T)."""
         b, t, _ = x.shape
-        features, steps, costs, resets, gates = [], [], [], [], []
+        features, steps, costs, resets, gates, step_reads, halting = [], [], [], [], [], [], []
         records = [self._record(0, 0, None, state)] if record else None
         dense = bool(mask.all())  # one look at the mask per call: without padding no step masks its update
         one_step = self.stepper("step")
@@ -350,6 +352,9 @@ class MemoryCore(nn.Module):
             if step is not None:
                 steps.append(step.steps)
                 costs.append(step.cost)
+                if step.halting is not None:
+                    step_reads.append(step.step_reads.flatten(2))
+                    halting.append(step.halting)
             if record:
                 weights = None if state.access.memory is None else state.access.memory.read_weights[:, None]
                 records.append(self._record(i, i + 1, weights, state))
@@ -362,6 +367,8 @@ class MemoryCore(nn.Module):
             clock_resets=torch.stack(resets, 1) if resets else None,
             write_gates=torch.stack(gates, 1) if gates else None,
             memory_states=records,
+            ponder_reads=torch.stack(step_reads, 1) if step_reads else None,
+            ponder_halting=torch.stack(halting, 1) if halting else None,
         )
 
     def _forward_chunked(self, x: torch.Tensor, mask: torch.Tensor, state: RecurrentState, record: bool) -> CoreOutput:

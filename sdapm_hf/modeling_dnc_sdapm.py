@@ -67,11 +67,13 @@ class DNCSDAPMModelOutput(ModelOutput):
     memory_states: with ``output_memory_states``: the memory before the first position, then after every update
         (``core.MemoryUpdate``: its reads, read / write / usage weights and the memory's fields).
     cache: the base's KV cache of the current segment, carrying the memory state (``use_cache``).
-    ponder_cost: (B, T) ponder cost per position (ACT: N + R; else 0).
+    ponder_cost: (B, T) ponder cost per position (ACT: N + R; PonderNet in training: KL to its prior; else 0).
     ponder_steps: (B, T) inner read steps per position.
     ponder: (3,) mean steps, p90 and share at the cap over the counted positions.
     clock_resets: (B, T) clock reset ρ per position (clock keys only).
     write_gates: (B, T) the write gate of every position (a memory; what ``write_cost`` charges).
+    ponder_hidden: (B, T, K, D) PonderNet in training: the outputs had each of the K inner steps halted there.
+    ponder_halting: (B, T, K) PonderNet in training: the halting distribution over the inner steps.
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -83,6 +85,8 @@ class DNCSDAPMModelOutput(ModelOutput):
     ponder: torch.Tensor | None = None
     clock_resets: torch.Tensor | None = None
     write_gates: torch.Tensor | None = None
+    ponder_hidden: torch.Tensor | None = None
+    ponder_halting: torch.Tensor | None = None
 
 
 @dataclass
@@ -454,7 +458,8 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
                 new_cache = cache if isinstance(cache, MemoryCache) else MemoryCache(None)
                 new_cache.memory_state = out.state.as_dict()
             hidden = self.output(out.features.to(self.output.weight.dtype))
-            return DNCSDAPMModelOutput(last_hidden_state=hidden, cache=new_cache, **trace.fields(core, mask))
+            return DNCSDAPMModelOutput(last_hidden_state=hidden, cache=new_cache, ponder_hidden=self._ponder_hidden(out),
+                                       ponder_halting=out.ponder_halting, **trace.fields(core, mask))
         b, t = _check_inputs(input_ids, inputs_embeds, self.config.hidden_size, self.base.config.vocab_size,
                              self.base.get_input_embeddings().weight.dtype)
         filled = cache.get_seq_length() if cache is not None else 0
@@ -482,6 +487,15 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
         if new_cache is not None:
             new_cache.memory_state = fields["memory_state"]
         return DNCSDAPMModelOutput(last_hidden_state=torch.cat(hidden, 1), cache=new_cache, **fields)
+
+    def _ponder_hidden(self, out: CoreOutput) -> torch.Tensor | None:
+        """(B, T, K, D) the output with each inner step's read in place of the read that went on (PonderNet)."""
+        if out.ponder_reads is None:
+            return None
+        reads = out.ponder_reads
+        kept = out.features[..., : out.features.shape[-1] - reads.shape[-1]]
+        steps = torch.cat([kept[:, :, None].expand(-1, -1, reads.shape[2], -1), reads], -1)
+        return self.output(steps.to(self.output.weight.dtype))
 
     def _start(self, memory_state: dict[str, torch.Tensor] | None, batch_size: int) -> RecurrentState | None:
         return None if memory_state is None else self.core().state_from_dict(memory_state, batch_size)
@@ -526,7 +540,8 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
     """Next-token prediction: a standalone token model, or a frozen causal LM with the memory injected (its LM
     head is the base's).
 
-    loss = cross-entropy over shifted labels (−100 ignored) + ``ponder_cost`` × mean ponder cost
+    loss = cross-entropy over shifted labels (−100 ignored; PonderNet in training: its expectation over the halting
+    step, ``act.py``) + ``ponder_cost`` × mean ponder cost
     + ``clock_reset_cost`` × mean clock reset + ``write_cost`` × mean write gate over the real tokens.
     """
 
@@ -620,7 +635,14 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
         if counted.any() and (target[counted].min() < 0 or target[counted].max() >= vocab):
             raise ValueError(f"labels must lie in [0, vocab_size={vocab}) or be -100")
         denominator = counted.sum().clamp_min(1)
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=-100)
+        if out.ponder_hidden is None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=-100)
+        else:  # PonderNet: the loss expected under the halting distribution, every inner step with its own logits
+            step_logits = self._logits(out.ponder_hidden[:, ponder_positions][:, :-1]).float()  # (B, K−1, S, V)
+            per_step = F.cross_entropy(step_logits.permute(0, 3, 1, 2), target[..., None].expand(-1, -1,
+                                       step_logits.shape[2]), ignore_index=-100, reduction="none")
+            halting = out.ponder_halting[:, ponder_positions][:, :-1]
+            loss = ((halting * per_step).sum(-1) * counted).sum() / denominator
         if out.ponder_cost is not None:  # the ponder cost of position t is paid by the prediction made there
             ponder_cost = out.ponder_cost[:, ponder_positions][:, :-1]
             loss = loss + self.config.ponder_cost * (ponder_cost * counted).sum() / denominator
@@ -640,6 +662,9 @@ class DNCSDAPMForSequenceClassification(DNCSDAPMPreTrainedModel):
     """
 
     def __init__(self, config: DNCSDAPMConfig, base: nn.Module | None = None) -> None:
+        if config.act_mode == "pondernet":
+            raise ValueError("act_mode='pondernet' trains on the loss expected over its inner steps, which only "
+                             "DNCSDAPMForCausalLM computes: set act_mode='act' for sequence classification")
         super().__init__(config)
         backbone, _ = self._split_base(base)
         self.model = DNCSDAPMModel(config, backbone)

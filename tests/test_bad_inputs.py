@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from sdapm_hf import DNCSDAPMConfig, DNCSDAPMForCausalLM
+from sdapm_hf import DNCSDAPMConfig, DNCSDAPMForCausalLM, DNCSDAPMForSequenceClassification
 from sdapm_hf.tasks import build_task
 from sdapm_hf.training import ExperimentArguments, load_experiment, train
 
@@ -79,6 +79,15 @@ def test_act_needs_the_per_token_recurrence_and_says_so():
     with pytest.raises(Exception, match="set chunk_size=None"):  # the config validator wraps the ValueError
         DNCSDAPMConfig(**TINY, act_mode="act")
     assert DNCSDAPMConfig(**TINY, act_mode="act", chunk_size=None).act_mode == "act"
+
+
+def test_pondernet_settings_that_cannot_work_are_named():
+    with pytest.raises(Exception, match="ponder_prior must be in"):
+        DNCSDAPMConfig(**TINY, act_mode="pondernet", chunk_size=None, ponder_prior=1.0)
+    with pytest.raises(Exception, match="set act_mode='act' in a plugged model"):
+        DNCSDAPMConfig(**TINY, act_mode="pondernet", chunk_size=None, text_config={"model_type": "llama"})
+    with pytest.raises(ValueError, match="set act_mode='act' for sequence classification"):
+        DNCSDAPMForSequenceClassification(DNCSDAPMConfig(**TINY, act_mode="pondernet", chunk_size=None))
 
 
 def test_adapter_that_names_no_base_is_refused_on_load(tmp_path):

@@ -78,6 +78,70 @@ def test_the_ponder_cost_gradient_flows_through_the_remainder():
     assert loop.halting.bias.grad.item() == pytest.approx(-2 * 0.4 * 0.6, rel=1e-5)
 
 
+def test_pondernet_halting_distribution_median_step_and_kl_to_its_prior():
+    loop = ponder("pondernet", halting=0.4, max_steps=4).train()
+    step = loop(counting_read([]), torch.zeros(2, 1, W), None, torch.zeros(2, 4))
+    p = torch.tensor([0.4, 0.6 * 0.4, 0.36 * 0.4, 0.216])  # λ_n Π_{m<n} (1 − λ_m), λ_4 = 1 at the cap
+    assert torch.allclose(step.halting, p.expand(2, -1)) and torch.allclose(step.halting.sum(-1), torch.ones(2))
+    # the median halting step: 0.4 < ½ ≤ 0.64, so the read of step 2 goes on
+    assert torch.equal(step.steps, torch.full((2,), 2.0)) and torch.allclose(step.reads, torch.full((2, 1, W), 2.0))
+    assert torch.allclose(step.step_reads[0, :, 0, 0], torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    prior = torch.tensor([0.2, 0.16, 0.128, 0.512])  # λ_p = 0.2, truncated at 4 steps
+    assert torch.allclose(step.cost, (p * (p / prior).log()).sum().expand(2))
+
+
+def test_pondernet_evaluation_stops_at_the_median_step_and_pays_nothing():
+    calls = []
+    step = ponder("pondernet", halting=0.4, max_steps=4).eval()(counting_read(calls), torch.zeros(1, 1, W), None,
+                                                                   torch.zeros(1, 4))
+    assert len(calls) == 2 and step.steps.item() == 2 and step.cost.item() == 0
+    assert step.step_reads is None and step.halting is None
+
+
+def test_a_saturated_first_halt_still_gets_a_gradient_from_the_task_in_pondernet_not_in_act():
+    """Graves' ACT with λ_1 ≥ 1 − ε halts alone: its output is y_1 whatever λ_1 is, so the task loss gives the
+    halting unit nothing and it cannot learn to read on. PonderNet's expected loss Σ p_n L(y_n) still does."""
+    target = torch.full((1, 1, W), 3.0)  # what three reads give
+    grads = {}
+    for mode in ("act", "pondernet"):
+        loop = ponder(mode, halting=0.995).train()
+        step = loop(counting_read([]), torch.zeros(1, 1, W), None, torch.zeros(1, 4))
+        if mode == "act":
+            loss = (step.reads - target).pow(2).sum()
+        else:
+            loss = (step.halting * (step.step_reads - target).pow(2).sum((2, 3))).sum()
+        loss.backward()
+        grads[mode] = loop.halting.bias.grad.item()
+    assert grads["act"] == 0.0
+    assert grads["pondernet"] > 0  # descent lowers λ_1, moving probability to the reads that reach the target
+
+
+def test_pondernet_trains_a_causal_lm_on_the_loss_expected_over_its_halting_step():
+    from sdapm_hf import DNCSDAPMForCausalLM
+
+    torch.manual_seed(0)
+    config = DNCSDAPMConfig(vocab_size=12, hidden_size=16, controller_size=16, memory_slots=4, word_size=W,
+                            chunk_size=None, act_mode="pondernet", act_max_steps=3, ponder_cost=0.01,
+                            bypass_dropout=0.0, query_values=True)
+    model = DNCSDAPMForCausalLM(config).train()
+    ids = torch.randint(0, 12, (2, 6))
+    labels = ids.clone()
+    labels[:, :3] = -100
+    out = model.model(input_ids=ids)
+    step_logits = model.lm_head(out.ponder_hidden[:, :-1])  # (B, T − 1, K, V)
+    per_step = -step_logits.log_softmax(-1).gather(-1, labels[:, 1:, None, None].clamp_min(0).expand(-1, -1, 3, 1))
+    counted = labels[:, 1:] != -100
+    expected = (out.ponder_halting[:, :-1] * per_step[..., 0]).sum(-1)[counted].mean()
+    kl = out.ponder_cost[:, :-1][counted].mean()
+    assert kl > 0 and torch.allclose(model(input_ids=ids, labels=labels).loss, expected + 0.01 * kl)
+    model.eval()  # evaluation: the cross-entropy of the read at the median halting step
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids).last_hidden_state
+        evaluated = model(input_ids=ids, labels=labels)
+    assert torch.allclose(evaluated.loss, F.cross_entropy(model.lm_head(hidden[:, :-1]).flatten(0, 1),
+                                                          labels[:, 1:].flatten(), ignore_index=-100))
+
+
 def test_the_fixed_loop_always_takes_its_steps_and_costs_nothing():
     calls = []
     step = ponder("fixed", max_steps=4)(counting_read(calls), torch.zeros(3, 1, W), None, torch.zeros(3, 4))

@@ -183,7 +183,7 @@ def test_small_copy_task_is_learned_within_a_minute():
         ("memory_slots", 0, "memory_slots must be >= 1"),
         ("memory_type", "lstm", "memory_type must be one of"),
         ("act_mode", "sometimes", "act_mode must be one of"),
-        ("act_mode", "pondernet", "act_mode must be one of"),
+        ("act_mode", "graves", "act_mode must be one of"),
         ("consolidation", "never", "consolidation must be one of"),
         ("bypass_dropout", -0.1, "bypass_dropout"),
         ("word_size", "8", "word_size"),

@@ -217,6 +217,18 @@ def test_multi_hop_answer_follows_the_stored_chain():
         build_task("multi_hop_recall", queries=0)
 
 
+def test_multi_hop_curriculum_stage_asks_fewer_hops_with_the_same_vocabulary():
+    short = build_task("multi_hop_recall", num_pairs=6, max_hops=3, queries=3, hops_asked=1)["train"]
+    full = build_task("multi_hop_recall", num_pairs=6, max_hops=3, queries=3)["train"]
+    assert {k for row in short for k in row["hops"]} == {1}
+    assert {k for row in full for k in row["hops"]} == {1, 2, 3}
+    vocab = tasks.MultiHopVocab(16, 3)  # both stages: the same ids, so one model trains on both
+    assert max(max(row["input_ids"]) for row in short) < vocab.vocab_size
+    assert min(t for row in short for t in row["input_ids"][:12]) >= vocab.first_symbol
+    with pytest.raises(ValueError, match="hops_asked"):
+        build_task("multi_hop_recall", max_hops=3, hops_asked=4)
+
+
 def latest_values(context):
     table = {}
     for key, value in zip(context[0::2], context[1::2], strict=True):

@@ -304,13 +304,13 @@ class MultiHopVocab(SymbolVocab):
 
 
 def _multi_hop_example(
-    rng: np.random.Generator, vocab: MultiHopVocab, num_pairs: int, queries: int
+    rng: np.random.Generator, vocab: MultiHopVocab, num_pairs: int, queries: int, hops_asked: int
 ) -> dict[str, Any]:
     chain = (vocab.first_symbol + rng.permutation(vocab.symbols)[: num_pairs + 1]).tolist()
     order = rng.permutation(num_pairs)
     tokens = [token for i in order for token in (chain[i], chain[i + 1])]
     labels = [IGNORE_INDEX] * len(tokens)
-    hops = rng.integers(1, vocab.max_hops + 1, size=queries)
+    hops = rng.integers(1, hops_asked + 1, size=queries)
     for k in hops.tolist():
         start = int(rng.integers(0, num_pairs + 1 - k))
         answer = chain[start + k]
@@ -325,6 +325,7 @@ def multi_hop_recall(
     num_pairs: int = 8,
     max_hops: int = 4,
     queries: int = 1,
+    hops_asked: int | None = None,
     train_size: int = 1000,
     validation_size: int = 100,
     test_size: int = 100,
@@ -342,16 +343,20 @@ def multi_hop_recall(
         input_ids  [7, 6, 5, 7, 1, 5, 3, 6]
         labels     [-100] * 7 + [6]
 
+    ``hops_asked`` (default ``max_hops``) bounds the k the questions draw while the vocabulary keeps a hop token for
+    every k up to ``max_hops``, so the stages of a curriculum over hop counts share one model.
+
     Metadata: ``length``, ``hops`` (k of each question, in order).
     """
     require_int("num_pairs", num_pairs, 1)
     require_int("queries", queries, 1)
     vocab = MultiHopVocab(symbols, max_hops)
+    hops_asked = require_int("hops_asked", max_hops if hops_asked is None else hops_asked, 1, max_hops)
     if symbols < num_pairs + 1:
         raise ValueError(f"symbols={symbols} is too few for a chain of num_pairs={num_pairs} pairs")
     if max_hops > num_pairs:
         raise ValueError(f"max_hops={max_hops} exceeds num_pairs={num_pairs}")
-    params = {"vocab": vocab, "num_pairs": num_pairs, "queries": queries}
+    params = {"vocab": vocab, "num_pairs": num_pairs, "queries": queries, "hops_asked": hops_asked}
     splits = standard_splits(params, train_size, validation_size, test_size)
     features = token_features(hops=datasets.List(datasets.Value("int32")))
     return build_splits("multi_hop_recall", _multi_hop_example, splits, features, seed, cache_dir)
