@@ -4,7 +4,9 @@
 Each answer of the run's test split (``sdapm_hf.tasks.multi_hop_recall``: k links to follow from a start symbol) is
 scored and its ponder steps counted (``example_outcomes``); the answers are grouped by k. Adaptive computation
 that follows the chain should take more inner steps for more hops; a fixed loop takes the same number for all.
-Prints and writes one JSON: per k the answers, their accuracy and mean inner steps, and the totals.
+Prints and writes one JSON: per k the answers, their accuracy and mean inner steps, and the totals. For a PonderNet
+run also ``by_step``: per k the accuracy had every answer been read at inner step n = 1 … cap (every read runs, as in
+training, with dropout off), which shows whether the n-th read follows n links.
 
     python scripts/multi_hop_table.py runs/multi_hop_act_seed0 --out docs/runs/multi_hop_act/seed0/by_hops.json
 """
@@ -16,8 +18,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from sdapm_hf.training import example_outcomes, load_run
+from sdapm_hf.training.data import LengthBucketBatchSampler, batches
 
 
 def by_hops(run: Path, split: str = "test") -> dict:
@@ -34,8 +38,34 @@ def by_hops(run: Path, split: str = "test") -> dict:
         chosen = hops == k
         rows[str(k)] = {"answers": int(chosen.sum()), "accuracy": float(out["answer_correct"][chosen].mean()),
                         "ponder_mean": float(steps[chosen].mean())}
-    return {"split": split, "answers": len(hops), "accuracy": float(out["answer_correct"].mean()),
-            "ponder_mean": float(steps.mean()), "by_hops": rows}
+    table = {"split": split, "answers": len(hops), "accuracy": float(out["answer_correct"].mean()),
+             "ponder_mean": float(steps.mean()), "by_hops": rows}
+    if model.config.act_mode == "pondernet":
+        right = answers_by_step(model, data)  # (P, K), answers in the order of ``hops``
+        table["by_step"] = {str(k): [float(a) for a in right[hops == k].mean(0)] for k in sorted(set(hops.tolist()))}
+    return table
+
+
+@torch.no_grad()
+def answers_by_step(model, data, batch_size: int = 64) -> np.ndarray:
+    """(P, K) bool: each answer of ``data`` (examples in order, positions in order) right when read at inner step n.
+    The ponder loop alone is put in training mode, where every read runs; the rest stays in evaluation."""
+    model.eval()
+    ponder = model.model.memory.ponder
+    ponder.train()
+    rows = []  # per example, in batch order: (A_e, K)
+    order = [i for chunk in LengthBucketBatchSampler(data["length"], batch_size, shuffle=False) for i in chunk]
+    try:
+        for batch in batches(data, batch_size):
+            out = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            predicted = model.lm_head(out.ponder_hidden[:, :-1]).argmax(-1)  # (B, T − 1, K)
+            target = batch["labels"][:, 1:]
+            counted = target != -100
+            rows += [(predicted[e] == target[e, :, None])[counted[e]] for e in range(len(target))]
+    finally:
+        ponder.eval()
+    position = {example: k for k, example in enumerate(order)}
+    return torch.cat([rows[position[e]] for e in range(len(order))]).numpy()
 
 
 def main(argv: list[str] | None = None) -> None:

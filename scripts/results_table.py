@@ -351,6 +351,20 @@ def hops_section(systems: dict[str, str], evaluation: str) -> Callable[[], str]:
     return render
 
 
+def by_step_section(folder: str, evaluation: str) -> Callable[[], str]:
+    """Multi-hop recall read by read (``evaluation``'s ``by_step`` in each committed run of ``folder``): per seed and
+    hop count the accuracy had every answer been read at inner step n."""
+    def render() -> str:
+        out, steps = [], 0
+        for run in sorted(p.parent for p in (RUNS / folder).glob("*/experiment.json")):
+            seed = json.loads((run / "experiment.json").read_text())["seed"]
+            for hops, accuracy in json.loads((run / evaluation).read_text())["by_step"].items():
+                steps = len(accuracy)
+                out.append([str(seed), hops, *(f"{a:.1%}" for a in accuracy)])
+        return table(["seed", "hops asked", *(f"read {n}" for n in range(1, steps + 1))], out)
+    return render
+
+
 # The committed runs' folders under docs/runs/ whose config is not configs/FOLDER.yaml.
 OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_beyond_capacity_dnc_equal_memory.yaml",
                  "multi_hop_pondernet_curriculum_weak_prior": "configs/multi_hop_pondernet_curriculum.yaml"}
@@ -465,6 +479,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
         "multi_hop_pondernet_curriculum_weak_prior": "PonderNet, 500 steps of one hop, then 1,500 of 1 to 4 (KL 0.01)",
         "multi_hop_pondernet_curriculum": "PonderNet, 500 steps of one hop, then 1,500 of 1 to 4 (KL 0.1)",
     }, "by_hops.json"),
+    "multi_hop_pondernet_by_step": by_step_section("multi_hop_pondernet_curriculum", "by_hops.json"),
     "copy_seed_regime_runs": runs_section(["copy_seed_regime"], ["test_len32/token_accuracy", "test_len64/token_accuracy"]),
     "copy_seed_regime": evaluations_section("copy_seed_regime", ["validation", "test_len32", "test_len64"],
                                             "zero_memory", "token_accuracy"),

@@ -1,0 +1,33 @@
+"""A trained multi-hop recall run answer by answer and read by read (scripts/multi_hop_table.py)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from sdapm_hf.training import ExperimentArguments, example_outcomes, load_run, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import multi_hop_table  # noqa: E402
+
+
+def test_pondernet_run_is_scored_at_every_read_and_its_median_read_is_what_it_answers(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    run = tmp_path / "run"
+    train(ExperimentArguments(
+        task="multi_hop_recall", task_args={"symbols": 8, "num_pairs": 4, "max_hops": 3, "queries": 2,
+                                            "train_size": 16, "validation_size": 4, "test_size": 12},
+        model={"hidden_size": 8, "controller_size": 8, "memory_slots": 4, "word_size": 8, "chunk_size": None,
+               "query_values": True, "act_mode": "pondernet", "act_max_steps": 3},
+        output_dir=str(run), max_steps=2, batch_size=4, eval_every=100, save_every=100))
+    table = multi_hop_table.by_hops(run)
+    assert table["answers"] == 24 and set(table["by_step"]) == set(table["by_hops"])
+    assert all(len(accuracy) == 3 for accuracy in table["by_step"].values())
+
+    _, model, dataset = load_run(run)
+    right = multi_hop_table.answers_by_step(model, dataset["test"])
+    out = example_outcomes(model, dataset["test"])
+    assert not model.model.memory.ponder.training  # the loop is back in evaluation mode
+    assert right.shape == (24, 3)
+    steps = out["ponder_steps"].astype(int)
+    assert np.array_equal(right[np.arange(24), steps - 1], out["answer_correct"])
