@@ -9,8 +9,9 @@ For one time step with first read word ``x_0`` and controller output ``h``::
   output ``Σ_{n<N} λ_n y_n + R y_N``, ponder cost ``N + R`` (its gradient flows through ``R``).
 * ``pondernet`` (Banino et al. 2021): halting distribution ``p_n = λ_n Π_{m<n} (1 − λ_m)`` (``λ_K = 1`` at the cap
   K); training runs all K steps and the model's loss is the expected loss ``Σ_n p_n L(y_n)`` plus the ponder cost
-  ``KL(p ‖ Geometric(λ_p))`` (truncated at K, λ_p = ``ponder_prior``), so every inner read gets its own gradient and no
-  halting probability saturates without one. The read that goes on is ``y_{N*}`` at the median halting step
+  ``KL(p ‖ Geometric(λ_p))`` (truncated at K, λ_p = ``ponder_prior``), so each inner read is trained in proportion
+  to ``p_n`` and a halting unit that stops after one read still gets the task's gradient (ACT's does not once
+  ``λ_1 ≥ 1 − ε``). The read that goes on is ``y_{N*}`` at the median halting step
   ``N* = min{n : Σ_{m≤n} p_m ≥ ½}``, in training and in evaluation (where the loop stops there).
 * ``fixed``: always ``K`` steps, output ``y_K`` (the baseline ACT must beat at equal mean compute).
 * ``none``: one read.
