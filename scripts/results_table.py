@@ -471,10 +471,12 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "multi_hop": hops_section({"multi_hop_act": "ACT (at most 5 reads), 1,500 steps",
                                "multi_hop_act_long": "ACT (at most 5 reads), 3,000 steps",
                                "multi_hop_fixed": "fixed loop, 3 reads, 1,500 steps"}, "by_hops.json"),
-    "multi_hop_pondernet_runs": runs_section(["multi_hop_pondernet", "multi_hop_pondernet_one_hop",
+    "multi_hop_pondernet_runs": runs_section(["multi_hop_act_one_hop", "multi_hop_act_curriculum",
+                                              "multi_hop_pondernet", "multi_hop_pondernet_one_hop",
                                               "multi_hop_pondernet_curriculum_weak_prior",
                                               "multi_hop_pondernet_curriculum"], TEST_METRICS),
     "multi_hop_pondernet": hops_section({
+        "multi_hop_act_curriculum": "ACT, 500 steps of one hop, then 1,500 of 1 to 4",
         "multi_hop_pondernet": "PonderNet (at most 5 reads), 1,500 steps",
         "multi_hop_pondernet_curriculum_weak_prior": "PonderNet, 500 steps of one hop, then 1,500 of 1 to 4 (KL 0.01)",
         "multi_hop_pondernet_curriculum": "PonderNet, 500 steps of one hop, then 1,500 of 1 to 4 (KL 0.1)",
