@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from sdapm_hf.training import example_outcomes, load_run
-from sdapm_hf.training.data import LengthBucketBatchSampler, batches
+from sdapm_hf.training.data import batches
+from sdapm_hf.training.evaluation import batch_positions
 
 
 def by_hops(run: Path, split: str = "test") -> dict:
@@ -54,7 +55,6 @@ def answers_by_step(model, data, batch_size: int = 64) -> np.ndarray:
     ponder = model.model.memory.ponder
     ponder.train()
     rows = []  # per example, in batch order: (A_e, K)
-    order = [i for chunk in LengthBucketBatchSampler(data["length"], batch_size, shuffle=False) for i in chunk]
     try:
         for batch in batches(data, batch_size):
             out = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -64,8 +64,7 @@ def answers_by_step(model, data, batch_size: int = 64) -> np.ndarray:
             rows += [(predicted[e] == target[e, :, None])[counted[e]] for e in range(len(target))]
     finally:
         ponder.eval()
-    position = {example: k for k, example in enumerate(order)}
-    return torch.cat([rows[position[e]] for e in range(len(order))]).numpy()
+    return torch.cat([rows[k] for k in batch_positions(data, batch_size)]).numpy()
 
 
 def main(argv: list[str] | None = None) -> None:

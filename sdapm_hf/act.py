@@ -66,8 +66,10 @@ class Ponder(nn.Module):
         self.mode = config.act_mode
         self.max_steps = 1 if config.act_mode == "none" else config.act_max_steps
         read_size = config.read_heads * config.word_size
-        self.prior = config.ponder_prior
         self.halting = None
+        # log g_n of the geometric prior truncated at the cap (``_kl_to_prior``), n = 1 … K
+        stay, stop = math.log1p(-config.ponder_prior), math.log(config.ponder_prior)
+        self.log_prior = [n * stay + stop for n in range(self.max_steps - 1)] + [(self.max_steps - 1) * stay]
         if self.mode in ("act", "pondernet"):
             self.halting = nn.Linear(config.controller_size + read_size + self.max_steps, 1)
             self.halting.init_bias = HALTING_BIAS_INIT
@@ -142,12 +144,9 @@ class Ponder(nn.Module):
     def _kl_to_prior(self, halting: torch.Tensor) -> torch.Tensor:
         """KL(p ‖ g) (B,) of the halting distribution p (B, K) to the geometric prior truncated at K:
         ``g_n = λ_p (1 − λ_p)^{n−1}`` for n < K and ``g_K = (1 − λ_p)^{K−1}``."""
-        k = halting.shape[1]
-        n = torch.arange(k, dtype=halting.dtype, device=halting.device)
-        log_prior = n * math.log1p(-self.prior) + math.log(self.prior)
-        log_prior[-1] = (k - 1) * math.log1p(-self.prior)
         tiny = torch.finfo(halting.dtype).tiny
-        return torch.where(halting > 0, halting * (halting.clamp_min(tiny).log() - log_prior), 0.0).sum(-1)
+        log_ratio = halting.clamp_min(tiny).log() - halting.new_tensor(self.log_prior)
+        return torch.where(halting > 0, halting * log_ratio, 0.0).sum(-1)
 
 
 def ponder_statistics(steps: torch.Tensor, mask: torch.Tensor, cap: int) -> dict[str, float]:

@@ -121,6 +121,14 @@ def evaluate_model(model: PreTrainedModel, split, batch_size: int = 64) -> dict[
 
 
 @torch.no_grad()
+def batch_positions(split, batch_size: int) -> list[int]:
+    """For each example of ``split``, in the split's order, its position in the order ``batches`` (unshuffled)
+    yields the examples."""
+    order = [i for chunk in LengthBucketBatchSampler(split["length"], batch_size, shuffle=False) for i in chunk]
+    position = {example: k for k, example in enumerate(order)}
+    return [position[e] for e in range(len(order))]
+
+
 def example_outcomes(model: PreTrainedModel, split, batch_size: int = 64) -> dict[str, np.ndarray]:
     """Outcomes in the split's order. Per example: ``correct`` (E,) bool, every labelled position of example e
     right. Per answer (each labelled position, examples in order, positions in order within one): ``example``
@@ -128,7 +136,6 @@ def example_outcomes(model: PreTrainedModel, split, batch_size: int = 64) -> dic
     (a causal LM; empty for a classifier)."""
     model.eval()
     device = next(model.parameters()).device
-    order = [i for chunk in LengthBucketBatchSampler(split["length"], batch_size, shuffle=False) for i in chunk]
     right: list[torch.Tensor] = []  # per example, in batch order: (A_e,) bool
     steps: list[torch.Tensor] = []
     run = runner_for(model, split)
@@ -142,8 +149,7 @@ def example_outcomes(model: PreTrainedModel, split, batch_size: int = 64) -> dic
         if getattr(out, "ponder_steps", None) is not None:
             ponder = out.ponder_steps[:, :-1].float().cpu()
             steps += [ponder[e][counted[e]] for e in range(len(counted))]
-    position = {example: k for k, example in enumerate(order)}
-    ranked = [position[e] for e in range(len(order))]  # batch-order index of each example
+    ranked = batch_positions(split, batch_size)
     answers = [right[k] for k in ranked]
     return {
         "correct": np.array([bool(a.all()) for a in answers], dtype=bool),
