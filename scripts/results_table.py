@@ -351,23 +351,25 @@ def hops_section(systems: dict[str, str], evaluation: str) -> Callable[[], str]:
     return render
 
 
-def by_step_section(folder: str, evaluation: str) -> Callable[[], str]:
-    """Multi-hop recall read by read (``evaluation``'s ``by_step`` in each committed run of ``folder``): per seed and
-    hop count the accuracy had every answer been read at inner step n."""
+def by_step_section(systems: dict[str, str], evaluation: str) -> Callable[[], str]:
+    """Multi-hop recall read by read (``evaluation``'s ``by_step`` in each committed run of each folder; ``systems``:
+    folder → label): per seed and hop count the accuracy had every answer been read at inner step n."""
     def render() -> str:
         out, steps = [], 0
-        for run in sorted(p.parent for p in (RUNS / folder).glob("*/experiment.json")):
-            seed = json.loads((run / "experiment.json").read_text())["seed"]
-            for hops, accuracy in json.loads((run / evaluation).read_text())["by_step"].items():
-                steps = len(accuracy)
-                out.append([str(seed), hops, *(f"{a:.1%}" for a in accuracy)])
-        return table(["seed", "hops asked", *(f"read {n}" for n in range(1, steps + 1))], out)
+        for folder, label in systems.items():
+            for run in sorted(p.parent for p in (RUNS / folder).glob("*/experiment.json")):
+                seed = json.loads((run / "experiment.json").read_text())["seed"]
+                for hops, accuracy in json.loads((run / evaluation).read_text())["by_step"].items():
+                    steps = len(accuracy)
+                    out.append([label, str(seed), hops, *(f"{a:.1%}" for a in accuracy)])
+        return table(["system", "seed", "hops asked", *(f"read {n}" for n in range(1, steps + 1))], out)
     return render
 
 
 # The committed runs' folders under docs/runs/ whose config is not configs/FOLDER.yaml.
 OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_beyond_capacity_dnc_equal_memory.yaml",
-                 "multi_hop_pondernet_curriculum_weak_prior": "configs/multi_hop_pondernet_curriculum.yaml"}
+                 "multi_hop_pondernet_curriculum_weak_prior": "configs/multi_hop_pondernet_curriculum.yaml",
+                 "multi_hop_pondernet_curriculum_prior_half": "configs/multi_hop_pondernet_curriculum.yaml"}
 
 
 def run_config(folder: str) -> str:
@@ -481,7 +483,22 @@ SECTIONS: dict[str, Callable[[], str]] = {
         "multi_hop_pondernet_curriculum_weak_prior": "PonderNet, 500 steps of one hop, then 1,500 of 1 to 4 (KL 0.01)",
         "multi_hop_pondernet_curriculum": "PonderNet, 500 steps of one hop, then 1,500 of 1 to 4 (KL 0.1)",
     }, "by_hops.json"),
-    "multi_hop_pondernet_by_step": by_step_section("multi_hop_pondernet_curriculum", "by_hops.json"),
+    "multi_hop_pondernet_by_step": by_step_section(
+        {"multi_hop_pondernet_curriculum": "PonderNet, one hop, then 1 to 4 (KL 0.1)"}, "by_hops.json"),
+    "multi_hop_stages_runs": runs_section(["multi_hop_pondernet_curriculum_prior_half", "multi_hop_pondernet_to_2_hops",
+                                           "multi_hop_pondernet_to_3_hops", "multi_hop_pondernet_to_4_hops",
+                                           "multi_hop_fixed_one_hop", "multi_hop_fixed_curriculum"], TEST_METRICS),
+    "multi_hop_stages": hops_section({
+        "multi_hop_pondernet_curriculum": "PonderNet, one hop, then 1 to 4 (λ_p = 0.2; the section above)",
+        "multi_hop_pondernet_curriculum_prior_half": "PonderNet, one hop, then 1 to 4 (λ_p = 0.5)",
+        "multi_hop_pondernet_to_4_hops": "PonderNet, one hop, then up to 2, 3 and 4 (λ_p = 0.5)",
+        "multi_hop_fixed_curriculum": "fixed loop, 4 reads, one hop, then 1 to 4",
+    }, "by_hops.json"),
+    "multi_hop_stages_by_step": by_step_section({
+        "multi_hop_pondernet_curriculum_prior_half": "PonderNet, one hop, then 1 to 4 (λ_p = 0.5)",
+        "multi_hop_pondernet_to_2_hops": "PonderNet, one hop, then up to 2 (λ_p = 0.5)",
+        "multi_hop_pondernet_to_4_hops": "PonderNet, one hop, then up to 2, 3 and 4 (λ_p = 0.5)",
+    }, "by_hops.json"),
     "copy_seed_regime_runs": runs_section(["copy_seed_regime"], ["test_len32/token_accuracy", "test_len64/token_accuracy"]),
     "copy_seed_regime": evaluations_section("copy_seed_regime", ["validation", "test_len32", "test_len64"],
                                             "zero_memory", "token_accuracy"),
