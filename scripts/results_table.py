@@ -487,12 +487,16 @@ SECTIONS: dict[str, Callable[[], str]] = {
         {"multi_hop_pondernet_curriculum": "PonderNet, one hop, then 1 to 4 (KL 0.1)"}, "by_hops.json"),
     "multi_hop_stages_runs": runs_section(["multi_hop_pondernet_curriculum_prior_half", "multi_hop_pondernet_to_2_hops",
                                            "multi_hop_pondernet_to_3_hops", "multi_hop_pondernet_to_4_hops",
-                                           "multi_hop_fixed_one_hop", "multi_hop_fixed_curriculum"], TEST_METRICS),
+                                           "multi_hop_fixed_one_hop", "multi_hop_fixed_curriculum",
+                                           "multi_hop_pondernet_curriculum_longer", "multi_hop_fixed_curriculum_longer"],
+                                          TEST_METRICS),
     "multi_hop_stages": hops_section({
         "multi_hop_pondernet_curriculum": "PonderNet, one hop, then 1 to 4 (λ_p = 0.2; the section above)",
         "multi_hop_pondernet_curriculum_prior_half": "PonderNet, one hop, then 1 to 4 (λ_p = 0.5)",
         "multi_hop_pondernet_to_4_hops": "PonderNet, one hop, then up to 2, 3 and 4 (λ_p = 0.5)",
         "multi_hop_fixed_curriculum": "fixed loop, 4 reads, one hop, then 1 to 4",
+        "multi_hop_pondernet_curriculum_longer": "PonderNet, one hop, then 1 to 4, then 750 steps more (λ_p = 0.2)",
+        "multi_hop_fixed_curriculum_longer": "fixed loop, 4 reads, one hop, then 1 to 4, then 750 steps more",
     }, "by_hops.json"),
     "multi_hop_stages_by_step": by_step_section({
         "multi_hop_pondernet_curriculum_prior_half": "PonderNet, one hop, then 1 to 4 (λ_p = 0.5)",
