@@ -369,7 +369,9 @@ def by_step_section(systems: dict[str, str], evaluation: str) -> Callable[[], st
 # The committed runs' folders under docs/runs/ whose config is not configs/FOLDER.yaml.
 OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_beyond_capacity_dnc_equal_memory.yaml",
                  "multi_hop_pondernet_curriculum_weak_prior": "configs/multi_hop_pondernet_curriculum.yaml",
-                 "multi_hop_pondernet_curriculum_prior_half": "configs/multi_hop_pondernet_curriculum.yaml"}
+                 "multi_hop_pondernet_curriculum_prior_half": "configs/multi_hop_pondernet_curriculum.yaml",
+                 "multi_hop_pondernet_curriculum_longer_twice": "configs/multi_hop_pondernet_curriculum_longer.yaml",
+                 "multi_hop_fixed_curriculum_longer_twice": "configs/multi_hop_fixed_curriculum_longer.yaml"}
 
 
 def run_config(folder: str) -> str:
@@ -488,7 +490,9 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "multi_hop_stages_runs": runs_section(["multi_hop_pondernet_curriculum_prior_half", "multi_hop_pondernet_to_2_hops",
                                            "multi_hop_pondernet_to_3_hops", "multi_hop_pondernet_to_4_hops",
                                            "multi_hop_fixed_one_hop", "multi_hop_fixed_curriculum",
-                                           "multi_hop_pondernet_curriculum_longer", "multi_hop_fixed_curriculum_longer"],
+                                           "multi_hop_pondernet_curriculum_longer", "multi_hop_fixed_curriculum_longer",
+                                           "multi_hop_pondernet_curriculum_longer_twice",
+                                           "multi_hop_fixed_curriculum_longer_twice"],
                                           TEST_METRICS),
     "multi_hop_stages": hops_section({
         "multi_hop_pondernet_curriculum": "PonderNet, one hop, then 1 to 4 (λ_p = 0.2; the section above)",
@@ -497,6 +501,8 @@ SECTIONS: dict[str, Callable[[], str]] = {
         "multi_hop_fixed_curriculum": "fixed loop, 4 reads, one hop, then 1 to 4",
         "multi_hop_pondernet_curriculum_longer": "PonderNet, one hop, then 1 to 4, then 750 steps more (λ_p = 0.2)",
         "multi_hop_fixed_curriculum_longer": "fixed loop, 4 reads, one hop, then 1 to 4, then 750 steps more",
+        "multi_hop_pondernet_curriculum_longer_twice": "PonderNet, as above, then 750 steps more again (λ_p = 0.2)",
+        "multi_hop_fixed_curriculum_longer_twice": "fixed loop, as above, then 750 steps more again",
     }, "by_hops.json"),
     "multi_hop_stages_by_step": by_step_section({
         "multi_hop_pondernet_curriculum_prior_half": "PonderNet, one hop, then 1 to 4 (λ_p = 0.5)",
