@@ -46,6 +46,11 @@ RUNS = REPO / "docs" / "runs"
 MARK = "results:{}:{}"
 
 
+def committed_runs(folder: str) -> list[Path]:
+    """The committed run folders ``docs/runs/FOLDER/*/`` (each with its ``experiment.json``), in name order."""
+    return sorted(p.parent for p in (RUNS / folder).glob("*/experiment.json"))
+
+
 def command(config: str, experiment: dict) -> str:
     """``sdapm-hf train CONFIG`` with the options that make ``config`` (a YAML under the repository) into the run
     ``experiment`` (its ``experiment.json``)."""
@@ -79,7 +84,7 @@ def runs_table(folders: list[str], metrics: list[str]) -> str:
     ``run_config(folder)``."""
     rows = []
     for folder in folders:
-        runs = sorted(p.parent for p in (RUNS / folder).glob("*/experiment.json"))
+        runs = committed_runs(folder)
         rows += run_rows(run_config(folder), runs, metrics)
     return table(["command", "seed", "steps", "wall min", "CPU min", *metrics], rows)
 
@@ -285,7 +290,7 @@ def ablations_section(folder: str, trained: str, evaluations: list[str], metric:
     the training run's test ``trained`` metric, the model on the evaluation's task (with the sequence accuracy for
     ``token_accuracy``) and each ablation; a last row with the mean and the worst seed."""
     def render() -> str:
-        runs = sorted(p.parent for p in (RUNS / folder).glob("*/experiment.json"))
+        runs = committed_runs(folder)
         loaded = [[json.loads((run / name).read_text()) for name in evaluations] for run in runs]
         columns: list[list[float]] = []
         for run, results in zip(runs, loaded):
@@ -312,7 +317,7 @@ def variants_section(folder: str, rows: dict[str, str], metric: str) -> Callable
     ``sdapm-hf evaluate`` printed, in each run's folder): ``metric`` of the model with its memory per seed, and the
     mean and the worst seed."""
     def render() -> str:
-        runs = sorted(p.parent for p in (RUNS / folder).glob("*/experiment.json"))
+        runs = committed_runs(folder)
         seeds = [json.loads((run / "experiment.json").read_text())["seed"] for run in runs]
         out = []
         for label, name in rows.items():
@@ -332,7 +337,7 @@ def hops_section(systems: dict[str, str], evaluation: str) -> Callable[[], str]:
     def render() -> str:
         out, hops = [], None
         for folder, label in systems.items():
-            runs = sorted(p.parent for p in (RUNS / folder).glob("*/experiment.json"))
+            runs = committed_runs(folder)
             results = [json.loads((run / evaluation).read_text()) for run in runs]
             hops = hops or list(results[0]["by_hops"])
             columns = []
@@ -357,7 +362,7 @@ def by_step_section(systems: dict[str, str], evaluation: str) -> Callable[[], st
     def render() -> str:
         out, steps = [], 0
         for folder, label in systems.items():
-            for run in sorted(p.parent for p in (RUNS / folder).glob("*/experiment.json")):
+            for run in committed_runs(folder):
                 seed = json.loads((run / "experiment.json").read_text())["seed"]
                 for hops, accuracy in json.loads((run / evaluation).read_text())["by_step"].items():
                     steps = len(accuracy)

@@ -638,7 +638,7 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
         if out.ponder_hidden is None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=-100)
         else:  # PonderNet: the loss expected under the halting distribution, every inner step with its own logits
-            step_logits = self._logits(out.ponder_hidden[:, ponder_positions][:, :-1]).float()  # (B, K−1, S, V)
+            step_logits = self._logits(out.ponder_hidden[:, ponder_positions][:, :-1]).float()  # (B, T − 1, K, V)
             per_step = F.cross_entropy(step_logits.permute(0, 3, 1, 2), target[..., None].expand(-1, -1,
                                        step_logits.shape[2]), ignore_index=-100, reduction="none")
             halting = out.ponder_halting[:, ponder_positions][:, :-1]

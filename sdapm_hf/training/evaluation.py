@@ -120,7 +120,6 @@ def evaluate_model(model: PreTrainedModel, split, batch_size: int = 64) -> dict[
     return {name: result["token_accuracy"], "sequence_accuracy": result["exact_match"], "loss": loss_sum / max(scored, 1)}
 
 
-@torch.no_grad()
 def batch_positions(split, batch_size: int) -> list[int]:
     """For each example of ``split``, in the split's order, its position in the order ``batches`` (unshuffled)
     yields the examples."""
@@ -129,6 +128,7 @@ def batch_positions(split, batch_size: int) -> list[int]:
     return [position[e] for e in range(len(order))]
 
 
+@torch.no_grad()
 def example_outcomes(model: PreTrainedModel, split, batch_size: int = 64) -> dict[str, np.ndarray]:
     """Outcomes in the split's order. Per example: ``correct`` (E,) bool, every labelled position of example e
     right. Per answer (each labelled position, examples in order, positions in order within one): ``example``
