@@ -376,7 +376,16 @@ OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_be
                  "multi_hop_pondernet_curriculum_weak_prior": "configs/multi_hop_pondernet_curriculum.yaml",
                  "multi_hop_pondernet_curriculum_prior_half": "configs/multi_hop_pondernet_curriculum.yaml",
                  "multi_hop_pondernet_curriculum_longer_twice": "configs/multi_hop_pondernet_curriculum_longer.yaml",
-                 "multi_hop_fixed_curriculum_longer_twice": "configs/multi_hop_fixed_curriculum_longer.yaml"}
+                 "multi_hop_fixed_curriculum_longer_twice": "configs/multi_hop_fixed_curriculum_longer.yaml",
+                 "multi_hop_act_curriculum_longer_twice": "configs/multi_hop_act_curriculum_longer.yaml",
+                 "multi_hop_fixed_three_reads_one_hop": "configs/multi_hop_fixed_one_hop.yaml",
+                 "multi_hop_fixed_three_reads_curriculum": "configs/multi_hop_fixed_curriculum.yaml",
+                 "multi_hop_fixed_three_reads_curriculum_longer": "configs/multi_hop_fixed_curriculum_longer.yaml",
+                 "multi_hop_fixed_three_reads_curriculum_longer_twice": "configs/multi_hop_fixed_curriculum_longer.yaml",
+                 "multi_hop_act_six_reads_curriculum_fresh_halting":
+                     "configs/multi_hop_act_curriculum_fresh_halting.yaml",
+                 "multi_hop_act_six_reads_curriculum_longer": "configs/multi_hop_act_curriculum_longer.yaml",
+                 "multi_hop_act_six_reads_curriculum_longer_twice": "configs/multi_hop_act_curriculum_longer.yaml"}
 
 
 def run_config(folder: str) -> str:
@@ -406,6 +415,10 @@ ASSOCIATIVE_RECALL = {  # folder: (the memory, the budget)
 TEST_METRICS = ["test/token_accuracy", "test/sequence_accuracy", "validation/token_accuracy"]
 VALIDATION = ["validation/accuracy", "validation/token_accuracy", "validation/loss"]
 MQAR_DISTRACTORS_METRICS = ["test/token_accuracy", "test/sequence_accuracy", "test/base_alone/token_accuracy"]
+MULTI_HOP_FRESH_HALTING_RUNS = [
+    "multi_hop_act_curriculum_fresh_halting", "multi_hop_act_curriculum_longer", "multi_hop_act_curriculum_longer_twice",
+    "multi_hop_fixed_three_reads_one_hop", "multi_hop_fixed_three_reads_curriculum",
+    "multi_hop_fixed_three_reads_curriculum_longer", "multi_hop_fixed_three_reads_curriculum_longer_twice"]
 SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_passkey_runs": runs_section(["smollm2_passkey"], VALIDATION),
     "smollm2_passkey": haystack_section("smollm2_passkey", ["haystack_eval.json"], {64: 0.95, 256: 0.90}),
@@ -513,6 +526,19 @@ SECTIONS: dict[str, Callable[[], str]] = {
         "multi_hop_pondernet_curriculum_prior_half": "PonderNet, one hop, then 1 to 4 (λ_p = 0.5)",
         "multi_hop_pondernet_to_2_hops": "PonderNet, one hop, then up to 2 (λ_p = 0.5)",
         "multi_hop_pondernet_to_4_hops": "PonderNet, one hop, then up to 2, 3 and 4 (λ_p = 0.5)",
+    }, "by_hops.json"),
+    "multi_hop_act_fresh_halting_runs": runs_section(MULTI_HOP_FRESH_HALTING_RUNS, TEST_METRICS),
+    "multi_hop_act_fresh_halting": hops_section({
+        "multi_hop_act_curriculum": "ACT, one hop, then 1 to 4 (the halting unit of the one-hop stage)",
+        "multi_hop_act_curriculum_fresh_halting": "ACT, one hop, then 1 to 4 (a fresh halting unit)",
+        "multi_hop_fixed_three_reads_curriculum": "fixed loop, 3 reads, one hop, then 1 to 4",
+        "multi_hop_fixed_curriculum": "fixed loop, 4 reads, one hop, then 1 to 4",
+        "multi_hop_act_curriculum_longer": "ACT (a fresh halting unit), then 750 steps more",
+        "multi_hop_fixed_three_reads_curriculum_longer": "fixed loop, 3 reads, then 750 steps more",
+        "multi_hop_fixed_curriculum_longer": "fixed loop, 4 reads, then 750 steps more",
+        "multi_hop_act_curriculum_longer_twice": "ACT (a fresh halting unit), then 750 steps more again",
+        "multi_hop_fixed_three_reads_curriculum_longer_twice": "fixed loop, 3 reads, then 750 steps more again",
+        "multi_hop_fixed_curriculum_longer_twice": "fixed loop, 4 reads, then 750 steps more again",
     }, "by_hops.json"),
     "copy_seed_regime_runs": runs_section(["copy_seed_regime"], ["test_len32/token_accuracy", "test_len64/token_accuracy"]),
     "copy_seed_regime": evaluations_section("copy_seed_regime", ["validation", "test_len32", "test_len64"],

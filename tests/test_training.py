@@ -306,6 +306,26 @@ def test_a_run_can_start_from_another_runs_trained_memory(tmp_path):
         build_model(experiment(tmp_path, "x", init_from=str(tmp_path / "nowhere")), build_task("copy", **TASK_ARGS))
 
 
+def test_a_later_stage_can_keep_named_parameters_fresh(tmp_path):
+    from sdapm_hf.act import HALTING_BIAS_INIT
+
+    act = {**MODEL, "act_mode": "act", "act_max_steps": 3}
+    train(experiment(tmp_path, "short", model=act, learning_rate=0.05))
+    trained = load_file(tmp_path / "short" / "model" / "model.safetensors")
+    halting = "model.memory.ponder.halting."
+    assert trained[halting + "bias"].item() != HALTING_BIAS_INIT  # the earlier stage moved it
+    stage = experiment(tmp_path, "long", model=act, init_from=str(tmp_path / "short"), init_fresh=[halting])
+    weights = build_model(stage, build_task("copy", **TASK_ARGS)).state_dict()
+    assert weights[halting + "bias"].item() == HALTING_BIAS_INIT
+    assert not torch.equal(weights[halting + "weight"], trained[halting + "weight"])
+    assert all(torch.equal(weights[name], value) for name, value in trained.items() if not name.startswith(halting))
+    with pytest.raises(ValueError, match="init_fresh names no parameter"):
+        build_model(experiment(tmp_path, "x", model=act, init_from=str(tmp_path / "short"), init_fresh=["halting"]),
+                    build_task("copy", **TASK_ARGS))
+    with pytest.raises(ValueError, match="set init_from"):
+        build_model(experiment(tmp_path, "y", model=act, init_fresh=[halting]), build_task("copy", **TASK_ARGS))
+
+
 def test_example_outcomes_follow_the_split_order_whatever_the_batch_order(tmp_path):
     from sdapm_hf.training import example_outcomes, load_run
     from sdapm_hf.training.evaluation import evaluate_model

@@ -51,6 +51,12 @@ class ExperimentArguments:
         metadata={"help": "run folder whose trained memory this run starts from (a curriculum in stages: short inputs, "
                           "then longer ones); the model's config must match"},
     )
+    init_fresh: list[str] = field(
+        default_factory=list,
+        metadata={"help": "with init_from: parameters whose names start with one of these keep this run's fresh "
+                          "initialisation instead of the earlier run's weights, e.g. a halting unit that saturated "
+                          "on an easier stage (model.memory.ponder.halting)"},
+    )
     output_dir: str = field(default="runs/experiment", metadata={"help": "run folder"})
     seed: int = 0
     max_steps: int = 1000

@@ -62,26 +62,35 @@ def build_model(args: ExperimentArguments, dataset) -> PreTrainedModel:
     """A standalone token model, or the memory plugged into the frozen base the experiment names; with the trained
     weights of ``args.init_from`` where it names a run; its memory's steps compiled with ``args.compile_memory``."""
     model = _new_model(args, dataset)
+    if args.init_fresh and args.init_from is None:
+        raise ValueError(f"init_fresh={args.init_fresh} keeps parameters fresh in place of init_from's weights: "
+                         "set init_from as well")
     if args.init_from is not None:
-        _load_trained(model, Path(args.init_from))
+        _load_trained(model, Path(args.init_from), tuple(args.init_fresh))
     if args.compile_memory:
         model.compile_memory()
     return model
 
 
-def _load_trained(model: PreTrainedModel, run: Path) -> None:
-    """The weights of the run folder ``run`` (its ``model/``) into ``model``, which must have the same memory."""
+def _load_trained(model: PreTrainedModel, run: Path, fresh: tuple[str, ...] = ()) -> None:
+    """The weights of the run folder ``run`` (its ``model/``) into ``model``, which must have the same memory;
+    parameters whose names start with a prefix in ``fresh`` keep their fresh initialisation."""
     path = run / "model" / "model.safetensors"
     if not path.exists():
         raise ValueError(f"init_from={str(run)!r}: no trained model at {path} (give a finished run's folder)")
     weights = load_file(path)
+    unknown = [prefix for prefix in fresh if not any(name.startswith(prefix) for name in weights)]
+    if unknown:
+        raise ValueError(f"init_fresh names no parameter of {path}: {unknown} (names look like "
+                         f"{next(iter(weights))!r})")
+    weights = {name: tensor for name, tensor in weights.items() if not name.startswith(fresh)}
     mismatch = ""
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as error:  # a tensor of another shape
         missing, unexpected, mismatch = [], [], str(error).splitlines()[-1].strip()
     base = model.base_prefixes() if model.frozen_base() is not None else ()
-    missing = [name for name in missing if not name.startswith(base)]  # an adapter run saved no base weights
+    missing = [name for name in missing if not name.startswith(base + fresh)]  # no base weights in an adapter run
     if missing or unexpected or mismatch:
         raise ValueError(f"init_from={str(run)!r} holds another model: missing {missing[:5]}, unexpected "
                          f"{unexpected[:5]} {mismatch} (its config must match this run's model)")
