@@ -419,6 +419,9 @@ MULTI_HOP_FRESH_HALTING_RUNS = [
     "multi_hop_act_curriculum_fresh_halting", "multi_hop_act_curriculum_longer", "multi_hop_act_curriculum_longer_twice",
     "multi_hop_fixed_three_reads_one_hop", "multi_hop_fixed_three_reads_curriculum",
     "multi_hop_fixed_three_reads_curriculum_longer", "multi_hop_fixed_three_reads_curriculum_longer_twice"]
+MULTI_HOP_SIX_READS_RUNS = ["multi_hop_act_six_reads_curriculum_fresh_halting",
+                            "multi_hop_act_six_reads_curriculum_longer",
+                            "multi_hop_act_six_reads_curriculum_longer_twice"]
 SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_passkey_runs": runs_section(["smollm2_passkey"], VALIDATION),
     "smollm2_passkey": haystack_section("smollm2_passkey", ["haystack_eval.json"], {64: 0.95, 256: 0.90}),
@@ -539,6 +542,12 @@ SECTIONS: dict[str, Callable[[], str]] = {
         "multi_hop_act_curriculum_longer_twice": "ACT (a fresh halting unit), then 750 steps more again",
         "multi_hop_fixed_three_reads_curriculum_longer_twice": "fixed loop, 3 reads, then 750 steps more again",
         "multi_hop_fixed_curriculum_longer_twice": "fixed loop, 4 reads, then 750 steps more again",
+    }, "by_hops.json"),
+    "multi_hop_act_six_reads_runs": runs_section(MULTI_HOP_SIX_READS_RUNS, TEST_METRICS),
+    "multi_hop_act_six_reads": hops_section({
+        "multi_hop_act_six_reads_curriculum_fresh_halting": "ACT, at most 6 reads, one hop, then 1 to 4 (fresh halting)",
+        "multi_hop_act_six_reads_curriculum_longer": "ACT, at most 6 reads, then 750 steps more",
+        "multi_hop_act_six_reads_curriculum_longer_twice": "ACT, at most 6 reads, then 750 steps more again",
     }, "by_hops.json"),
     "copy_seed_regime_runs": runs_section(["copy_seed_regime"], ["test_len32/token_accuracy", "test_len64/token_accuracy"]),
     "copy_seed_regime": evaluations_section("copy_seed_regime", ["validation", "test_len32", "test_len64"],
