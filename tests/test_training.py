@@ -323,7 +323,7 @@ def test_a_later_stage_can_keep_named_parameters_fresh(tmp_path):
         build_model(experiment(tmp_path, "x", model=act, init_from=str(tmp_path / "short"), init_fresh=["halting"]),
                     build_task("copy", **TASK_ARGS))
     with pytest.raises(ValueError, match="set init_from"):
-        build_model(experiment(tmp_path, "y", model=act, init_fresh=[halting]), build_task("copy", **TASK_ARGS))
+        experiment(tmp_path, "y", model=act, init_fresh=[halting])
 
 
 def test_example_outcomes_follow_the_split_order_whatever_the_batch_order(tmp_path):

@@ -114,6 +114,9 @@ class ExperimentArguments:
             raise ValueError("head 'sequence_classification' needs a frozen base (base_model or base_config)")
         if self.cache_base_states and self.head != "sequence_classification":
             raise ValueError("cache_base_states needs head 'sequence_classification' (the memory on an encoder's top)")
+        if self.init_fresh and self.init_from is None:
+            raise ValueError(f"init_fresh={self.init_fresh} keeps parameters fresh in place of init_from's weights: "
+                             "set init_from as well")
         unknown = [name for name in self.eval_ablations if name not in ABLATIONS]
         if unknown:
             raise ValueError(f"eval_ablations: unknown {unknown}; known: {', '.join(ABLATIONS)}")

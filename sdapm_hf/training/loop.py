@@ -62,9 +62,6 @@ def build_model(args: ExperimentArguments, dataset) -> PreTrainedModel:
     """A standalone token model, or the memory plugged into the frozen base the experiment names; with the trained
     weights of ``args.init_from`` where it names a run; its memory's steps compiled with ``args.compile_memory``."""
     model = _new_model(args, dataset)
-    if args.init_fresh and args.init_from is None:
-        raise ValueError(f"init_fresh={args.init_fresh} keeps parameters fresh in place of init_from's weights: "
-                         "set init_from as well")
     if args.init_from is not None:
         _load_trained(model, Path(args.init_from), tuple(args.init_fresh))
     if args.compile_memory:
