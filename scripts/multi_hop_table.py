@@ -6,7 +6,11 @@ scored and its ponder steps counted (``example_outcomes``); the answers are grou
 that follows the chain should take more inner steps for more hops; a fixed loop takes the same number for all.
 Prints and writes one JSON: per k the answers, their accuracy and mean inner steps, and the totals. For a PonderNet
 run also ``by_step``: per k the accuracy had every answer been read at inner step n = 1 … cap (every read runs, as in
-training, with dropout off), which shows whether the n-th read follows n links.
+training, with dropout off), which shows whether the n-th read follows n links. For an ACT run also
+``as_fixed_loop``: per k the accuracy of the same weights run as a fixed loop of n reads (``act_mode="fixed"``,
+``act_max_steps=n``; the halting unit unused), n = 1 … cap. ACT's inner reads do not depend on its halting, but
+there the read that goes on to the next position is y_n instead of ACT's mixture, so later positions see other
+inputs than in ACT.
 
     python scripts/multi_hop_table.py runs/multi_hop_act_seed0 --out docs/runs/multi_hop_act/seed0/by_hops.json
 """
@@ -44,6 +48,11 @@ def by_hops(run: Path, split: str = "test") -> dict:
     if model.config.act_mode == "pondernet":
         right = answers_by_step(model, data)  # (P, K), answers in the order of ``hops``
         table["by_step"] = {str(k): [float(a) for a in right[hops == k].mean(0)] for k in sorted(set(hops.tolist()))}
+    if model.config.act_mode == "act":
+        right = np.stack([example_outcomes(load_run(run, act_mode="fixed", act_max_steps=n)[1], data)["answer_correct"]
+                          for n in range(1, model.config.act_max_steps + 1)], 1)  # (P, K)
+        table["as_fixed_loop"] = {str(k): [float(a) for a in right[hops == k].mean(0)]
+                                  for k in sorted(set(hops.tolist()))}
     return table
 
 

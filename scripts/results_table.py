@@ -356,17 +356,19 @@ def hops_section(systems: dict[str, str], evaluation: str) -> Callable[[], str]:
     return render
 
 
-def by_step_section(systems: dict[str, str], evaluation: str) -> Callable[[], str]:
-    """Multi-hop recall read by read (``evaluation``'s ``by_step`` in each committed run of each folder; ``systems``:
-    folder → label): per seed and hop count the accuracy had every answer been read at inner step n."""
+def by_step_section(systems: dict[str, str], evaluation: str, key: str = "by_step") -> Callable[[], str]:
+    """Multi-hop recall read by read (``evaluation``'s ``key`` in each committed run of each folder; ``systems``:
+    folder → label): per seed and hop count the accuracy had every answer been read at inner step n
+    (``by_step``, PonderNet) or with the loop fixed at n reads (``as_fixed_loop``, ACT)."""
     def render() -> str:
         out, steps = [], 0
         for folder, label in systems.items():
             for run in committed_runs(folder):
                 seed = json.loads((run / "experiment.json").read_text())["seed"]
-                for hops, accuracy in json.loads((run / evaluation).read_text())["by_step"].items():
-                    steps = len(accuracy)
+                for hops, accuracy in json.loads((run / evaluation).read_text())[key].items():
+                    steps = max(steps, len(accuracy))
                     out.append([label, str(seed), hops, *(f"{a:.1%}" for a in accuracy)])
+        out = [row + [""] * (3 + steps - len(row)) for row in out]  # systems with fewer reads leave cells empty
         return table(["system", "seed", "hops asked", *(f"read {n}" for n in range(1, steps + 1))], out)
     return render
 
@@ -543,6 +545,10 @@ SECTIONS: dict[str, Callable[[], str]] = {
         "multi_hop_fixed_three_reads_curriculum_longer_twice": "fixed loop, 3 reads, then 750 steps more again",
         "multi_hop_fixed_curriculum_longer_twice": "fixed loop, 4 reads, then 750 steps more again",
     }, "by_hops.json"),
+    "multi_hop_act_as_fixed_loop": by_step_section({
+        "multi_hop_act_curriculum_longer_twice": "ACT, at most 5 reads, after the three stages",
+        "multi_hop_act_six_reads_curriculum_longer_twice": "ACT, at most 6 reads, after the three stages",
+    }, "by_hops.json", "as_fixed_loop"),
     "multi_hop_act_six_reads_runs": runs_section(MULTI_HOP_SIX_READS_RUNS, TEST_METRICS),
     "multi_hop_act_six_reads": hops_section({
         "multi_hop_act_six_reads_curriculum_fresh_halting": "ACT, at most 6 reads, one hop, then 1 to 4 (fresh halting)",
