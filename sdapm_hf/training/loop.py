@@ -142,6 +142,7 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every process's random states are in ``tmp`` before it is renamed
     if accelerator.is_main_process:
         (tmp / "done").write_text(str(step))
         shutil.rmtree(final, ignore_errors=True)
