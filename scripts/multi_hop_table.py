@@ -46,14 +46,18 @@ def by_hops(run: Path, split: str = "test") -> dict:
     table = {"split": split, "answers": len(hops), "accuracy": float(out["answer_correct"].mean()),
              "ponder_mean": float(steps.mean()), "by_hops": rows}
     if model.config.act_mode == "pondernet":
-        right = answers_by_step(model, data)  # (P, K), answers in the order of ``hops``
-        table["by_step"] = {str(k): [float(a) for a in right[hops == k].mean(0)] for k in sorted(set(hops.tolist()))}
+        table["by_step"] = per_hop_count(answers_by_step(model, data), hops)
     if model.config.act_mode == "act":
         right = np.stack([example_outcomes(load_run(run, act_mode="fixed", act_max_steps=n)[1], data)["answer_correct"]
-                          for n in range(1, model.config.act_max_steps + 1)], 1)  # (P, K)
-        table["as_fixed_loop"] = {str(k): [float(a) for a in right[hops == k].mean(0)]
-                                  for k in sorted(set(hops.tolist()))}
+                          for n in range(1, model.config.act_max_steps + 1)], 1)
+        table["as_fixed_loop"] = per_hop_count(right, hops)
     return table
+
+
+def per_hop_count(right: np.ndarray, hops: np.ndarray) -> dict[str, list[float]]:
+    """Per hop count k, the share of its answers right at each inner step n: right (P, K) bool, answers in the order
+    of hops (P,)."""
+    return {str(k): [float(a) for a in right[hops == k].mean(0)] for k in sorted(set(hops.tolist()))}
 
 
 @torch.no_grad()

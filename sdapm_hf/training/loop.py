@@ -87,7 +87,7 @@ def _load_trained(model: PreTrainedModel, run: Path, fresh: tuple[str, ...] = ()
     except RuntimeError as error:  # a tensor of another shape
         missing, unexpected, mismatch = [], [], str(error).splitlines()[-1].strip()
     base = model.base_prefixes() if model.frozen_base() is not None else ()
-    missing = [name for name in missing if not name.startswith(base + fresh)]  # no base weights in an adapter run
+    missing = [name for name in missing if not name.startswith(base + fresh)]  # not saved (adapter) or kept fresh
     if missing or unexpected or mismatch:
         raise ValueError(f"init_from={str(run)!r} holds another model: missing {missing[:5]}, unexpected "
                          f"{unexpected[:5]} {mismatch} (its config must match this run's model)")
