@@ -446,7 +446,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_multi_needle_read_layer_15_runs": runs_section(["smollm2_multi_needle_read_layer_15"], VALIDATION),
     "smollm2_multi_needle_read_layer_15": haystack_section(
         "smollm2_multi_needle_read_layer_15", ["haystack_eval_seed0.json", "haystack_eval_seed1.json"], {64: 0.90}),
-    "gemma3_passkey_runs": runs_section(["gemma3_passkey"], VALIDATION),
+    "gemma3_passkey_runs": runs_section(["gemma3_passkey", "gemma3_passkey_robust"], VALIDATION),
     "smollm2_qa1_runs": runs_section(["smollm2_qa1"], VALIDATION),
     "smollm2_qa1": haystack_section("smollm2_qa1", ["haystack_eval.json", "haystack_eval_seed1.json", "haystack_eval_seed2.json"], {}),
     "capacity_curve": capacity_section("capacity/curve.json"),

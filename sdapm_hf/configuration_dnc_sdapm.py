@@ -14,6 +14,7 @@ MEMORY_TYPES = ("sdapm", "dnc", "none")
 CONSOLIDATION_MODES = ("auto", "usage", "relative_usage", "similar", "learned", "off")
 ACT_MODES = ("none", "act", "pondernet", "fixed")
 READ_SOURCES = ("layer", "embeddings")
+INPUT_NORMS = ("layer", "robust")
 # What chunked mode supports (one read per token, no per-token clock chain, a fixed consolidation rule), with the
 # value that makes the other field work.
 CHUNKED_MODE = {
@@ -108,6 +109,10 @@ class DNCSDAPMConfig(PreTrainedConfig):
         read_layer: the decoder layer the memory reads (negative counts from the top; None: ``inject_layer``), at
             or below ``inject_layer``: keys and values from the base's states at one depth, the answer added at
             another.
+        input_norm: how the memory normalises what it reads: ``"layer"`` (LayerNorm) or ``"robust"`` (each
+            position divided by the median of its channels' magnitudes and each channel squashed into a bounded
+            range before the LayerNorm, so that a few channels of huge constant magnitude, as in Gemma's residual
+            stream, do not make every position look the same; injection.py).
         segment_length: tokens the base sees at once (None: the base's maximum positions).
         save_base_weights: save the base's weights with the memory ("whole") or only name the base ("adapter").
         tie_word_embeddings: a plugged causal LM's output embeddings are its base's input embeddings (set from
@@ -164,6 +169,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
     inject_layer: int = -1
     read_from: str = "layer"
     read_layer: int | None = None
+    input_norm: str = "layer"
     segment_length: int | None = None
     save_base_weights: bool = True
     tie_word_embeddings: bool = False
@@ -235,6 +241,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
 
     def _check_plug(self) -> None:
         _choice(self, "read_from", READ_SOURCES)
+        _choice(self, "input_norm", INPUT_NORMS)
         if self.read_layer is not None and self.read_from != "layer":
             raise ValueError(f"read_layer={self.read_layer} names a layer to read, read_from={self.read_from!r} "
                              "reads the embeddings: set read_layer=None or read_from='layer'")

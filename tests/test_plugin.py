@@ -249,3 +249,37 @@ def test_standalone_generation_carries_the_recurrent_state():
         cached = model.generate(prompt, use_cache=True, **settings)
         assert torch.equal(cached, model.generate(prompt, use_cache=False, **settings))
         assert cached.shape == (2, 14)
+
+
+def _mean_cosine(x: torch.Tensor) -> float:
+    """Mean cosine between the LayerNorm'd rows of x (T, D), each pair once."""
+    unit = torch.nn.functional.normalize(torch.nn.functional.layer_norm(x, x.shape[-1:]), dim=-1)
+    cosines = unit @ unit.T
+    return cosines[~torch.eye(len(x), dtype=torch.bool)].mean().item()
+
+
+def test_the_robust_input_norm_keeps_positions_apart_under_a_massive_channel():
+    from sdapm_hf.injection import robust_squash
+
+    states = torch.randn(64, 128, generator=torch.Generator().manual_seed(0))
+    states[:, 7] = 900.0 + torch.randn(64, generator=torch.Generator().manual_seed(1))  # one huge, constant channel
+    assert _mean_cosine(states) > 0.9  # a LayerNorm alone: every position nearly the same
+    squashed = robust_squash(states)
+    assert _mean_cosine(squashed) < 0.3  # the massive channel now weighs as a few ordinary ones
+    assert squashed.abs().max() <= 8.0
+    median = states.abs().median(dim=-1, keepdim=True).values
+    ordinary = states.abs() <= 3 * median  # channels of the median's order pass nearly unchanged, up to the scale
+    assert ((squashed * median - states).abs() <= 0.05 * states.abs())[ordinary].all()
+
+
+def test_a_plug_with_the_robust_input_norm_starts_as_the_base_and_reads_differently():
+    base, x = tiny_base(), ids()
+    with torch.no_grad():
+        reference = base(x).logits
+        robust = DNCSDAPMForCausalLM.from_base(base, input_norm="robust", **MEMORY)
+        assert torch.equal(robust(input_ids=x).logits, reference)
+        layer = plugged()
+        robust = plugged(input_norm="robust")
+        assert not torch.allclose(layer(input_ids=x).logits, robust(input_ids=x).logits)
+    with pytest.raises(Exception, match="input_norm must be one of"):
+        DNCSDAPMForCausalLM.from_base(base, input_norm="batch", **MEMORY)
