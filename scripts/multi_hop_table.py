@@ -10,7 +10,8 @@ training, with dropout off), which shows whether the n-th read follows n links. 
 ``as_fixed_loop``: per k the accuracy of the same weights run as a fixed loop of n reads (``act_mode="fixed"``,
 ``act_max_steps=n``; the halting unit unused), n = 1 … cap. ACT's inner reads do not depend on its halting, but
 there the read that goes on to the next position is y_n instead of ACT's mixture, so later positions see other
-inputs than in ACT.
+inputs than in ACT. ``--set KEY=VALUE`` changes the trained model's config before scoring (e.g. ACT's
+``act_epsilon``).
 
     python scripts/multi_hop_table.py runs/multi_hop_act_seed0 --out docs/runs/multi_hop_act/seed0/by_hops.json
 """
@@ -25,13 +26,14 @@ import numpy as np
 import torch
 
 from sdapm_hf.training import example_outcomes, load_run
+from sdapm_hf.training.arguments import parse_assignment
 from sdapm_hf.training.data import batches
 from sdapm_hf.training.evaluation import batch_positions
 
 
-def by_hops(run: Path, split: str = "test") -> dict:
-    """The module docstring's table for the run folder ``run``."""
-    _, model, dataset = load_run(run)
+def by_hops(run: Path, split: str = "test", **settings) -> dict:
+    """The module docstring's table for the run folder ``run``, its model's config changed by ``settings``."""
+    _, model, dataset = load_run(run, **settings)
     data = dataset[split]
     if "hops" not in data.column_names:
         raise ValueError(f"{run} was not trained on multi_hop_recall: its {split} split has no 'hops' column")
@@ -44,11 +46,12 @@ def by_hops(run: Path, split: str = "test") -> dict:
         rows[str(k)] = {"answers": int(chosen.sum()), "accuracy": float(out["answer_correct"][chosen].mean()),
                         "ponder_mean": float(steps[chosen].mean())}
     table = {"split": split, "answers": len(hops), "accuracy": float(out["answer_correct"].mean()),
-             "ponder_mean": float(steps.mean()), "by_hops": rows}
+             "ponder_mean": float(steps.mean()), "by_hops": rows, **({"settings": settings} if settings else {})}
     if model.config.act_mode == "pondernet":
         table["by_step"] = per_hop_count(answers_by_step(model, data), hops)
     if model.config.act_mode == "act":
-        right = np.stack([example_outcomes(load_run(run, act_mode="fixed", act_max_steps=n)[1], data)["answer_correct"]
+        right = np.stack([example_outcomes(load_run(run, **{**settings, "act_mode": "fixed", "act_max_steps": n})[1],
+                                           data)["answer_correct"]
                           for n in range(1, model.config.act_max_steps + 1)], 1)
         table["as_fixed_loop"] = per_hop_count(right, hops)
     return table
@@ -85,8 +88,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run", type=Path, help="a finished multi_hop_recall run folder")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--set", nargs="*", default=[], type=parse_assignment, metavar="KEY=VALUE",
+                        help="changes to the trained model's config")
     args = parser.parse_args(argv)
-    table = by_hops(args.run, args.split)
+    table = by_hops(args.run, args.split, **dict(args.set))
     print(json.dumps(table))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(table, indent=2) + "\n")

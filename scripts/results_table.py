@@ -331,12 +331,17 @@ def variants_section(folder: str, rows: dict[str, str], metric: str) -> Callable
 
 
 def hops_section(systems: dict[str, str], evaluation: str) -> Callable[[], str]:
-    """Multi-hop recall answer by answer (``evaluation``: the JSON of ``scripts/multi_hop_table.py`` in each
-    committed run of each folder; ``systems``: folder → label): per seed and hop count the accuracy and the mean
-    inner read steps, then the mean and the worst seed of each system."""
+    """``hops_rows_section`` of each folder → label of ``systems``, all scored by ``evaluation``."""
+    return hops_rows_section([(folder, label, evaluation) for folder, label in systems.items()])
+
+
+def hops_rows_section(systems: list[tuple[str, str, str]]) -> Callable[[], str]:
+    """Multi-hop recall answer by answer (per system: a folder, its label, and the JSON of
+    ``scripts/multi_hop_table.py`` in each committed run of the folder that scores it): per seed and hop count the
+    accuracy and the mean inner read steps, then the mean and the worst seed of each system."""
     def render() -> str:
         out, hops = [], None
-        for folder, label in systems.items():
+        for folder, label, evaluation in systems:
             runs = committed_runs(folder)
             results = [json.loads((run / evaluation).read_text()) for run in runs]
             hops = hops or list(results[0]["by_hops"])
@@ -424,6 +429,8 @@ MULTI_HOP_FRESH_HALTING_RUNS = [
 MULTI_HOP_SIX_READS_RUNS = ["multi_hop_act_six_reads_curriculum_fresh_halting",
                             "multi_hop_act_six_reads_curriculum_longer",
                             "multi_hop_act_six_reads_curriculum_longer_twice"]
+# ACT's halting thresholds 1 − ε tried at evaluation on the validation split (the trained runs used 0.01).
+ACT_EPSILONS = ["0.01", "0.1", "0.2", "0.3", "0.5"]
 SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_passkey_runs": runs_section(["smollm2_passkey"], VALIDATION),
     "smollm2_passkey": haystack_section("smollm2_passkey", ["haystack_eval.json"], {64: 0.95, 256: 0.90}),
@@ -549,6 +556,15 @@ SECTIONS: dict[str, Callable[[], str]] = {
         "multi_hop_act_curriculum_longer_twice": "ACT, at most 5 reads, after the three stages",
         "multi_hop_act_six_reads_curriculum_longer_twice": "ACT, at most 6 reads, after the three stages",
     }, "by_hops.json", "as_fixed_loop"),
+    "multi_hop_act_epsilon_validation": hops_rows_section([
+        ("multi_hop_act_curriculum_longer_twice", f"ACT, ε = {epsilon}, validation",
+         f"by_hops_validation_epsilon_{epsilon}.json") for epsilon in ACT_EPSILONS]),
+    "multi_hop_act_epsilon": hops_rows_section([
+        ("multi_hop_act_curriculum_longer_twice", "ACT, ε = 0.01 (as trained)", "by_hops.json"),
+        ("multi_hop_act_curriculum_longer_twice", "ACT, ε = 0.2 at evaluation", "by_hops_epsilon_0.2.json"),
+        ("multi_hop_fixed_three_reads_curriculum_longer_twice", "fixed loop, 3 reads", "by_hops.json"),
+        ("multi_hop_fixed_curriculum_longer_twice", "fixed loop, 4 reads", "by_hops.json"),
+    ]),
     "multi_hop_act_six_reads_runs": runs_section(MULTI_HOP_SIX_READS_RUNS, TEST_METRICS),
     "multi_hop_act_six_reads": hops_section({
         "multi_hop_act_six_reads_curriculum_fresh_halting": "ACT, at most 6 reads, one hop, then 1 to 4 (fresh halting)",

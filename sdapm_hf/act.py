@@ -5,7 +5,7 @@ For one time step with first read word ``x_0`` and controller output ``h``::
     y_n = Read(y_{n−1}),  y_0 = x_0                      (a chain of slots applied to this input)
     λ_n = σ(w_h · [h ; y_n ; e_n] + b_h)                (halting unit; e_n the one-hot of the inner step n)
 
-* ``act`` (Graves 2016): ``N = min{n : Σ_{m≤n} λ_m ≥ 1 − ε}`` (capped), remainder ``R = 1 − Σ_{m<N} λ_m``,
+* ``act`` (Graves 2016): ``N = min{n : Σ_{m≤n} λ_m ≥ 1 − ε}`` (capped; ε = ``act_epsilon``), remainder ``R = 1 − Σ_{m<N} λ_m``,
   output ``Σ_{n<N} λ_n y_n + R y_N``, ponder cost ``N + R`` (its gradient flows through ``R``).
 * ``pondernet`` (Banino et al. 2021): halting distribution ``p_n = λ_n Π_{m<n} (1 − λ_m)`` (``λ_K = 1`` at the cap
   K); training runs all K steps and the model's loss is the expected loss ``Σ_n p_n L(y_n)`` plus the ponder cost
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
     from .configuration_dnc_sdapm import DNCSDAPMConfig
 
 ReadFn = Callable[[torch.Tensor, object, torch.Tensor], tuple[torch.Tensor, object]]
-# Graves' halting threshold 1 − ε.
-ACT_EPSILON = 0.01
 # Initial bias of the halting unit: σ(1) ≈ 0.73, so an untrained loop halts after one or two steps.
 HALTING_BIAS_INIT = 1.0
 # Tolerance when counting positions whose (integer) step count reached the cap.
@@ -65,6 +63,7 @@ class Ponder(nn.Module):
         super().__init__()
         self.mode = config.act_mode
         self.max_steps = 1 if config.act_mode == "none" else config.act_max_steps
+        self.epsilon = config.act_epsilon
         read_size = config.read_heads * config.word_size
         self.halting = None
         # log g_n of the geometric prior truncated at the cap (``_kl_to_prior``), n = 1 … K
@@ -104,7 +103,7 @@ class Ponder(nn.Module):
             words, state = read(words, state, running)
             halt = self._halt(h, words, n)
             last = n == self.max_steps
-            stops = running & ((total + halt >= 1.0 - ACT_EPSILON) | last)
+            stops = running & ((total + halt >= 1.0 - self.epsilon) | last)
             weight = torch.where(stops, 1.0 - total, halt) * running
             output = output + weight[:, None, None] * words
             remainder = torch.where(stops, 1.0 - total, remainder)

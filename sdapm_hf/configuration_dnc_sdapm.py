@@ -95,6 +95,8 @@ class DNCSDAPMConfig(PreTrainedConfig):
             on every inner step's read) or ``"fixed"`` (always ``act_max_steps`` reads); in each inner step the read
             output is the next read word (act.py).
         act_max_steps: cap on inner read steps.
+        act_epsilon: ACT's ε: the loop halts once the halting probabilities sum to at least 1 − ε, in (0, 1)
+            (Graves used 0.01).
         ponder_cost: weight of the ponder cost in the loss (ACT: steps + remainder; PonderNet: the KL of the halting
             distribution to the geometric prior).
         ponder_prior: PonderNet's prior halting probability λ_p per step, in (0, 1) (prior mean about 1/λ_p steps).
@@ -161,6 +163,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
     # ACT
     act_mode: str = "none"
     act_max_steps: int = 4
+    act_epsilon: float = 0.01
     ponder_cost: float = 1e-3
     ponder_prior: float = 0.2
     # plug
@@ -231,6 +234,8 @@ class DNCSDAPMConfig(PreTrainedConfig):
         _choice(self, "act_mode", ACT_MODES)
         if self.act_max_steps < 1:
             raise ValueError(f"act_max_steps must be >= 1, got {self.act_max_steps}")
+        if not 0 < self.act_epsilon < 1:
+            raise ValueError(f"act_epsilon must be in (0, 1), got {self.act_epsilon}")
         if self.ponder_cost < 0:
             raise ValueError(f"ponder_cost must be >= 0, got {self.ponder_cost}")
         if not 0 < self.ponder_prior < 1:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from sdapm_hf import DNCSDAPMConfig, dnc_memory, sdapm
-from sdapm_hf.act import ACT_EPSILON, Ponder
+from sdapm_hf.act import Ponder
 from sdapm_hf.controller import Clock
 from sdapm_hf.tasks import HAYSTACK_TASKS, TASKS, build_task
 from sdapm_hf.tasks.core import input_key
@@ -20,9 +20,10 @@ from test_training import experiment
 W = 8
 
 
-def ponder(mode: str, halting: float | None = None, max_steps: int = 5) -> Ponder:
+def ponder(mode: str, halting: float | None = None, max_steps: int = 5, epsilon: float = 0.01) -> Ponder:
     """A ponder loop over word size W whose halting unit outputs ``halting`` at every step."""
-    config = DNCSDAPMConfig(word_size=W, controller_size=4, act_mode=mode, act_max_steps=max_steps, chunk_size=None)
+    config = DNCSDAPMConfig(word_size=W, controller_size=4, act_mode=mode, act_max_steps=max_steps,
+                            act_epsilon=epsilon, chunk_size=None)
     loop = Ponder(config)
     if halting is not None:
         torch.nn.init.zeros_(loop.halting.weight)
@@ -65,9 +66,20 @@ def test_act_halting_reads_the_inner_step_so_it_can_stop_after_exactly_k_steps()
 
 
 def test_act_halts_after_one_step_when_the_first_halting_value_is_enough():
-    step = ponder("act", halting=1 - ACT_EPSILON / 2)(counting_read([]), torch.zeros(1, 1, W), None, torch.zeros(1, 4))
+    step = ponder("act", halting=1 - 0.01 / 2)(counting_read([]), torch.zeros(1, 1, W), None, torch.zeros(1, 4))
     assert step.steps.item() == 1 and step.cost.item() == pytest.approx(2.0)  # N = 1, R = 1
     assert torch.allclose(step.reads, torch.ones(1, 1, W))
+
+
+def test_a_larger_act_epsilon_halts_at_a_smaller_halting_sum():
+    # λ = 0.45: Σ 0.45, 0.90, 1.35 → with ε = 0.01 the loop halts at step 3, with ε = 0.1 at step 2
+    for epsilon, steps, output in [(0.01, 3, 0.45 * 1 + 0.45 * 2 + 0.1 * 3), (0.1, 2, 0.45 * 1 + 0.55 * 2)]:
+        step = ponder("act", halting=0.45, epsilon=epsilon)(counting_read([]), torch.zeros(1, 1, W), None,
+                                                            torch.zeros(1, 4))
+        assert step.steps.item() == steps
+        assert torch.allclose(step.reads, torch.full((1, 1, W), output))
+    with pytest.raises(Exception, match="act_epsilon must be in"):
+        DNCSDAPMConfig(act_mode="act", act_epsilon=1.0)
 
 
 def test_the_ponder_cost_gradient_flows_through_the_remainder():

@@ -31,3 +31,21 @@ def test_pondernet_run_is_scored_at_every_read_and_its_median_read_is_what_it_an
     assert right.shape == (24, 3)
     steps = out["ponder_steps"].astype(int)
     assert np.array_equal(right[np.arange(24), steps - 1], out["answer_correct"])
+
+
+def test_act_run_is_scored_as_a_fixed_loop_and_with_another_halting_threshold(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    run = tmp_path / "run"
+    train(ExperimentArguments(
+        task="multi_hop_recall", task_args={"symbols": 8, "num_pairs": 4, "max_hops": 3, "queries": 2,
+                                            "train_size": 16, "validation_size": 4, "test_size": 12},
+        model={"hidden_size": 8, "controller_size": 8, "memory_slots": 4, "word_size": 8, "chunk_size": None,
+               "query_values": True, "act_mode": "act", "act_max_steps": 3},
+        output_dir=str(run), max_steps=2, batch_size=4, eval_every=100, save_every=100))
+    trained = multi_hop_table.by_hops(run)
+    assert "settings" not in trained
+    assert all(len(accuracy) == 3 for accuracy in trained["as_fixed_loop"].values())
+    looser = multi_hop_table.by_hops(run, act_epsilon=0.5)
+    assert looser["settings"] == {"act_epsilon": 0.5} and looser["answers"] == trained["answers"] == 24
+    assert looser["ponder_mean"] <= trained["ponder_mean"]  # a lower threshold halts no later
+    assert looser["as_fixed_loop"] == trained["as_fixed_loop"]  # a fixed loop has no threshold
