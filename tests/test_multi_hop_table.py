@@ -11,15 +11,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import multi_hop_table  # noqa: E402
 
 
-def test_pondernet_run_is_scored_at_every_read_and_its_median_read_is_what_it_answers(tmp_path, monkeypatch):
+def trained_run(tmp_path, monkeypatch, act_mode: str):
+    """A multi-hop recall run of two steps, at most 3 reads per answer, 24 test answers."""
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
     run = tmp_path / "run"
     train(ExperimentArguments(
         task="multi_hop_recall", task_args={"symbols": 8, "num_pairs": 4, "max_hops": 3, "queries": 2,
                                             "train_size": 16, "validation_size": 4, "test_size": 12},
         model={"hidden_size": 8, "controller_size": 8, "memory_slots": 4, "word_size": 8, "chunk_size": None,
-               "query_values": True, "act_mode": "pondernet", "act_max_steps": 3},
+               "query_values": True, "act_mode": act_mode, "act_max_steps": 3},
         output_dir=str(run), max_steps=2, batch_size=4, eval_every=100, save_every=100))
+    return run
+
+
+def test_pondernet_run_is_scored_at_every_read_and_its_median_read_is_what_it_answers(tmp_path, monkeypatch):
+    run = trained_run(tmp_path, monkeypatch, "pondernet")
     table = multi_hop_table.by_hops(run)
     assert table["answers"] == 24 and set(table["by_step"]) == set(table["by_hops"])
     assert all(len(accuracy) == 3 for accuracy in table["by_step"].values())
@@ -34,14 +40,7 @@ def test_pondernet_run_is_scored_at_every_read_and_its_median_read_is_what_it_an
 
 
 def test_act_run_is_scored_as_a_fixed_loop_and_with_another_halting_threshold(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
-    run = tmp_path / "run"
-    train(ExperimentArguments(
-        task="multi_hop_recall", task_args={"symbols": 8, "num_pairs": 4, "max_hops": 3, "queries": 2,
-                                            "train_size": 16, "validation_size": 4, "test_size": 12},
-        model={"hidden_size": 8, "controller_size": 8, "memory_slots": 4, "word_size": 8, "chunk_size": None,
-               "query_values": True, "act_mode": "act", "act_max_steps": 3},
-        output_dir=str(run), max_steps=2, batch_size=4, eval_every=100, save_every=100))
+    run = trained_run(tmp_path, monkeypatch, "act")
     trained = multi_hop_table.by_hops(run)
     assert "settings" not in trained
     assert all(len(accuracy) == 3 for accuracy in trained["as_fixed_loop"].values())
