@@ -458,6 +458,9 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_multi_needle_read_layer_15_runs": runs_section(["smollm2_multi_needle_read_layer_15"], VALIDATION),
     "smollm2_multi_needle_read_layer_15": haystack_section(
         "smollm2_multi_needle_read_layer_15", ["haystack_eval_seed0.json", "haystack_eval_seed1.json"], {64: 0.90}),
+    "smollm2_multi_needle_robust_runs": runs_section(["smollm2_multi_needle_robust"], VALIDATION),
+    "smollm2_multi_needle_robust": haystack_section(
+        "smollm2_multi_needle_robust", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {64: 0.90}),
     "gemma3_passkey_runs": runs_section(["gemma3_passkey", "gemma3_passkey_robust"], VALIDATION),
     "smollm2_qa1_runs": runs_section(["smollm2_qa1"], VALIDATION),
     "smollm2_qa1": haystack_section("smollm2_qa1", ["haystack_eval.json", "haystack_eval_seed1.json", "haystack_eval_seed2.json"], {}),
