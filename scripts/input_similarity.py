@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sdapm_hf.injection import robust_squash
 from sdapm_hf.pretrained import model_path
+from sdapm_hf.reporting import command_line
 from sdapm_hf.tasks.haystack import HaystackCorpus
 
 
@@ -33,10 +35,11 @@ def measure(name: str, layers: list[int], segments: int) -> dict[str, dict[str, 
     folder = model_path(name)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     base = AutoModelForCausalLM.from_pretrained(folder).eval()
-    ids = torch.as_tensor(HaystackCorpus(tokenizer).segments("test")[:segments])
+    corpus = HaystackCorpus(tokenizer)
+    ids = torch.as_tensor(corpus.segments("test")[:segments])
     with torch.no_grad():
         hidden = base(input_ids=ids, output_hidden_states=True).hidden_states
-    skip = len(HaystackCorpus(tokenizer).prefix)  # a <bos> position is not text
+    skip = len(corpus.prefix)  # a <bos> position is not text
     results = {}
     for layer in layers:
         states = hidden[layer + 1][:, skip:]  # (S, T, D), the output of decoder layer `layer`
@@ -50,14 +53,13 @@ def measure(name: str, layers: list[int], segments: int) -> dict[str, dict[str, 
     return results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bases", nargs="+", default=["smollm2-135m-instruct", "gemma3-270m"])
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--segments", type=int, default=4, help="test segments of 256 tokens")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    torch.manual_seed(0)
+    args = parser.parse_args(argv)
     results = {name: measure(name, args.layers, args.segments) for name in args.bases}
     for name, by_layer in results.items():
         for layer, row in by_layer.items():
@@ -65,9 +67,8 @@ def main() -> None:
                   f"{row['median_channel']:.2f}; mean cosine between positions: LayerNorm "
                   f"{row['cosine_layer_norm']:.3f}, robust {row['cosine_robust']:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": "python scripts/input_similarity.py " + " ".join(
-        ["--bases", *args.bases, "--layers", *map(str, args.layers), "--segments", str(args.segments),
-         "--out", str(args.out)]), "bases": results}, indent=1) + "\n")
+    command = command_line(sys.argv[1:] if argv is None else argv, "scripts/input_similarity.py")
+    args.out.write_text(json.dumps({"command": command, "bases": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

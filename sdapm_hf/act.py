@@ -5,8 +5,9 @@ For one time step with first read word ``x_0`` and controller output ``h``::
     y_n = Read(y_{n−1}),  y_0 = x_0                      (a chain of slots applied to this input)
     λ_n = σ(w_h · [h ; y_n ; e_n] + b_h)                (halting unit; e_n the one-hot of the inner step n)
 
-* ``act`` (Graves 2016): ``N = min{n : Σ_{m≤n} λ_m ≥ 1 − ε}`` (capped; ε = ``act_epsilon``), remainder ``R = 1 − Σ_{m<N} λ_m``,
-  output ``Σ_{n<N} λ_n y_n + R y_N``, ponder cost ``N + R`` (its gradient flows through ``R``).
+* ``act`` (Graves 2016): ``N = min{n : Σ_{m≤n} λ_m ≥ 1 − ε}`` (capped; ε = ``act_epsilon``), remainder
+  ``R = 1 − Σ_{m<N} λ_m``, output ``Σ_{n<N} λ_n y_n + R y_N``, ponder cost ``N + R`` (its gradient flows through
+  ``R``).
 * ``pondernet`` (Banino et al. 2021): halting distribution ``p_n = λ_n Π_{m<n} (1 − λ_m)`` (``λ_K = 1`` at the cap
   K); training runs all K steps and the model's loss is the expected loss ``Σ_n p_n L(y_n)`` plus the ponder cost
   ``KL(p ‖ Geometric(λ_p))`` (truncated at K, λ_p = ``ponder_prior``), so each inner read is trained in proportion

@@ -1,5 +1,8 @@
 """The memory plugged into frozen causal LMs: unchanged logits at start, segments, generate, checkpoints."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import (
@@ -251,14 +254,10 @@ def test_standalone_generation_carries_the_recurrent_state():
         assert cached.shape == (2, 14)
 
 
-def _mean_cosine(x: torch.Tensor) -> float:
-    """Mean cosine between the LayerNorm'd rows of x (T, D), each pair once."""
-    unit = torch.nn.functional.normalize(torch.nn.functional.layer_norm(x, x.shape[-1:]), dim=-1)
-    cosines = unit @ unit.T
-    return cosines[~torch.eye(len(x), dtype=torch.bool)].mean().item()
-
-
 def test_the_robust_input_norm_keeps_positions_apart_under_a_massive_channel():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from input_similarity import mean_cosine as _mean_cosine
+
     from sdapm_hf.injection import robust_squash
 
     states = torch.randn(64, 128, generator=torch.Generator().manual_seed(0))
