@@ -392,7 +392,10 @@ OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_be
                  "multi_hop_act_six_reads_curriculum_fresh_halting":
                      "configs/multi_hop_act_curriculum_fresh_halting.yaml",
                  "multi_hop_act_six_reads_curriculum_longer": "configs/multi_hop_act_curriculum_longer.yaml",
-                 "multi_hop_act_six_reads_curriculum_longer_twice": "configs/multi_hop_act_curriculum_longer.yaml"}
+                 "multi_hop_act_six_reads_curriculum_longer_twice": "configs/multi_hop_act_curriculum_longer.yaml",
+                 "multi_hop_act_epsilon_curriculum_fresh_halting": "configs/multi_hop_act_curriculum_fresh_halting.yaml",
+                 "multi_hop_act_epsilon_curriculum_longer": "configs/multi_hop_act_curriculum_longer.yaml",
+                 "multi_hop_act_epsilon_curriculum_longer_twice": "configs/multi_hop_act_curriculum_longer.yaml"}
 
 
 def run_config(folder: str) -> str:
@@ -429,6 +432,8 @@ MULTI_HOP_FRESH_HALTING_RUNS = [
 MULTI_HOP_SIX_READS_RUNS = ["multi_hop_act_six_reads_curriculum_fresh_halting",
                             "multi_hop_act_six_reads_curriculum_longer",
                             "multi_hop_act_six_reads_curriculum_longer_twice"]
+MULTI_HOP_EPSILON_RUNS = ["multi_hop_act_epsilon_curriculum_fresh_halting", "multi_hop_act_epsilon_curriculum_longer",
+                          "multi_hop_act_epsilon_curriculum_longer_twice"]
 # ACT's halting thresholds 1 − ε tried at evaluation on the validation split (the trained runs used 0.01).
 ACT_EPSILONS = ["0.01", "0.1", "0.2", "0.3", "0.5"]
 SECTIONS: dict[str, Callable[[], str]] = {
@@ -573,6 +578,17 @@ SECTIONS: dict[str, Callable[[], str]] = {
         ("multi_hop_fixed_three_reads_curriculum_longer_twice", "fixed loop, 3 reads", "by_hops.json"),
         ("multi_hop_fixed_curriculum_longer_twice", "fixed loop, 4 reads", "by_hops.json"),
     ]),
+    "multi_hop_act_epsilon_trained_runs": runs_section(MULTI_HOP_EPSILON_RUNS, TEST_METRICS),
+    "multi_hop_act_epsilon_trained": hops_section({
+        "multi_hop_act_epsilon_curriculum_fresh_halting": "ACT at ε = 0.2, one hop, then 1 to 4 (fresh halting)",
+        "multi_hop_act_epsilon_curriculum_longer": "ACT at ε = 0.2, then 750 steps more",
+        "multi_hop_act_epsilon_curriculum_longer_twice": "ACT at ε = 0.2, then 750 steps more again",
+        "multi_hop_fixed_three_reads_curriculum_longer_twice": "fixed loop, 3 reads, after the same stages",
+        "multi_hop_fixed_curriculum_longer_twice": "fixed loop, 4 reads, after the same stages",
+    }, "by_hops.json"),
+    "multi_hop_act_epsilon_trained_as_fixed_loop": by_step_section({
+        "multi_hop_act_epsilon_curriculum_longer_twice": "ACT at ε = 0.2, after the three stages",
+    }, "by_hops.json", "as_fixed_loop"),
     "multi_hop_act_six_reads_runs": runs_section(MULTI_HOP_SIX_READS_RUNS, TEST_METRICS),
     "multi_hop_act_six_reads": hops_section({
         "multi_hop_act_six_reads_curriculum_fresh_halting": "ACT, at most 6 reads, one hop, then 1 to 4 (fresh halting)",
