@@ -115,13 +115,31 @@ class MemoryAccess(nn.Module):
         learned = self.kind == "sdapm" and config.consolidation == "learned"
         self.consolidation = ConsolidationHead() if learned else None
 
-    def init_state(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> AccessState:
+    def init_state(
+        self, batch_size: int, dtype: torch.dtype, device: torch.device, slots: int | None = None
+    ) -> AccessState:
+        """The empty memory of a batch, with the config's slots or ``slots`` (the same weights run a memory of
+        any size: nothing learned depends on N)."""
         if self.kind == "none":
             return AccessState(None)
         init_state = sdapm_init_state if self.kind == "sdapm" else dnc_init_state
-        memory = init_state(self.settings, batch_size, dtype=dtype, device=device)
+        settings = self.settings if slots is None else self.sized(slots)
+        memory = init_state(settings, batch_size, dtype=dtype, device=device)
         clock = self.clock.initial(batch_size, dtype) if self.clock is not None else None
         return AccessState(memory, clock)
+
+    def sized(self, slots: int) -> SDAPMSettings | DNCMemorySettings:
+        """The memory's settings with ``slots`` slots (checked: e.g. ``read_top_k`` must fit)."""
+        if slots == self.settings.slots:
+            return self.settings
+        try:
+            return dataclasses.replace(self.settings, slots=slots)
+        except ValueError as err:
+            raise ValueError(f"a memory of {slots} slots does not fit this config: {err}") from err
+
+    def settings_of(self, memory: MemoryState | DNCMemoryState) -> SDAPMSettings | DNCMemorySettings:
+        """The settings for ``memory``, whose slot count may differ from the config's (``init_state``)."""
+        return self.sized(memory.usage.shape[-1])
 
     def state_from_dict(self, tensors: dict[str, torch.Tensor]) -> AccessState:
         cls = MemoryState if self.kind == "sdapm" else DNCMemoryState
@@ -143,37 +161,39 @@ class MemoryAccess(nn.Module):
         clock = state.clock
         key = iface.write_key if clock is None else mix_keys(iface.write_key, clock, iface.write_clock)
         memory = state.memory
+        settings = self.settings_of(memory)
         if self.kind == "dnc":
             memory = dnc_write(
-                memory, key, iface.write_value, self.settings, iface.write_gate, iface.free_gates,
+                memory, key, iface.write_value, settings, iface.write_gate, iface.free_gates,
                 iface.allocation_gate, iface.write_strength, iface.erase, mask,
             )
             return AccessState(memory, clock)
-        inplace = self.writes_in_place()
+        inplace = self.writes_in_place(memory)
         memory = self._consolidate(memory, mask, inplace, iface)
         memory = sdapm_write(
-            memory, key, iface.write_value, self.settings, gate=iface.write_gate,
+            memory, key, iface.write_value, settings, gate=iface.write_gate,
             free_gates=iface.free_gates, mask=mask, check=False, inplace=inplace,
         )
         return AccessState(memory, clock)
 
-    def writes_in_place(self) -> bool:
+    def writes_in_place(self, memory: MemoryState | None = None) -> bool:
         """Whether writes and merges update the slot tensors in place (``sdapm_state.put_slots``; a write then
         costs O(r W) instead of a copy of the memory): always without autograd; with it, where nothing kept for the
         backward holds a whole slot field: the reads come from a shortlist (dense and exact top-K reads score
-        every slot, as do the temporal read modes and the learned consolidation head)."""
+        every slot, as do the temporal read modes and the learned consolidation head). ``memory``: a memory of
+        another slot count than the config's."""
         if self.kind != "sdapm":
             return False
         if not torch.is_grad_enabled():
             return True
-        settings = self.settings
+        settings = self.settings if memory is None else self.settings_of(memory)
         shortlisted = settings.read_candidates is not None and settings.read_candidates < settings.slots
         return shortlisted and not settings.temporal_links and self.consolidation is None
 
     def owned(self, state: AccessState) -> AccessState:
         """``state`` with the memory's tensors copied where writes go in place, so that a state a caller passed in
         (a model's ``memory_state``) is never changed."""
-        if not self.writes_in_place():
+        if not self.writes_in_place(state.memory):
             return state
         return dataclasses.replace(state, memory=state.memory.map(torch.clone))
 
@@ -189,7 +209,7 @@ class MemoryAccess(nn.Module):
         b, steps, heads, w = iface.read_key.shape
         modes = iface.read_mode
         out, weights = sdapm_read_queries(
-            state.memory, iface.read_key.flatten(1, 2), iface.read_strength.flatten(1), self.settings,
+            state.memory, iface.read_key.flatten(1, 2), iface.read_strength.flatten(1), self.settings_of(state.memory),
             None if modes is None else modes.flatten(1, 2),
         )
         return out.view(b, steps, heads, w), weights.view(b, steps, heads, -1)
@@ -218,7 +238,7 @@ class MemoryAccess(nn.Module):
         b, c, heads, n = read_weights.shape
         real = mask.any(-1)
         memory = dataclasses.replace(state.memory, read_weights=read_weights.flatten(1, 2))
-        inplace = self.writes_in_place()
+        inplace = self.writes_in_place(memory)
         memory = self._consolidate(memory, real, inplace)
         weight = mask.to(gates.dtype)
         gates = gates * weight
@@ -226,8 +246,8 @@ class MemoryAccess(nn.Module):
             strongest = gates.topk(self.chunk_members, dim=-1).indices
             gates = gates * torch.zeros_like(mask).scatter(-1, strongest, True).to(gates.dtype)
         memory = sdapm_write_chunk(
-            memory, keys, values, self.settings, gates, (free_gates * weight[..., None]).flatten(1), mask=real,
-            check=False, inplace=inplace,
+            memory, keys, values, self.settings_of(memory), gates, (free_gates * weight[..., None]).flatten(1),
+            mask=real, check=False, inplace=inplace,
         )
         last = memory.read_weights.view(b, c, heads, n)[torch.arange(b, device=mask.device), last_real(mask)]
         weights = torch.where(real[:, None, None], last, state.memory.read_weights)
@@ -253,15 +273,15 @@ class MemoryAccess(nn.Module):
         if self.consolidation_mode in FIXED_SELECTIONS:
             selection = FIXED_SELECTIONS[self.consolidation_mode](memory)
             usage = "weighted" if self.consolidation_mode in ("usage", "relative_usage") else "max"
-            return consolidate(memory, selection, self.settings, 2, mask=full, check=False, merged_usage=usage,
-                               inplace=inplace)
+            return consolidate(memory, selection, self.settings_of(memory), 2, mask=full, check=False,
+                               merged_usage=usage, inplace=inplace)
         query = iface.consolidation_key[:, None]
         fit, _ = subspace_fit(query, memory.key, memory.key_factors, memory.key_offsets, memory.gram_inv, memory.radius)
         meta = slot_metadata(memory, self.settings.ridge)
         selection, gate = self.consolidation(
             fit[:, 0], iface.consolidation_strength, iface.consolidation_gate, meta, memory.occupied, full
         )
-        return consolidate(memory, selection, self.settings, 2, gate=gate, mask=full, check=False)
+        return consolidate(memory, selection, self.settings_of(memory), 2, gate=gate, mask=full, check=False)
 
     def first_words(self, iface: InterfaceVector, state: AccessState) -> torch.Tensor:
         """(B, R, W) first read words: the read keys, mixed with the clock."""
@@ -273,10 +293,10 @@ class MemoryAccess(nn.Module):
         self, iface: InterfaceVector, words: torch.Tensor, state: AccessState, active: torch.Tensor
     ) -> tuple[torch.Tensor, AccessState]:
         """One read of every head; the read weights change only where ``active`` (B,)."""
+        settings = self.settings_of(state.memory)
         if self.kind == "sdapm":
-            out, memory = sdapm_read(state.memory, words, iface.read_strength, self.settings, iface.read_mode,
-                                     check=False)
+            out, memory = sdapm_read(state.memory, words, iface.read_strength, settings, iface.read_mode, check=False)
         else:
-            out, memory = dnc_read(state.memory, words, iface.read_strength, self.settings, iface.read_mode)
+            out, memory = dnc_read(state.memory, words, iface.read_strength, settings, iface.read_mode)
         weights = torch.where(active[:, None, None], memory.read_weights, state.memory.read_weights)
         return out, dataclasses.replace(state, memory=dataclasses.replace(memory, read_weights=weights))

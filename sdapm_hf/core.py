@@ -230,23 +230,26 @@ class MemoryCore(nn.Module):
 
     # -- state --------------------------------------------------------------------------------------------
 
-    def initial_state(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> RecurrentState:
+    def initial_state(
+        self, batch_size: int, dtype: torch.dtype, device: torch.device, slots: int | None = None
+    ) -> RecurrentState:
+        """The state before the first position: an empty memory of the config's slots, or of ``slots``."""
         zeros = torch.zeros(batch_size, self.controller_size, dtype=dtype, device=device)
         reads = torch.zeros(batch_size, self.read_size, dtype=dtype, device=device)
-        access = self.access.init_state(batch_size, dtype, device)
-        chunk = None if self.chunk_size is None else self._empty_chunk(batch_size, dtype, device)
+        access = self.access.init_state(batch_size, dtype, device, slots)
+        chunk = None if self.chunk_size is None else self._empty_chunk(batch_size, dtype, device, slots or self.slots)
         window = None
         if self.window > 1:
             window = torch.zeros(batch_size, self.window - 1, self.width, dtype=dtype, device=device)
         query = torch.zeros(batch_size, self.word_size, dtype=dtype, device=device) if self.predictive else None
         return RecurrentState(zeros, zeros.clone(), reads, access, chunk, window, query)
 
-    def _empty_chunk(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> PendingChunk:
+    def _empty_chunk(self, batch_size: int, dtype: torch.dtype, device: torch.device, slots: int) -> PendingChunk:
         empty = lambda *shape: torch.zeros(batch_size, 0, *shape, dtype=dtype, device=device)  # noqa: E731
         return PendingChunk(
             mask=torch.zeros(batch_size, 0, dtype=torch.bool, device=device),
             reads=empty(self.read_size),
-            read_weights=empty(self.read_heads, self.slots),
+            read_weights=empty(self.read_heads, slots),
             write_key=empty(self.word_size),
             write_value=empty(self.word_size),
             write_gate=empty(),

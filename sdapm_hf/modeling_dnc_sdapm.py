@@ -178,6 +178,14 @@ class DNCSDAPMPreTrainedModel(PreTrainedModel):
         """The frozen base's backbone (its decoder or encoder stack), None when standalone."""
         return self.memory_model().base
 
+    def initial_memory_state(self, batch_size: int, memory_slots: int | None = None) -> dict[str, torch.Tensor]:
+        """The ``memory_state`` before the first position, as a forward takes it: an empty memory of the config's
+        ``memory_slots``, or of ``memory_slots`` slots (no weight depends on the slot count, so the same model
+        runs with a larger or smaller memory)."""
+        core = self.memory_model().core()
+        device = next(core.parameters()).device
+        return core.initial_state(batch_size, core.dtype, device, memory_slots).as_dict()
+
     def _split_base(self, base: nn.Module | None) -> tuple[nn.Module | None, nn.Module | None]:
         """(backbone, LM head) of the base for this config: the one given (checked) or one built from
         ``text_config`` with ``base_loader``; frozen. The head is None for a base without one."""

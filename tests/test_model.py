@@ -119,6 +119,25 @@ def test_memory_state_carries_a_sequence_across_calls(overrides):
         assert (t.float() - second.memory_state[name].float()).abs().max() <= 1e-5, name
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"memory_type": "dnc"}, {"temporal_links": True, "read_top_k": 2},
+     {"chunk_size": 4, "clock_keys": False, "consolidation": "auto", "read_top_k": 2, "read_candidates": 3}],
+)
+def test_a_memory_of_another_size_runs_as_a_model_built_with_it(overrides):
+    small, large = tiny(**overrides), tiny(**overrides, memory_slots=9)  # the same weights: none depends on N
+    ids = tokens(length=24)  # 4 slots consolidate (per token or per chunk of 4), 9 do not
+    given = small(input_ids=ids, memory_state=small.initial_memory_state(3, memory_slots=9))
+    built = large(input_ids=ids)
+    assert torch.equal(given.logits, built.logits)
+    assert given.memory_state["memory.usage"].shape == (3, 9)
+    assert (given.logits - small(input_ids=ids).logits).abs().max() > 1e-4  # the smaller memory reads otherwise
+    for name, t in small.initial_memory_state(2).items():  # the config's own size: the state forward starts from
+        assert torch.equal(t, large.initial_memory_state(2, memory_slots=4)[name]), name
+    with pytest.raises(ValueError, match="a memory of 1 slots does not fit this config: read_top_k"):
+        tiny(read_top_k=2).initial_memory_state(3, memory_slots=1)
+
+
 @pytest.mark.parametrize("window", [1, 3])
 def test_padding_leaves_the_state_untouched(window):
     model = tiny(interface_window=window)

@@ -346,6 +346,29 @@ def test_example_outcomes_follow_the_split_order_whatever_the_batch_order(tmp_pa
     assert out["answer_correct"].mean() == pytest.approx(evaluate_model(model, split)["token_accuracy"])
 
 
+def test_training_draws_the_memorys_slot_count_per_batch(tmp_path):
+    train(experiment(tmp_path, "drawn", train_memory_slots=[2, 6]))
+    train(experiment(tmp_path, "again", train_memory_slots=[2, 6], max_steps=3))
+    train(experiment(tmp_path, "one", train_memory_slots=[6], max_steps=1))
+    train(experiment(tmp_path, "built", model={**MODEL, "memory_slots": 6}, max_steps=1))
+    logs = {name: [r for r in map(json.loads, (tmp_path / name / "log.jsonl").read_text().splitlines()) if "loss" in r]
+            for name in ("drawn", "again", "one", "built")}
+    drawn = [r["memory_slots"] for r in logs["drawn"]]
+    assert set(drawn) == {2, 6}
+    assert [r["memory_slots"] for r in logs["again"]] == drawn[:3]  # seeded
+    assert logs["one"][0]["loss"] == pytest.approx(logs["built"][0]["loss"], abs=1e-6)  # as a model of 6 slots
+    assert "memory_slots" not in logs["built"][0]
+    assert json.loads((tmp_path / "drawn" / "model" / "config.json").read_text())["memory_slots"] == 4
+    with pytest.raises(ValueError, match="train_memory_slots must be slot counts >= 1"):
+        ExperimentArguments(train_memory_slots=[4, 0])
+    with pytest.raises(ValueError, match="train_memory_slots.*causal_lm"):
+        ExperimentArguments(train_memory_slots=[4], head="sequence_classification", base_config={"x": 1})
+    top = experiment(tmp_path, "top", model={**MODEL, "read_top_k": 3}, train_memory_slots=[2, 4])
+    with pytest.raises(ValueError, match="train_memory_slots: a memory of 2 slots does not fit this config"):
+        train(top)
+    assert not (tmp_path / "top").exists()
+
+
 def test_write_cost_warmup_rises_from_zero_to_the_models_write_cost(tmp_path):
     costly = {**MODEL, "write_cost": 0.2}
     train(experiment(tmp_path, "warm", model=costly, write_cost_warmup_steps=4))

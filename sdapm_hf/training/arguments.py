@@ -64,6 +64,12 @@ class ExperimentArguments:
     learning_rate: float = 3e-3
     weight_decay: float = 0.01
     warmup_steps: int = 50
+    train_memory_slots: list[int] = field(
+        default_factory=list,
+        metadata={"help": "slot counts of the memory in training, one drawn per batch (seeded), e.g. [2, 32]: the "
+                          "fewest make the write gates choose what to keep, the most make the reads choose among as "
+                          "many slots as an evaluation with eval_model's memory_slots (empty: the model's own)"},
+    )
     write_cost_warmup_steps: int = field(
         default=0,
         metadata={"help": "the write cost rises linearly from 0 to the model's write_cost over this many steps, so "
@@ -124,6 +130,11 @@ class ExperimentArguments:
             raise ValueError(f"write_cost_warmup_steps must be >= 0, got {self.write_cost_warmup_steps}")
         if self.write_cost_warmup_steps and self.head != "causal_lm":
             raise ValueError("write_cost_warmup_steps schedules the causal LM's write cost: it needs head 'causal_lm'")
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in self.train_memory_slots):
+            raise ValueError(f"train_memory_slots must be slot counts >= 1, got {self.train_memory_slots}")
+        if self.train_memory_slots and self.head != "causal_lm":
+            raise ValueError("train_memory_slots hands the causal LM's forward an empty memory: it needs head "
+                             "'causal_lm'")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 

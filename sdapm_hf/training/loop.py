@@ -130,6 +130,15 @@ def _write_cost(args: ExperimentArguments, model: PreTrainedModel, step: int) ->
     return {"write_cost": model.config.write_cost * min(1.0, step / args.write_cost_warmup_steps)}
 
 
+def _memory_slots(args: ExperimentArguments, micro: int) -> int | None:
+    """The slot count of micro-batch ``micro`` (counted from 1), drawn from ``train_memory_slots`` by a generator
+    seeded with the run's seed and ``micro`` (so a resumed run draws the same); None: the model's own."""
+    if not args.train_memory_slots:
+        return None
+    draw = torch.Generator().manual_seed(args.seed * 1_000_003 + micro)
+    return args.train_memory_slots[int(torch.randint(len(args.train_memory_slots), (1,), generator=draw))]
+
+
 def _checkpoints(output_dir: Path) -> list[Path]:
     found = [p for p in (output_dir / "checkpoints").glob("step_*") if p.is_dir() and (p / "done").exists()]
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
@@ -188,6 +197,11 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
         loader = haystack.loader(dataset["train"], pad, args.batch_size, seed=args.seed, shuffle=True)
     else:
         loader = batches(dataset["train"], args.batch_size, seed=args.seed, shuffle=True)
+    for slots in args.train_memory_slots:  # a slot count this config cannot run is named before anything is written
+        try:
+            model.initial_memory_state(1, slots)
+        except ValueError as err:
+            raise ValueError(f"train_memory_slots: {err}") from err
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(args))
@@ -230,8 +244,12 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
         for batch in epoch_loader:
             micro += 1
             scheduled = _write_cost(args, model, step)
+            slots = _memory_slots(args, micro)
+            empty = {}
+            if slots is not None:
+                empty["memory_state"] = model.initial_memory_state(len(batch["input_ids"]), slots)
             with accelerator.accumulate(runner):
-                out = runner(**batch, **scheduled)
+                out = runner(**batch, **scheduled, **empty)
                 if torch.isfinite(out.loss):
                     accelerator.backward(out.loss)
                 else:
@@ -258,7 +276,8 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
                     )
             record = None if skipped else _log_step(args, step, out, grad_norm, scheduler, started)
             if record is not None:
-                _write_log(accelerator, output_dir, {**record, **scheduled})
+                drawn = {} if slots is None else {"memory_slots": slots}
+                _write_log(accelerator, output_dir, {**record, **scheduled, **drawn})
             if step % args.eval_every == 0 or step == args.max_steps:
                 record = {"step": step, **_evaluate(model, dataset, args)}
                 _write_log(accelerator, output_dir, record)
