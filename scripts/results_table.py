@@ -395,7 +395,9 @@ OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_be
                  "multi_hop_act_six_reads_curriculum_longer_twice": "configs/multi_hop_act_curriculum_longer.yaml",
                  "multi_hop_act_epsilon_curriculum_fresh_halting": "configs/multi_hop_act_curriculum_fresh_halting.yaml",
                  "multi_hop_act_epsilon_curriculum_longer": "configs/multi_hop_act_curriculum_longer.yaml",
-                 "multi_hop_act_epsilon_curriculum_longer_twice": "configs/multi_hop_act_curriculum_longer.yaml"}
+                 "multi_hop_act_epsilon_curriculum_longer_twice": "configs/multi_hop_act_curriculum_longer.yaml",
+                 "multi_hop_act_epsilon_curriculum_longer_thrice": "configs/multi_hop_act_curriculum_longer.yaml",
+                 "multi_hop_fixed_curriculum_longer_thrice": "configs/multi_hop_fixed_curriculum_longer.yaml"}
 
 
 def run_config(folder: str) -> str:
@@ -433,7 +435,8 @@ MULTI_HOP_SIX_READS_RUNS = ["multi_hop_act_six_reads_curriculum_fresh_halting",
                             "multi_hop_act_six_reads_curriculum_longer",
                             "multi_hop_act_six_reads_curriculum_longer_twice"]
 MULTI_HOP_EPSILON_RUNS = ["multi_hop_act_epsilon_curriculum_fresh_halting", "multi_hop_act_epsilon_curriculum_longer",
-                          "multi_hop_act_epsilon_curriculum_longer_twice"]
+                          "multi_hop_act_epsilon_curriculum_longer_twice", "multi_hop_act_epsilon_curriculum_longer_thrice",
+                          "multi_hop_fixed_curriculum_longer_thrice"]
 # ACT's halting thresholds 1 − ε tried at evaluation on the validation split (the trained runs used 0.01).
 ACT_EPSILONS = ["0.01", "0.1", "0.2", "0.3", "0.5"]
 SECTIONS: dict[str, Callable[[], str]] = {
@@ -588,9 +591,12 @@ SECTIONS: dict[str, Callable[[], str]] = {
         "multi_hop_act_epsilon_curriculum_longer_twice": "ACT at ε = 0.2, then 750 steps more again",
         "multi_hop_fixed_three_reads_curriculum_longer_twice": "fixed loop, 3 reads, after the same stages",
         "multi_hop_fixed_curriculum_longer_twice": "fixed loop, 4 reads, after the same stages",
+        "multi_hop_act_epsilon_curriculum_longer_thrice": "ACT at ε = 0.2, then 750 steps more a third time",
+        "multi_hop_fixed_curriculum_longer_thrice": "fixed loop, 4 reads, then 750 steps more a third time",
     }, "by_hops.json"),
     "multi_hop_act_epsilon_trained_as_fixed_loop": by_step_section({
         "multi_hop_act_epsilon_curriculum_longer_twice": "ACT at ε = 0.2, after the three stages",
+        "multi_hop_act_epsilon_curriculum_longer_thrice": "ACT at ε = 0.2, after a fourth stage",
     }, "by_hops.json", "as_fixed_loop"),
     "multi_hop_act_six_reads_runs": runs_section(MULTI_HOP_SIX_READS_RUNS, TEST_METRICS),
     "multi_hop_act_six_reads": hops_section({
