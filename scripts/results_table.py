@@ -456,6 +456,9 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_passkey_stage4_runs": runs_section(["smollm2_passkey_stage4"], VALIDATION),
     "smollm2_passkey_stage4": haystack_section(
         "smollm2_passkey_stage4", ["haystack_eval_seed1.json"], {}),
+    "smollm2_passkey_stage4_drawn_slots_runs": runs_section(["smollm2_passkey_stage4_drawn_slots"], VALIDATION),
+    "smollm2_passkey_stage4_drawn_slots": haystack_section(
+        "smollm2_passkey_stage4_drawn_slots", ["haystack_eval_seed1.json"], {}),
     "smollm2_passkey_stage3_two_slots": haystack_section(
         "smollm2_passkey_stage3", [f"haystack_eval_two_slots_seed{seed}.json" for seed in range(3)], {64: 0.95}),
     "smollm2_multi_needle_runs": runs_section(["smollm2_multi_needle"], VALIDATION),
