@@ -109,6 +109,8 @@ class MemoryAccess(nn.Module):
         super().__init__()
         self.kind = config.memory_type
         self.settings = memory_settings(config)
+        # the settings of each slot count run so far (``sized``): built and checked once, not at every step
+        self._sized = {} if self.settings is None else {self.settings.slots: self.settings}
         self.consolidation_mode = config.consolidation
         self.chunk_members = config.chunk_members
         self.clock = Clock(config.word_size) if config.clock_keys and self.kind != "none" else None
@@ -130,12 +132,12 @@ class MemoryAccess(nn.Module):
 
     def sized(self, slots: int) -> SDAPMSettings | DNCMemorySettings:
         """The memory's settings with ``slots`` slots (checked: e.g. ``read_top_k`` must fit)."""
-        if slots == self.settings.slots:
-            return self.settings
-        try:
-            return dataclasses.replace(self.settings, slots=slots)
-        except ValueError as err:
-            raise ValueError(f"a memory of {slots} slots does not fit this config: {err}") from err
+        if slots not in self._sized:
+            try:
+                self._sized[slots] = dataclasses.replace(self.settings, slots=slots)
+            except ValueError as err:
+                raise ValueError(f"a memory of {slots} slots does not fit this config: {err}") from err
+        return self._sized[slots]
 
     def settings_of(self, memory: MemoryState | DNCMemoryState) -> SDAPMSettings | DNCMemorySettings:
         """The settings for ``memory``, whose slot count may differ from the config's (``init_state``)."""

@@ -236,8 +236,9 @@ class MemoryCore(nn.Module):
         """The state before the first position: an empty memory of the config's slots, or of ``slots``."""
         zeros = torch.zeros(batch_size, self.controller_size, dtype=dtype, device=device)
         reads = torch.zeros(batch_size, self.read_size, dtype=dtype, device=device)
+        slots = self.slots if slots is None else slots
         access = self.access.init_state(batch_size, dtype, device, slots)
-        chunk = None if self.chunk_size is None else self._empty_chunk(batch_size, dtype, device, slots or self.slots)
+        chunk = None if self.chunk_size is None else self._empty_chunk(batch_size, dtype, device, slots)
         window = None
         if self.window > 1:
             window = torch.zeros(batch_size, self.window - 1, self.width, dtype=dtype, device=device)
