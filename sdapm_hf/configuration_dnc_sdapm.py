@@ -15,6 +15,7 @@ CONSOLIDATION_MODES = ("auto", "usage", "relative_usage", "similar", "learned", 
 ACT_MODES = ("none", "act", "pondernet", "fixed")
 READ_SOURCES = ("layer", "embeddings")
 INPUT_NORMS = ("layer", "robust")
+OUTPUT_SCALES = ("rms", "median")
 # What chunked mode supports (one read per token, no per-token clock chain, a fixed consolidation rule), with the
 # value that makes the other field work.
 CHUNKED_MODE = {
@@ -115,6 +116,9 @@ class DNCSDAPMConfig(PreTrainedConfig):
             position divided by the median of its channels' magnitudes and each channel squashed into a bounded
             range before the LayerNorm, so that a few channels of huge constant magnitude, as in Gemma's residual
             stream, do not make every position look the same; injection.py).
+        output_scale: the stream's scale the memory's addition is multiplied by at each position: ``"rms"`` (the
+            root mean square of its channels) or ``"median"`` (the median of their magnitudes; a few channels of
+            huge magnitude set the RMS, not the median; injection.py).
         segment_length: tokens the base sees at once (None: the base's maximum positions).
         save_base_weights: save the base's weights with the memory ("whole") or only name the base ("adapter").
         tie_word_embeddings: a plugged causal LM's output embeddings are its base's input embeddings (set from
@@ -173,6 +177,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
     read_from: str = "layer"
     read_layer: int | None = None
     input_norm: str = "layer"
+    output_scale: str = "rms"
     segment_length: int | None = None
     save_base_weights: bool = True
     tie_word_embeddings: bool = False
@@ -247,6 +252,7 @@ class DNCSDAPMConfig(PreTrainedConfig):
     def _check_plug(self) -> None:
         _choice(self, "read_from", READ_SOURCES)
         _choice(self, "input_norm", INPUT_NORMS)
+        _choice(self, "output_scale", OUTPUT_SCALES)
         if self.read_layer is not None and self.read_from != "layer":
             raise ValueError(f"read_layer={self.read_layer} names a layer to read, read_from={self.read_from!r} "
                              "reads the embeddings: set read_layer=None or read_from='layer'")

@@ -4,6 +4,9 @@ A base of L layers with hidden states ``h^ℓ`` is changed at one layer only::
 
     h^ℓ  ←  h^ℓ + Δ,   Δ_t = (W_o f_t) · rms(h^ℓ_t),   f = MemoryCore(LayerNorm(x))      (MemoryPlug)
 
+or, with ``output_scale="median"``, ``Δ_t = (W_o f_t) · median_d |h^ℓ_td|``: where a few channels of huge magnitude
+set the RMS (as in Gemma-3's residual stream), the median is the scale of the other channels.
+
 or, with ``input_norm="robust"``, ``f = MemoryCore(LayerNorm(c · tanh(x / (c · median_d |x_d|))))`` with ``c = 8``
 (``robust_squash``): some bases carry a few channels of huge, nearly constant magnitude (Gemma-3's layer-2 states
 have one channel about 870 times their median one); a LayerNorm then gives every position nearly the same vector
@@ -125,9 +128,13 @@ class MemoryPlug(nn.Module):
         return self.output(out.features), out
 
 
-def residual_scale(residual: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, T, 1) the RMS of the residual stream (B, T, D) at each position, in ``dtype``."""
-    return residual.to(dtype).pow(2).mean(-1, keepdim=True).sqrt()
+def residual_scale(residual: torch.Tensor, dtype: torch.dtype, rule: str = "rms") -> torch.Tensor:
+    """(B, T, 1) the scale of the residual stream (B, T, D) at each position, in ``dtype``: the RMS of its channels
+    (``rule="rms"``) or the median of their magnitudes (``"median"``)."""
+    residual = residual.to(dtype)
+    if rule == "median":
+        return residual.abs().median(-1, keepdim=True).values
+    return residual.pow(2).mean(-1, keepdim=True).sqrt()
 
 
 @contextmanager
@@ -171,10 +178,12 @@ def run_segments(
     cache=None,
     new_cache: Callable[[], object] | None = None,
     restart_positions: bool = False,
+    output_scale: str = "rms",
 ) -> tuple[list[torch.Tensor], object]:
     """Run T new positions through the frozen ``base`` one segment of ``length`` at a time, adding
-    ``Δ = memory(x, segment) · rms(h)`` to ``layer``'s output h, where x is what the memory reads (``read_layer``'s
-    output, or the segment's input embeddings with ``read_from="embeddings"``); ``memory=None`` runs the base alone.
+    ``Δ = memory(x, segment) · scale(h)`` (``residual_scale`` by ``output_scale``) to ``layer``'s output h, where x
+    is what the memory reads (``read_layer``'s output, or the segment's input embeddings with
+    ``read_from="embeddings"``); ``memory=None`` runs the base alone.
 
     Args:
         mask: (B, filled + T) the attention mask of the positions already in ``cache`` and the new ones.
@@ -202,7 +211,7 @@ def run_segments(
         if new_cache is not None:
             current = cache if continues else new_cache()
             kwargs.update(cache=current, use_cache=True)
-        with _plugged(base, layer, read_layer, read_from, memory, segment):
+        with _plugged(base, layer, read_layer, read_from, memory, segment, output_scale):
             out = base(input_ids=segment.input_ids, inputs_embeds=segment.inputs_embeds, attention_mask=seg_mask.long(),
                        **kwargs)
         hidden.append(out.last_hidden_state)
@@ -211,11 +220,16 @@ def run_segments(
 
 @contextmanager
 def _plugged(base: nn.Module, layer: nn.Module, read_layer: nn.Module, read_from: str,
-             memory: Callable[[torch.Tensor, Segment], torch.Tensor] | None, segment: Segment) -> Iterator[None]:
+             memory: Callable[[torch.Tensor, Segment], torch.Tensor] | None, segment: Segment,
+             output_scale: str) -> Iterator[None]:
     """The hooks of one segment: the memory reads at ``read_layer`` (or the embeddings) and adds at ``layer``."""
     if memory is None:
         yield
         return
+
+    def _scaled(projected: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return projected * residual_scale(residual, projected.dtype, output_scale)
+
     if read_from == "embeddings":
         embeds = segment.inputs_embeds
         if embeds is None:
@@ -238,10 +252,6 @@ def _plugged(base: nn.Module, layer: nn.Module, read_layer: nn.Module, read_from
             yield
     finally:
         handle.remove()
-
-
-def _scaled(projected: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    return projected * residual_scale(residual, projected.dtype)
 
 
 class _Stop(Exception):

@@ -486,7 +486,7 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
             self.config.read_from, input_ids, inputs_embeds, full_mask, segment_length(self.config, self.base.config),
             None if self.ablated == "base_alone" else memory,
             cache=cache if use_cache else None, new_cache=(lambda: MemoryCache(self.base.config)) if use_cache else None,
-            restart_positions=self.restart_positions,
+            restart_positions=self.restart_positions, output_scale=self.config.output_scale,
         )
         mask = full_mask[:, filled:]
         if not trace.pieces:  # the base alone: the memory state passes through unchanged
@@ -539,7 +539,7 @@ class DNCSDAPMModel(DNCSDAPMPreTrainedModel):
             return DNCSDAPMModelOutput(last_hidden_state=states, memory_state=memory_state)
         projected, out = self.memory(states, mask, trace.state, trace.zero_reads, trace.record)
         trace.add(out, 0)
-        delta = projected * residual_scale(states, projected.dtype)
+        delta = projected * residual_scale(states, projected.dtype, self.config.output_scale)
         return DNCSDAPMModelOutput(last_hidden_state=states + delta.to(states.dtype), **trace.fields(self.core(), mask))
 
 

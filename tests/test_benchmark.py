@@ -32,6 +32,12 @@ def test_the_peer_runs_when_the_bench_extra_is_installed():
     assert measure(kind="step", name="pytorch-dnc 1.1.0 (DNC)", slots=4, steps=1, device="cpu")["cpu_ms"] > 0
 
 
+def test_a_scaling_case_of_the_training_step_times_the_empty_memory_it_starts_from():
+    result = measure(kind="scaling", slots=64, mode="train", steps=1, device="cpu")
+    assert result["cpu_ms"] > result["forward_cpu_ms"] > 0 and result["empty_memory_cpu_ms"] > 0
+    assert "empty_memory_cpu_ms" not in measure(kind="scaling", slots=64, mode="stream", steps=1, device="cpu")
+
+
 def test_capacity_recall_separates_consolidation_from_overwriting():
     kinds = {kind: measure(kind="capacity", kind_of_memory=kind, pairs=32, slots=8, word=16, batch=2, seed=0)["recall"]
              for kind in ("consolidating", "overwriting", "dnc")}

@@ -16,6 +16,7 @@ from transformers import (
 )
 
 from sdapm_hf import DNCSDAPMConfig, DNCSDAPMForCausalLM
+from sdapm_hf.injection import decoder_layers
 
 COMMON = dict(vocab_size=64, max_position_embeddings=32, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, **COMMON)
@@ -282,3 +283,26 @@ def test_a_plug_with_the_robust_input_norm_starts_as_the_base_and_reads_differen
         assert not torch.allclose(layer(input_ids=x).logits, robust(input_ids=x).logits)
     with pytest.raises(Exception, match="input_norm must be one of"):
         DNCSDAPMForCausalLM.from_base(base, input_norm="batch", **MEMORY)
+
+
+def test_the_median_output_scale_multiplies_the_memorys_addition_by_the_streams_median_magnitude():
+    base, x = tiny_base(), ids()
+    with torch.no_grad():
+        h = base(x, output_hidden_states=True).hidden_states[1]  # the first layer's output, without the memory
+        deltas = {}
+        for rule in ("rms", "median"):
+            model = plugged(inject_layer=0, read_layer=0, output_scale=rule)
+            seen = []  # the first layer's output with the memory's addition (this hook runs after the plug's)
+            first = decoder_layers(model.model.base, base.config.num_hidden_layers)[0]
+            handle = first.register_forward_hook(
+                lambda module, args, out: seen.append(out[0] if isinstance(out, tuple) else out))
+            model(input_ids=x)
+            handle.remove()
+            deltas[rule] = seen[0] - h
+    rms = h.pow(2).mean(-1, keepdim=True).sqrt()
+    median = h.abs().median(-1, keepdim=True).values
+    assert deltas["rms"].abs().amax() > 1e-3  # the memory changes the stream
+    torch.testing.assert_close(deltas["median"] * rms, deltas["rms"] * median, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(deltas["median"], deltas["rms"])
+    with pytest.raises(Exception, match="output_scale must be one of"):
+        plugged(output_scale="mean")
