@@ -397,7 +397,9 @@ OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_be
                  "multi_hop_act_epsilon_curriculum_longer": "configs/multi_hop_act_curriculum_longer.yaml",
                  "multi_hop_act_epsilon_curriculum_longer_twice": "configs/multi_hop_act_curriculum_longer.yaml",
                  "multi_hop_act_epsilon_curriculum_longer_thrice": "configs/multi_hop_act_curriculum_longer.yaml",
-                 "multi_hop_fixed_curriculum_longer_thrice": "configs/multi_hop_fixed_curriculum_longer.yaml"}
+                 "multi_hop_fixed_curriculum_longer_thrice": "configs/multi_hop_fixed_curriculum_longer.yaml",
+                 "smollm2_passkey_stage4_relative_usage": "configs/smollm2_passkey_stage4.yaml",
+                 "smollm2_multi_needle_robust_longer_twice": "configs/smollm2_multi_needle_robust_longer.yaml"}
 
 
 def run_config(folder: str) -> str:
@@ -456,6 +458,11 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_passkey_stage4_runs": runs_section(["smollm2_passkey_stage4"], VALIDATION),
     "smollm2_passkey_stage4": haystack_section(
         "smollm2_passkey_stage4", ["haystack_eval_seed1.json"], {}),
+    "smollm2_passkey_stage4_at_relative_usage": haystack_section(
+        "smollm2_passkey_stage4", ["haystack_eval_relative_usage_seed1.json"], {}),
+    "smollm2_passkey_stage4_relative_usage_runs": runs_section(["smollm2_passkey_stage4_relative_usage"], VALIDATION),
+    "smollm2_passkey_stage4_relative_usage": haystack_section(
+        "smollm2_passkey_stage4_relative_usage", ["haystack_eval_seed1.json"], {}),
     "smollm2_passkey_stage4_drawn_slots_runs": runs_section(["smollm2_passkey_stage4_drawn_slots"], VALIDATION),
     "smollm2_passkey_stage4_drawn_slots": haystack_section(
         "smollm2_passkey_stage4_drawn_slots", ["haystack_eval_seed1.json"], {}),
