@@ -361,6 +361,39 @@ def hops_rows_section(systems: list[tuple[str, str, str]]) -> Callable[[], str]:
     return render
 
 
+COMPRESSION_PASSES = (("first", "first questions, the loop"), ("repeat_loop", "repeats, the loop"),
+                      ("repeat_consolidated", "repeats, one consolidated read"))
+
+
+def compression_section(folder: str, evaluation: str) -> Callable[[], str]:
+    """ACT's reads compressed into one consolidated read (``scripts/act_compression_table.py``'s JSON
+    ``evaluation`` in each committed run of ``folder``): per seed and pass the accuracy and mean reads of every hop
+    count, the repeats' key cosine and read error, then the mean and the worst seed of each pass."""
+    def render() -> str:
+        out, columns = [], {name: [] for name, _ in COMPRESSION_PASSES}
+        runs = committed_runs(folder)
+        results = [json.loads((run / evaluation).read_text()) for run in runs]
+        hops = list(results[0]["by_hops"])
+        for run, result in zip(runs, results):
+            seed = json.loads((run / "experiment.json").read_text())["seed"]
+            for name, label in COMPRESSION_PASSES:
+                cells = [result["by_hops"][k] for k in hops] + [result]
+                columns[name].append(cells)
+                out.append([label, str(seed), *(f"{c[name + '_accuracy']:.2%} ({c[name + '_ponder']:.2f})" for c in cells)])
+            out.append(["repeats: first read word's cosine to the first question's; consolidated read's relative error",
+                        str(seed), *(f"{c['repeat_key_cosine']:.3f}; {c['repeat_read_error']:.3f}" for c in cells)])
+        for name, label in COMPRESSION_PASSES:
+            cells = columns[name]
+            mean = [sum(col[i][name + "_accuracy"] for col in cells) / len(cells) for i in range(len(hops) + 1)]
+            worst = [min(col[i][name + "_accuracy"] for col in cells) for i in range(len(hops) + 1)]
+            reads = [sum(col[i][name + "_ponder"] for col in cells) / len(cells) for i in range(len(hops) + 1)]
+            out.append([f"**{label}: mean (worst)**", "",
+                        *(f"{m:.2%} ({w:.2%}); {r:.2f} reads" for m, w, r in zip(mean, worst, reads))])
+        header = [f"{k} hop{'s' if k != '1' else ''}: accuracy (mean reads)" for k in hops]
+        return table(["pass", "seed", *header, "all answers"], out)
+    return render
+
+
 def by_step_section(systems: dict[str, str], evaluation: str, key: str = "by_step") -> Callable[[], str]:
     """Multi-hop recall read by read (``evaluation``'s ``key`` in each committed run of each folder; ``systems``:
     folder → label): per seed and hop count the accuracy had every answer been read at inner step n
@@ -458,6 +491,8 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_passkey_stage4_runs": runs_section(["smollm2_passkey_stage4"], VALIDATION),
     "smollm2_passkey_stage4": haystack_section(
         "smollm2_passkey_stage4", ["haystack_eval_seed1.json"], {}),
+    "multi_hop_act_compression": compression_section("multi_hop_act_epsilon_curriculum_longer_thrice",
+                                                     "compression.json"),
     "smollm2_passkey_stage4_at_relative_usage": haystack_section(
         "smollm2_passkey_stage4", ["haystack_eval_relative_usage_seed1.json"], {}),
     "smollm2_passkey_stage4_relative_usage_runs": runs_section(["smollm2_passkey_stage4_relative_usage"], VALIDATION),

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from sdapm_hf.training import ExperimentArguments, example_outcomes, load_run, train
 
@@ -48,3 +49,31 @@ def test_act_run_is_scored_as_a_fixed_loop_and_with_another_halting_threshold(tm
     assert looser["settings"] == {"act_epsilon": 0.5} and looser["answers"] == trained["answers"] == 24
     assert looser["ponder_mean"] <= trained["ponder_mean"]  # a lower threshold halts no later
     assert looser["as_fixed_loop"] == trained["as_fixed_loop"]  # a fixed loop has no threshold
+
+
+def test_one_consolidated_slot_returns_each_recorded_output_for_its_input():
+    import act_compression_table
+
+    g = torch.Generator().manual_seed(0)
+    keys, values = torch.randn(3, 4, 8, generator=g), torch.randn(3, 4, 8, generator=g)
+    for q in range(4):
+        torch.testing.assert_close(act_compression_table.consolidated_read(keys, values, keys[:, q]), values[:, q],
+                                   atol=1e-3, rtol=1e-3)
+
+
+def test_act_run_on_a_stream_that_repeats_its_questions_answers_the_repeats_in_one_read(tmp_path, monkeypatch):
+    import act_compression_table
+
+    run = trained_run(tmp_path, monkeypatch, "act")
+    _, _, dataset = load_run(run)
+    row, repeated = dataset["test"][0], act_compression_table.repeated_questions(dataset["test"])[0]
+    assert repeated["input_ids"] == row["input_ids"] + row["input_ids"][-8:] and repeated["hops"] == row["hops"] * 2
+    assert repeated["labels"][-8:] == row["labels"][-8:] and repeated["length"] == row["length"] + 8
+    table = act_compression_table.table(run)
+    scored = multi_hop_table.by_hops(run)
+    assert table["sequences"] == 12 and table["questions_per_sequence"] == 2
+    # the first pass is the run's own sequences: the same answers and reads as multi_hop_table
+    assert table["first_accuracy"] == scored["accuracy"] and table["first_ponder"] == scored["ponder_mean"]
+    assert table["repeat_consolidated_ponder"] == 1.0
+    assert sum(row["answers"] for row in table["by_hops"].values()) == 24
+    assert -1.0 <= table["repeat_key_cosine"] <= 1.0 and table["repeat_read_error"] >= 0

@@ -1,0 +1,173 @@
+#!/usr/bin/env python
+"""ACT's chained reads compressed into one consolidated read, in a trained multi-hop recall run.
+
+The seed's idea: record what the ponder loop was given and what it returned as (key, value) pairs, consolidate them
+into one linear layer, and the next time the same input comes one read of that layer replaces the loop's reads.
+Here, on a stream that repeats its inputs: each test sequence of the run's split (pairs, then Q questions) is
+followed by its Q questions again. Per sequence, the loop's first read word ``x_0`` (R·W) and the read it passed on
+``y`` at each question of the first pass become one SDAPM slot (``sdapm.write_chunk``: the ridge least-squares
+affine map through the Q pairs, exact for Q ≤ R·W + 1 affinely independent keys). At each repeated question the
+loop's output is replaced by that slot's map applied to the loop's first read word there (one read;
+``consolidated_read``); everything else runs as trained (the loop still runs underneath, so the memory's state
+after the question is the loop's; its output is not used). Three passes are scored per answer, grouped by the
+number of hops: the first questions, the repeats answered by the loop, the repeats answered by the consolidated read;
+with, per repeat, the cosine between its first read word and its first occurrence's (``key_cosine``) and the
+distance of the consolidated read from the loop's output at the first occurrence relative to that output's norm
+(``read_error``).
+
+    python scripts/act_compression_table.py runs/multi_hop_act_seed0 --out docs/runs/multi_hop_act/seed0/compression.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sdapm_hf import sdapm
+from sdapm_hf.act import PonderStep
+from sdapm_hf.training import example_outcomes, load_run
+from sdapm_hf.training.evaluation import batch_positions
+
+QUESTION = 4  # tokens of a question: QUERY, start symbol, hop token, answer
+HOP_TOKEN = 2  # the hop token's place in a question: the answer is predicted there
+BATCH_SIZE = 64
+
+
+def repeated_questions(split):
+    """Each sequence followed by its questions again (labels too); ``hops`` repeated."""
+    def repeat(row: dict) -> dict:
+        tail = QUESTION * len(row["hops"])
+        return {"input_ids": row["input_ids"] + row["input_ids"][-tail:], "labels": row["labels"] + row["labels"][-tail:],
+                "attention_mask": row["attention_mask"] + row["attention_mask"][-tail:],
+                "length": row["length"] + tail, "hops": row["hops"] + row["hops"]}
+    return split.map(repeat)
+
+
+def consolidated_read(keys: torch.Tensor, values: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """keys, values (B, Q, D) the loop's first read words and outputs; words (B, D) → (B, D) the read of one slot
+    written with the Q pairs (its affine map applied to ``words``)."""
+    b, q, d = keys.shape
+    settings = sdapm.SDAPMSettings(slots=1, word_size=d, max_rank=q, normalize_words=False, value_max=None)
+    state = sdapm.write_chunk(sdapm.init_state(settings, b, keys.dtype), keys, values, settings,
+                              gates=torch.ones(b, q, dtype=keys.dtype))
+    key, maps, value = (t[:, 0] for t in sdapm.slot_maps(state))
+    return ((words - key)[:, None] @ maps)[:, 0] + value
+
+
+class Consolidating:
+    """A forward hook on the ponder loop that records the first pass's questions and answers the repeats with
+    ``consolidated_read`` (the position of each call counted per forward)."""
+
+    def __init__(self, first: list[int], repeats: list[int]) -> None:
+        self.first, self.repeats = first, repeats
+        self.position, self.keys, self.values = 0, [], []
+        # per repeated question (sequences in batch order, questions in order): the cosine between its first read
+        # word and that of its first occurrence, and the consolidated read's distance from the loop's output there
+        # relative to that output's norm
+        self.key_cosine: list[torch.Tensor] = []
+        self.read_error: list[torch.Tensor] = []
+
+    def __call__(self, module, args, output: PonderStep) -> PonderStep | None:
+        position, self.position = self.position, self.position + 1
+        words = args[1].flatten(1)  # (B, R·W) the loop's first read word
+        if position in self.first:
+            self.keys.append(words)
+            self.values.append(output.reads.flatten(1))
+        if position not in self.repeats:
+            return None
+        keys, values = torch.stack(self.keys, 1), torch.stack(self.values, 1)
+        reads = consolidated_read(keys, values, words)
+        question = self.repeats.index(position)
+        self.key_cosine.append(torch.nn.functional.cosine_similarity(words, keys[:, question], dim=-1).detach())
+        self.read_error.append(((reads - values[:, question]).norm(dim=-1) / values[:, question].norm(dim=-1)).detach())
+        ones = torch.ones_like(output.steps)
+        return PonderStep(reads=reads.view_as(output.reads), state=output.state, steps=ones,
+                          cost=torch.zeros_like(output.cost))
+
+    def reset(self) -> None:
+        self.position, self.keys, self.values = 0, [], []
+
+
+def table(run: Path, split: str = "test") -> dict:
+    _, model, dataset = load_run(run)
+    data = repeated_questions(dataset[split])
+    questions = len(data[0]["hops"]) // 2
+    length = data[0]["length"]
+    if len(set(data["length"])) != 1:
+        raise ValueError(f"{run}: the {split} sequences differ in length; the hook counts positions of one length")
+    repeat_start = length - QUESTION * questions
+    first = [repeat_start - QUESTION * (questions - q) + HOP_TOKEN for q in range(questions)]
+    repeats = [repeat_start + QUESTION * q + HOP_TOKEN for q in range(questions)]
+    hops = np.concatenate([np.asarray(h) for h in data["hops"]])
+    second = np.tile(np.arange(2 * questions) >= questions, len(data))
+    looped = example_outcomes(model, data, BATCH_SIZE)
+    hook = Consolidating(first, repeats)
+    ponder = model.model.memory.ponder
+    handle = ponder.register_forward_hook(hook)
+    try:
+        consolidated = _outcomes_with(model, data, hook)
+    finally:
+        handle.remove()
+    ranked = batch_positions(data, BATCH_SIZE)
+    diagnostics = {name: _in_split_order(values, questions, ranked)
+                   for name, values in (("key_cosine", hook.key_cosine), ("read_error", hook.read_error))}
+    rows = {}
+    for k in sorted(set(hops.tolist())):
+        chosen = hops == k
+        repeated = hops[second] == k
+        rows[str(k)] = {
+            "answers": int((chosen & ~second).sum()),
+            "first_accuracy": float(looped["answer_correct"][chosen & ~second].mean()),
+            "first_ponder": float(looped["ponder_steps"][chosen & ~second].mean()),
+            "repeat_loop_accuracy": float(looped["answer_correct"][chosen & second].mean()),
+            "repeat_loop_ponder": float(looped["ponder_steps"][chosen & second].mean()),
+            "repeat_consolidated_accuracy": float(consolidated["answer_correct"][chosen & second].mean()),
+            "repeat_consolidated_ponder": float(consolidated["ponder_steps"][chosen & second].mean()),
+            **{f"repeat_{name}": float(values[repeated].mean()) for name, values in diagnostics.items()},
+        }
+    total = {
+        "first_accuracy": float(looped["answer_correct"][~second].mean()),
+        "first_ponder": float(looped["ponder_steps"][~second].mean()),
+        "repeat_loop_accuracy": float(looped["answer_correct"][second].mean()),
+        "repeat_loop_ponder": float(looped["ponder_steps"][second].mean()),
+        "repeat_consolidated_accuracy": float(consolidated["answer_correct"][second].mean()),
+        "repeat_consolidated_ponder": float(consolidated["ponder_steps"][second].mean()),
+        **{f"repeat_{name}": float(values.mean()) for name, values in diagnostics.items()},
+    }
+    return {"split": split, "sequences": len(data), "questions_per_sequence": questions, **total, "by_hops": rows}
+
+
+def _outcomes_with(model, data, hook: Consolidating) -> dict[str, np.ndarray]:
+    """``example_outcomes`` with the hook's position counter reset before every batch's forward."""
+    handle = model.register_forward_pre_hook(lambda module, args, kwargs: hook.reset(), with_kwargs=True)
+    try:
+        return example_outcomes(model, data, BATCH_SIZE)
+    finally:
+        handle.remove()
+
+
+def _in_split_order(values: list[torch.Tensor], questions: int, ranked: list[int]) -> np.ndarray:
+    """Per repeated question, split order (sequences, then questions): ``values`` holds a (B_b,) tensor per
+    repeated question of each batch, batches in order."""
+    per_batch = [torch.stack(values[i : i + questions], 1) for i in range(0, len(values), questions)]
+    return torch.cat(per_batch)[torch.as_tensor(ranked)].flatten().numpy()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="a finished ACT multi_hop_recall run folder")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    result = table(args.run, args.split)
+    print(json.dumps(result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
