@@ -520,6 +520,10 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_multi_needle_robust_longer_runs": runs_section(["smollm2_multi_needle_robust_longer"], VALIDATION),
     "smollm2_multi_needle_robust_longer": haystack_section(
         "smollm2_multi_needle_robust_longer", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {64: 0.90}),
+    "smollm2_multi_needle_robust_longer_twice_runs": runs_section(["smollm2_multi_needle_robust_longer_twice"],
+                                                                  VALIDATION),
+    "smollm2_multi_needle_robust_longer_twice": haystack_section(
+        "smollm2_multi_needle_robust_longer_twice", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {64: 0.90}),
     "gemma3_passkey_runs": runs_section(["gemma3_passkey", "gemma3_passkey_robust", "gemma3_passkey_median_scale"],
                                         VALIDATION),
     "smollm2_qa1_runs": runs_section(["smollm2_qa1"], VALIDATION),
