@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,16 +59,30 @@ def consolidated_read(keys: torch.Tensor, values: torch.Tensor, words: torch.Ten
     return ((words - key)[:, None] @ maps)[:, 0] + value
 
 
+def raw_slots_read(keys: torch.Tensor, values: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """The same Q pairs kept as Q raw slots (no consolidation), read sharply: the map of the slot whose key is
+    nearest in cosine, ``(words − k_n) + v_n`` (a raw slot's map), (B, D)."""
+    nearest = torch.nn.functional.cosine_similarity(words[:, None], keys, dim=-1).argmax(-1)
+    pick = torch.arange(len(keys))
+    return words - keys[pick, nearest] + values[pick, nearest]
+
+
+# the passes that answer the repeats with one read: name → the read (keys, values, words → reads)
+READS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "consolidated": consolidated_read, "raw_slots": raw_slots_read}
+
+
 class Consolidating:
     """A forward hook on the ponder loop that records the first pass's questions and answers the repeats with
-    ``consolidated_read`` (the position of each call counted per forward)."""
+    ``read`` (the position of each call counted per forward)."""
 
-    def __init__(self, first: list[int], repeats: list[int]) -> None:
-        self.first, self.repeats = first, repeats
+    def __init__(self, first: list[int], repeats: list[int],
+                 read: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        self.first, self.repeats, self.read = first, repeats, read
         self.position, self.keys, self.values = 0, [], []
         # per repeated question (sequences in batch order, questions in order): the cosine between its first read
-        # word and that of its first occurrence, and the consolidated read's distance from the loop's output there
-        # relative to that output's norm
+        # word and that of its first occurrence, and the read's distance from the loop's output there relative to
+        # that output's norm
         self.key_cosine: list[torch.Tensor] = []
         self.read_error: list[torch.Tensor] = []
 
@@ -80,7 +95,7 @@ class Consolidating:
         if position not in self.repeats:
             return None
         keys, values = torch.stack(self.keys, 1), torch.stack(self.values, 1)
-        reads = consolidated_read(keys, values, words)
+        reads = self.read(keys, values, words)
         question = self.repeats.index(position)
         self.key_cosine.append(torch.nn.functional.cosine_similarity(words, keys[:, question], dim=-1).detach())
         self.read_error.append(((reads - values[:, question]).norm(dim=-1) / values[:, question].norm(dim=-1)).detach())
@@ -104,41 +119,33 @@ def table(run: Path, split: str = "test") -> dict:
     repeats = [repeat_start + QUESTION * q + HOP_TOKEN for q in range(questions)]
     hops = np.concatenate([np.asarray(h) for h in data["hops"]])
     second = np.tile(np.arange(2 * questions) >= questions, len(data))
-    looped = example_outcomes(model, data, BATCH_SIZE)
-    hook = Consolidating(first, repeats)
-    ponder = model.model.memory.ponder
-    handle = ponder.register_forward_hook(hook)
-    try:
-        consolidated = _outcomes_with(model, data, hook)
-    finally:
-        handle.remove()
     ranked = batch_positions(data, BATCH_SIZE)
-    diagnostics = {name: _in_split_order(values, questions, ranked)
-                   for name, values in (("key_cosine", hook.key_cosine), ("read_error", hook.read_error))}
-    rows = {}
-    for k in sorted(set(hops.tolist())):
-        chosen = hops == k
-        repeated = hops[second] == k
-        rows[str(k)] = {
-            "answers": int((chosen & ~second).sum()),
-            "first_accuracy": float(looped["answer_correct"][chosen & ~second].mean()),
-            "first_ponder": float(looped["ponder_steps"][chosen & ~second].mean()),
-            "repeat_loop_accuracy": float(looped["answer_correct"][chosen & second].mean()),
-            "repeat_loop_ponder": float(looped["ponder_steps"][chosen & second].mean()),
-            "repeat_consolidated_accuracy": float(consolidated["answer_correct"][chosen & second].mean()),
-            "repeat_consolidated_ponder": float(consolidated["ponder_steps"][chosen & second].mean()),
-            **{f"repeat_{name}": float(values[repeated].mean()) for name, values in diagnostics.items()},
-        }
-    total = {
-        "first_accuracy": float(looped["answer_correct"][~second].mean()),
-        "first_ponder": float(looped["ponder_steps"][~second].mean()),
-        "repeat_loop_accuracy": float(looped["answer_correct"][second].mean()),
-        "repeat_loop_ponder": float(looped["ponder_steps"][second].mean()),
-        "repeat_consolidated_accuracy": float(consolidated["answer_correct"][second].mean()),
-        "repeat_consolidated_ponder": float(consolidated["ponder_steps"][second].mean()),
-        **{f"repeat_{name}": float(values.mean()) for name, values in diagnostics.items()},
-    }
-    return {"split": split, "sequences": len(data), "questions_per_sequence": questions, **total, "by_hops": rows}
+    looped = example_outcomes(model, data, BATCH_SIZE)
+    # per pass: (its answers' outcomes, the answers it scores, per answer scored its diagnostics)
+    passes = {"first": (looped, ~second, {}), "repeat_loop": (looped, second, {})}
+    for name, read in READS.items():
+        hook = Consolidating(first, repeats, read)
+        handle = model.model.memory.ponder.register_forward_hook(hook)
+        try:
+            outcomes = _outcomes_with(model, data, hook)
+        finally:
+            handle.remove()
+        diagnostics = {key: _in_split_order(values, questions, ranked)
+                       for key, values in (("key_cosine", hook.key_cosine), ("read_error", hook.read_error))}
+        passes[f"repeat_{name}"] = (outcomes, second, diagnostics)
+
+    def scores(hop_count: int | None) -> dict[str, float]:
+        chosen = np.ones_like(hops, dtype=bool) if hop_count is None else hops == hop_count
+        out = {}
+        for name, (outcomes, scored, diagnostics) in passes.items():
+            out[f"{name}_accuracy"] = float(outcomes["answer_correct"][chosen & scored].mean())
+            out[f"{name}_ponder"] = float(outcomes["ponder_steps"][chosen & scored].mean())
+            out.update({f"{name}_{key}": float(values[chosen[scored]].mean()) for key, values in diagnostics.items()})
+        return out
+
+    rows = {str(k): {"answers": int((hops[~second] == k).sum()), **scores(k)} for k in sorted(set(hops.tolist()))}
+    return {"split": split, "sequences": len(data), "questions_per_sequence": questions, **scores(None),
+            "by_hops": rows}
 
 
 def _outcomes_with(model, data, hook: Consolidating) -> dict[str, np.ndarray]:

@@ -362,13 +362,14 @@ def hops_rows_section(systems: list[tuple[str, str, str]]) -> Callable[[], str]:
 
 
 COMPRESSION_PASSES = (("first", "first questions, the loop"), ("repeat_loop", "repeats, the loop"),
-                      ("repeat_consolidated", "repeats, one consolidated read"))
+                      ("repeat_consolidated", "repeats, one read of one consolidated slot"),
+                      ("repeat_raw_slots", "repeats, one read of the pairs as raw slots"))
 
 
 def compression_section(folder: str, evaluation: str) -> Callable[[], str]:
-    """ACT's reads compressed into one consolidated read (``scripts/act_compression_table.py``'s JSON
-    ``evaluation`` in each committed run of ``folder``): per seed and pass the accuracy and mean reads of every hop
-    count, the repeats' key cosine and read error, then the mean and the worst seed of each pass."""
+    """ACT's reads compressed into one read (``scripts/act_compression_table.py``'s JSON ``evaluation`` in each
+    committed run of ``folder``): per seed and pass the accuracy and mean reads of every hop count (for the one-read
+    passes also the repeats' key cosine and relative read error), then the mean and the worst seed of each pass."""
     def render() -> str:
         out, columns = [], {name: [] for name, _ in COMPRESSION_PASSES}
         runs = committed_runs(folder)
@@ -376,12 +377,13 @@ def compression_section(folder: str, evaluation: str) -> Callable[[], str]:
         hops = list(results[0]["by_hops"])
         for run, result in zip(runs, results):
             seed = json.loads((run / "experiment.json").read_text())["seed"]
+            cells = [result["by_hops"][k] for k in hops] + [result]
             for name, label in COMPRESSION_PASSES:
-                cells = [result["by_hops"][k] for k in hops] + [result]
                 columns[name].append(cells)
                 out.append([label, str(seed), *(f"{c[name + '_accuracy']:.2%} ({c[name + '_ponder']:.2f})" for c in cells)])
-            out.append(["repeats: first read word's cosine to the first question's; consolidated read's relative error",
-                        str(seed), *(f"{c['repeat_key_cosine']:.3f}; {c['repeat_read_error']:.3f}" for c in cells)])
+                if name + "_key_cosine" in result:
+                    out.append([f"{label}: key cosine; relative read error", str(seed),
+                                *(f"{c[name + '_key_cosine']:.3f}; {c[name + '_read_error']:.3f}" for c in cells)])
         for name, label in COMPRESSION_PASSES:
             cells = columns[name]
             mean = [sum(col[i][name + "_accuracy"] for col in cells) / len(cells) for i in range(len(hops) + 1)]

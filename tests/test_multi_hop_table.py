@@ -74,6 +74,15 @@ def test_act_run_on_a_stream_that_repeats_its_questions_answers_the_repeats_in_o
     assert table["sequences"] == 12 and table["questions_per_sequence"] == 2
     # the first pass is the run's own sequences: the same answers and reads as multi_hop_table
     assert table["first_accuracy"] == scored["accuracy"] and table["first_ponder"] == scored["ponder_mean"]
-    assert table["repeat_consolidated_ponder"] == 1.0
+    assert table["repeat_consolidated_ponder"] == table["repeat_raw_slots_ponder"] == 1.0
     assert sum(row["answers"] for row in table["by_hops"].values()) == 24
-    assert -1.0 <= table["repeat_key_cosine"] <= 1.0 and table["repeat_read_error"] >= 0
+    assert -1.0 <= table["repeat_consolidated_key_cosine"] <= 1.0 and table["repeat_consolidated_read_error"] >= 0
+
+
+def test_raw_slots_read_the_map_of_the_slot_nearest_in_cosine():
+    import act_compression_table
+
+    keys = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    values = torch.tensor([[[5.0, 5.0], [-5.0, 0.0]]])
+    words = torch.tensor([[0.2, 0.9]])  # nearest the second key: (w − k_2) + v_2
+    torch.testing.assert_close(act_compression_table.raw_slots_read(keys, values, words), torch.tensor([[-4.8, -0.1]]))
