@@ -10,7 +10,9 @@ Sections (``python scripts/benchmark.py SECTION [--write]``; ``all`` runs every 
   memory (temporal links, as the peer). Each case runs in its own process (its peak RSS is the case's), rounds interleaved.
 * ``learn``: steps and time until the copy task (length 8, N = 16) reaches 99% bit accuracy on a fresh batch, ours
   and the peer trained the same way (Adam 1e-3, clip 10, batch 32) from the same seeds.
-* ``scaling``: a training step and a streaming (no-grad) step of the sparse model for N from 64 to 16,384.
+* ``scaling``: a training step and a streaming (no-grad) step of the sparse model for N from 64 to 16,384, the empty
+  memory a step starts from timed alone, and the training step again with PyTorch's huge pages
+  (``THP_MEM_ALLOC_ENABLE=1``).
 * ``capacity``: recall of P random pairs written into N = 16 slots against P/N: the SDAPM consolidating, the SDAPM
   overwriting its oldest slot, and the classic DNC memory.
 * ``act``: a fixed 10-layer tanh network (not the trained model) computed by 10 memory reads per input, its (input, output)
