@@ -526,6 +526,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
                                                                   VALIDATION),
     "smollm2_multi_needle_robust_longer_twice": haystack_section(
         "smollm2_multi_needle_robust_longer_twice", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {64: 0.90}),
+    "gemma3_passkey_median_scale": haystack_section("gemma3_passkey_median_scale", ["haystack_eval_seed0.json"], {}),
     "gemma3_passkey_runs": runs_section(["gemma3_passkey", "gemma3_passkey_robust", "gemma3_passkey_median_scale"],
                                         VALIDATION),
     "smollm2_qa1_runs": runs_section(["smollm2_qa1"], VALIDATION),
