@@ -434,6 +434,7 @@ OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_be
                  "multi_hop_act_epsilon_curriculum_longer_thrice": "configs/multi_hop_act_curriculum_longer.yaml",
                  "multi_hop_fixed_curriculum_longer_thrice": "configs/multi_hop_fixed_curriculum_longer.yaml",
                  "smollm2_passkey_stage4_relative_usage": "configs/smollm2_passkey_stage4.yaml",
+                 "smollm2_passkey_stage4_eight_slots": "configs/smollm2_passkey_stage4.yaml",
                  "smollm2_multi_needle_robust_longer_twice": "configs/smollm2_multi_needle_robust_longer.yaml"}
 
 
@@ -500,6 +501,9 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_passkey_stage4_relative_usage_runs": runs_section(["smollm2_passkey_stage4_relative_usage"], VALIDATION),
     "smollm2_passkey_stage4_relative_usage": haystack_section(
         "smollm2_passkey_stage4_relative_usage", ["haystack_eval_seed1.json"], {}),
+    "smollm2_passkey_stage4_eight_slots_runs": runs_section(["smollm2_passkey_stage4_eight_slots"], VALIDATION),
+    "smollm2_passkey_stage4_eight_slots": haystack_section(
+        "smollm2_passkey_stage4_eight_slots", ["haystack_eval_seed1.json"], {}),
     "smollm2_passkey_stage4_drawn_slots_runs": runs_section(["smollm2_passkey_stage4_drawn_slots"], VALIDATION),
     "smollm2_passkey_stage4_drawn_slots": haystack_section(
         "smollm2_passkey_stage4_drawn_slots", ["haystack_eval_seed1.json"], {}),
