@@ -385,3 +385,14 @@ def test_write_cost_warmup_rises_from_zero_to_the_models_write_cost(tmp_path):
         ExperimentArguments(write_cost_warmup_steps=-1)
     with pytest.raises(ValueError, match="write_cost_warmup_steps.*causal_lm"):
         ExperimentArguments(write_cost_warmup_steps=5, head="sequence_classification", base_config={"x": 1})
+
+
+def test_cached_base_states_beyond_float16_are_refused_by_name():
+    from sdapm_hf.training.states import cached_states
+
+    fine = torch.tensor([[1.5, -60000.0]])
+    assert str(cached_states(fine, "x").dtype) == "float16"
+    with pytest.raises(ValueError, match=r"the layer's states reach a magnitude of 7e\+04, beyond the 65504"):
+        cached_states(torch.tensor([[1.0, 7e4]]), "the layer's states")
+    with pytest.raises(ValueError, match="beyond the 65504"):
+        cached_states(torch.tensor([[float("nan")]]), "the layer's states")

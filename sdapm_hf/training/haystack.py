@@ -27,8 +27,8 @@ from torch import nn
 from ..modeling_dnc_sdapm import DNCSDAPMForCausalLM
 from ..tasks.haystack import HaystackCorpus
 from .data import LengthBucketBatchSampler, batches
+from .states import COLUMN, cached_states
 
-COLUMN = "layer_states"
 _STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → its HaystackStates
 
 
@@ -57,17 +57,23 @@ class HaystackStates:
         features[COLUMN] = datasets.Array2D(shape=(None, config.hidden_size), dtype="float16")
         memory_model = self.model.model
 
+        what = f"the base's states at the memory's read layer ({config.read_from}, read_layer={config.read_layer})"
+
         def states(batch):
             ids = torch.tensor(batch["input_ids"], device=self.model.device)
-            return {COLUMN: memory_model.layer_states(ids).half().cpu().numpy()}
+            return {COLUMN: cached_states(memory_model.layer_states(ids), what)}
 
         fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
         folder = Path(datasets.config.HF_DATASETS_CACHE) / "sdapm_hf"
         folder.mkdir(parents=True, exist_ok=True)
+        cache_file = folder / f"{COLUMN}-{fingerprint}.arrow"
         done = segments.map(states, batched=True, batch_size=self.batch_size, features=features,
-                            new_fingerprint=fingerprint, cache_file_name=str(folder / f"{COLUMN}-{fingerprint}.arrow"),
-                            desc=f"{split} segments' states")
-        return torch.from_numpy(np.stack(done.with_format("numpy")[COLUMN]))
+                            new_fingerprint=fingerprint, cache_file_name=str(cache_file), desc=f"{split} segments' states")
+        stored = torch.from_numpy(np.stack(done.with_format("numpy")[COLUMN]))
+        if not torch.isfinite(stored).all():  # cached before values beyond float16 were refused
+            raise ValueError(f"{what} in {cache_file} hold values beyond float16's range: read a layer whose states "
+                             "stay within it (read_layer), or delete the file")
+        return stored
 
 
 def collate(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:

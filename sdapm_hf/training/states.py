@@ -13,12 +13,24 @@ import hashlib
 import json
 
 import datasets
+import numpy as np
 import torch
 from torch import nn
 
 from ..modeling_dnc_sdapm import DNCSDAPMForSequenceClassification
 
 COLUMN = "layer_states"
+FLOAT16_MAX = torch.finfo(torch.float16).max
+
+
+def cached_states(states: torch.Tensor, what: str) -> np.ndarray:
+    """``states`` as the float16 the cached column holds; refused, naming ``what``, where a value lies beyond
+    float16's range (it would be cached as inf: some bases carry channels that large at deeper layers)."""
+    largest = states.abs().amax().item()
+    if not largest <= FLOAT16_MAX:
+        raise ValueError(f"{what} reach a magnitude of {largest:.4g}, beyond the {FLOAT16_MAX:.0f} of the float16 "
+                         "cache they are stored in: read a layer whose states stay within it (read_layer)")
+    return states.half().cpu().numpy()
 
 
 def add_layer_states(dataset: datasets.DatasetDict, model: DNCSDAPMForSequenceClassification,
@@ -37,7 +49,7 @@ def add_layer_states(dataset: datasets.DatasetDict, model: DNCSDAPMForSequenceCl
     def states(batch):
         ids = torch.tensor(batch["input_ids"])
         mask = torch.tensor(batch["attention_mask"]) if "attention_mask" in batch else None
-        return {COLUMN: memory_model.layer_states(ids, mask).half().numpy()}
+        return {COLUMN: cached_states(memory_model.layer_states(ids, mask), "the base's states the memory reads")}
 
     out = {}
     for name, split in dataset.items():
