@@ -9,11 +9,12 @@ followed by its Q questions again. Per sequence, the loop's first read word ``x_
 affine map through the Q pairs, exact for Q ≤ R·W + 1 affinely independent keys). At each repeated question the
 loop's output is replaced by that slot's map applied to the loop's first read word there (one read;
 ``consolidated_read``); everything else runs as trained (the loop still runs underneath, so the memory's state
-after the question is the loop's; its output is not used). Three passes are scored per answer, grouped by the
-number of hops: the first questions, the repeats answered by the loop, the repeats answered by the consolidated read;
-with, per repeat, the cosine between its first read word and its first occurrence's (``key_cosine``) and the
-distance of the consolidated read from the loop's output at the first occurrence relative to that output's norm
-(``read_error``).
+after the question is the loop's; its output is not used). For comparison the same pairs are also kept as Q raw
+slots, read once by the nearest key (``raw_slots_read``). Four passes are scored per answer, grouped by the number
+of hops: the first questions, the repeats answered by the loop, by the consolidated slot and by the raw slots; with,
+per repeat and one-read pass, the cosine between its first read word and its first occurrence's (``key_cosine``)
+and the distance of the one-read answer from the loop's output at the first occurrence relative to that output's
+norm (``read_error``).
 
     python scripts/act_compression_table.py runs/multi_hop_act_seed0 --out docs/runs/multi_hop_act/seed0/compression.json
 """
