@@ -33,20 +33,28 @@ from sdapm_hf.training.evaluation import load_base, load_run
 from sdapm_hf.training.haystack import collate, evaluate_haystack, haystack_states, matches, runner
 
 
+def split_sizes(length: int, rows: int, split: str) -> dict[str, int]:
+    """The task arguments that regenerate ``rows`` haystacks of ``length`` segments in ``split`` and none in the
+    other splits."""
+    sizes = {"train_size": 0, "validation_size": 0, "test_size": 0}
+    sizes[f"{split}_size"] = rows
+    return {"num_segments": length, **sizes}
+
+
 def evaluate_run(run: str, lengths: list[int], test_size: int, done: dict, save, device: str = "cpu",
-                 batch_size: int = 16, overrides: dict | None = None) -> dict:
+                 batch_size: int = 16, overrides: dict | None = None, split: str = "test") -> dict:
     """The run's exact-match accuracy with the memory and with the base alone, the rows it answered wrongly and the
     segments each row's sentences went into, its memory's bytes and write gates, per length (those in ``done`` kept;
-    ``save`` called after each new one), computed on ``device`` in batches of ``batch_size`` rows, with the model
-    config's fields in ``overrides`` changed."""
+    ``save`` called after each new one), on ``test_size`` haystacks of ``split`` (the test split, or the validation
+    split to choose among runs without looking at the test), computed on ``device`` in batches of ``batch_size``
+    rows, with the model config's fields in ``overrides`` changed."""
     for length in lengths:
         if str(length) in done:
             continue
         started = time.process_time()
-        _, model, dataset = load_run(run, {"num_segments": length, "train_size": 0, "validation_size": 0,
-                                           "test_size": test_size}, final=True, **(overrides or {}))
+        _, model, dataset = load_run(run, split_sizes(length, test_size, split), final=True, **(overrides or {}))
         model.to(device)
-        test = dataset["test"]
+        test = dataset[split]
         outcomes: list[bool] = []
         with_memory = evaluate_haystack(model, test, batch_size, outcomes=outcomes)
         with model.ablation("base_alone"):
@@ -189,16 +197,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="haystacks the memory reads at once")
     parser.add_argument("--set", nargs="*", default=[], type=parse_assignment, metavar="KEY=VALUE",
                         help="model config fields changed for the evaluation (over the run's eval_model)")
+    parser.add_argument("--split", choices=["test", "validation"], default="test",
+                        help="the haystacks' split: validation to choose among runs without looking at the test")
     args = parser.parse_args(argv)
+    if args.baselines and args.split != "test":
+        parser.error("--baselines are measured on the test split: leave out --split or --baselines")
     torch.set_num_threads(1)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}  # what an interrupted run of it already measured
-    if results and (results["test_size"], results.get("top_k"), results.get("overrides", {})) != (
-            args.test_size, args.top_k, dict(args.set)):
-        raise ValueError(f"{out} holds figures for another --test-size, --top-k or --set: give another --out")
+    if results and (results["test_size"], results.get("top_k"), results.get("overrides", {}),
+                    results.get("split", "test")) != (args.test_size, args.top_k, dict(args.set), args.split):
+        raise ValueError(f"{out} holds figures for another --test-size, --top-k, --set or --split: give another --out")
     results.update(command=command_line(argv or sys.argv[1:], "scripts/haystack_table.py"), code=code_revision(),
                    machine=machine(), device=device_name(args.device), lengths=args.lengths, test_size=args.test_size,
                    top_k=args.top_k, overrides=dict(args.set))
+    if args.split != "test":
+        results["split"] = args.split
     results.setdefault("runs", {})
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -209,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
 
     for run in args.runs:
         evaluate_run(run, args.lengths, args.test_size, results["runs"].setdefault(run, {}), save, args.device,
-                     args.batch_size, dict(args.set))
+                     args.batch_size, dict(args.set), args.split)
     _, model, _ = load_run(args.runs[0], {"train_size": 0, "validation_size": 0, "test_size": 1})
     results["segment_length"] = model.config.segment_length
     if args.baselines:

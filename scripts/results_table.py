@@ -127,6 +127,94 @@ def haystack_section(folder: str, evaluations: list[str], targets: dict[int, flo
     return render
 
 
+# The passkey checkpoints chosen per seed on validation haystacks: (stage, merge rule) → the folder of the stage's runs
+# and, per seed, its test evaluation under docs/runs/ (``scripts/haystack_table.py`` JSONs).
+PASSKEY_CANDIDATES: dict[tuple[int, str], tuple[str, dict[int, str]]] = {
+    (2, "usage"): ("smollm2_passkey_stage2", {0: "haystack_eval_seed0.json", 1: "haystack_eval.json",
+                                              2: "haystack_eval_seed2.json"}),
+    (2, "relative_usage"): ("smollm2_passkey_stage2",
+                            {seed: f"haystack_eval_relative_usage_seed{seed}.json" for seed in range(3)}),
+    (3, "usage"): ("smollm2_passkey_stage3", {seed: f"haystack_eval_seed{seed}.json" for seed in range(3)}),
+    (3, "relative_usage"): ("smollm2_passkey_stage3",
+                            {seed: f"haystack_eval_relative_usage_seed{seed}.json" for seed in range(3)}),
+}
+SELECTION = "smollm2_passkey_selection"
+DEFAULT_MERGE_RULE = "usage"
+
+
+def validation_score(evaluation: dict) -> float:
+    """The mean exact match of a validation evaluation (one run) over its lengths."""
+    (by_length,) = evaluation["runs"].values()
+    return sum(by_length[str(n)]["with_memory"]["accuracy"] for n in evaluation["lengths"]) / len(evaluation["lengths"])
+
+
+def choose(scores: dict[tuple[int, str], float]) -> tuple[int, str]:
+    """The candidate (stage, merge rule) of the best validation score; ties go to the later stage (it trained on
+    the longest inputs), then to the default merge rule."""
+    return max(scores, key=lambda c: (scores[c], c[0], c[1] == DEFAULT_MERGE_RULE))
+
+
+def passkey_selection_section(lengths: list[int], targets: dict[int, float]) -> Callable[[], str]:
+    """Per seed, every candidate's validation and test accuracy and the one ``choose`` takes; then the test table
+    of the chosen checkpoints (the baselines from the first passkey evaluation, on the same test haystacks)."""
+    def render() -> str:
+        rows, chosen, checked_lengths = [], {}, []
+        for seed in range(3):
+            validation = {c: json.loads((RUNS / SELECTION / f"validation_stage{c[0]}_{c[1]}_seed{seed}.json")
+                                        .read_text()) for c in PASSKEY_CANDIDATES}
+            scores = {c: validation_score(v) for c, v in validation.items()}
+            best = choose(scores)
+            for candidate, (folder, tests) in PASSKEY_CANDIDATES.items():
+                test = json.loads((RUNS / folder / tests[seed]).read_text())
+                (by_length,) = test["runs"].values()
+                (checked,) = validation[candidate]["runs"].values()
+                checked_lengths = validation[candidate]["lengths"]
+                rows.append([f"seed {seed}", f"stage {candidate[0]}", f"`{candidate[1]}`",
+                             *[f"{100 * checked[str(n)]['with_memory']['accuracy']:.1f}%" for n in checked_lengths],
+                             *[f"{100 * by_length[str(n)]['with_memory']['accuracy']:.1f}%" for n in lengths],
+                             "**chosen**" if candidate == best else ""])
+                if candidate == best:
+                    chosen[next(iter(test["runs"]))] = (f"seed {seed} (stage {best[0]}, `{best[1]}`)", by_length)
+        first = json.loads((RUNS / "smollm2_passkey" / "haystack_eval.json").read_text())
+        header = ["seed", "checkpoint", "merge rule", *[f"validation {n}×" for n in checked_lengths],
+                  *[f"test {n}×" for n in lengths], ""]
+        results = {"lengths": lengths, "segment_length": first["segment_length"], "baselines": first["baselines"],
+                   "runs": {run: by_length for run, (_, by_length) in chosen.items()}}
+        labels = {run: label for run, (label, _) in chosen.items()}
+        body = markdown(results, labels, targets, kv_bytes_per_token("smollm2_passkey"))
+        made = "\n".join(f"`{json.loads(path.read_text())['command']}`"
+                         for path in sorted((RUNS / SELECTION).glob("validation_*.json")))
+        return (f"{table(header, rows)}\n\n{made}\n\nThe chosen checkpoints on the test haystacks:\n\n{body}\n\n"
+                "The baselines' figures: docs/runs/smollm2_passkey/haystack_eval.json, measured there on the same "
+                "test haystacks (seed 0's, the first run's).")
+    return render
+
+
+def haystack_variants_section(folder: str, variants: dict[str, str], length: int) -> Callable[[], str]:
+    """Per seed, the accuracy at ``length`` of each evaluation variant (label → a ``haystack_table.py`` JSON name
+    with ``{seed}``, the first the reference), the share of answers that are another inserted sentence's, and how
+    many of its wrong rows the reference got wrong too."""
+    def render() -> str:
+        rows, commands = [], []
+        for seed in range(3):
+            found = {label: json.loads((RUNS / folder / name.format(seed=seed)).read_text())
+                     for label, name in variants.items()}
+            reference = None
+            for label, evaluation in found.items():
+                (by_length,) = evaluation["runs"].values()
+                entry = by_length[str(length)]
+                wrong = set(entry["wrong_rows"])
+                reference = wrong if reference is None else reference
+                rows.append([f"seed {seed}", label, f"{100 * entry['with_memory']['accuracy']:.1f}%",
+                             f"{100 * entry['with_memory']['another_sentence']:.1f}%",
+                             f"{len(wrong & reference)} of {len(wrong)}"])
+                commands.append(f"`{evaluation['command']}`")
+        header = ["run", "evaluated with", f"accuracy at {length}×", "answers that are another needle's value",
+                  f"wrong rows also wrong with {next(iter(variants))}"]
+        return f"{table(header, rows)}\n\n" + "\n".join(commands)
+    return render
+
+
 def gate_section(folder: str, evaluation: str) -> Callable[[], str]:
     def render() -> str:
         results = json.loads((RUNS / folder / evaluation).read_text())
@@ -351,6 +439,8 @@ def hops_rows_section(systems: list[tuple[str, str, str]]) -> Callable[[], str]:
                 cells = [result["by_hops"][k] for k in hops] + [result]
                 columns.append(cells)
                 out.append([label, str(seed), *(f"{c['accuracy']:.2%} ({c['ponder_mean']:.2f})" for c in cells)])
+            if len(columns) == 1:  # one seed: no mean to give
+                continue
             worst = [min(col[i]["accuracy"] for col in columns) for i in range(len(hops) + 1)]
             mean = [sum(col[i]["accuracy"] for col in columns) / len(columns) for i in range(len(hops) + 1)]
             steps = [sum(col[i]["ponder_mean"] for col in columns) / len(columns) for i in range(len(hops) + 1)]
@@ -433,6 +523,9 @@ OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_be
                  "multi_hop_act_epsilon_curriculum_longer_twice": "configs/multi_hop_act_curriculum_longer.yaml",
                  "multi_hop_act_epsilon_curriculum_longer_thrice": "configs/multi_hop_act_curriculum_longer.yaml",
                  "multi_hop_fixed_curriculum_longer_thrice": "configs/multi_hop_fixed_curriculum_longer.yaml",
+                 "multi_hop_act_epsilon_curriculum_longer_four_times": "configs/multi_hop_act_curriculum_longer.yaml",
+                 "multi_hop_fixed_curriculum_longer_four_times": "configs/multi_hop_fixed_curriculum_longer.yaml",
+                 "multi_hop_act_epsilon_curriculum_longer_five_times": "configs/multi_hop_act_curriculum_longer.yaml",
                  "smollm2_passkey_stage4_relative_usage": "configs/smollm2_passkey_stage4.yaml",
                  "smollm2_passkey_stage4_eight_slots": "configs/smollm2_passkey_stage4.yaml",
                  "smollm2_multi_needle_robust_longer_twice": "configs/smollm2_multi_needle_robust_longer.yaml"}
@@ -474,7 +567,9 @@ MULTI_HOP_SIX_READS_RUNS = ["multi_hop_act_six_reads_curriculum_fresh_halting",
                             "multi_hop_act_six_reads_curriculum_longer_twice"]
 MULTI_HOP_EPSILON_RUNS = ["multi_hop_act_epsilon_curriculum_fresh_halting", "multi_hop_act_epsilon_curriculum_longer",
                           "multi_hop_act_epsilon_curriculum_longer_twice", "multi_hop_act_epsilon_curriculum_longer_thrice",
-                          "multi_hop_fixed_curriculum_longer_thrice"]
+                          "multi_hop_fixed_curriculum_longer_thrice", "multi_hop_act_epsilon_curriculum_longer_four_times",
+                          "multi_hop_fixed_curriculum_longer_four_times",
+                          "multi_hop_act_epsilon_curriculum_longer_five_times"]
 # ACT's halting thresholds 1 − ε tried at evaluation on the validation split (the trained runs used 0.01).
 ACT_EPSILONS = ["0.01", "0.1", "0.2", "0.3", "0.5"]
 SECTIONS: dict[str, Callable[[], str]] = {
@@ -491,6 +586,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_passkey_stage3_runs": runs_section(["smollm2_passkey_stage3"], VALIDATION),
     "smollm2_passkey_stage3": haystack_section(
         "smollm2_passkey_stage3", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {64: 0.95, 256: 0.90}),
+    "smollm2_passkey_selection": passkey_selection_section([1, 16, 64, 256], {64: 0.95, 256: 0.90}),
     "smollm2_passkey_stage4_runs": runs_section(["smollm2_passkey_stage4"], VALIDATION),
     "smollm2_passkey_stage4": haystack_section(
         "smollm2_passkey_stage4", ["haystack_eval_seed1.json"], {}),
@@ -531,6 +627,10 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_multi_needle_robust_longer_twice": haystack_section(
         "smollm2_multi_needle_robust_longer_twice", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {64: 0.90}),
     "gemma3_passkey_median_scale": haystack_section("gemma3_passkey_median_scale", ["haystack_eval_seed0.json"], {}),
+    "smollm2_multi_needle_confusions": haystack_variants_section("smollm2_multi_needle_robust_longer_twice", {
+        "32 slots (as trained and measured)": "haystack_eval_seed{seed}.json",
+        "128 slots (no merge at 4×)": "haystack_eval_128_slots_seed{seed}.json",
+        "32 slots, each read from its best slot alone (`read_top_k=1`)": "haystack_eval_top_1_seed{seed}.json"}, 4),
     "gemma3_passkey_runs": runs_section(["gemma3_passkey", "gemma3_passkey_robust", "gemma3_passkey_median_scale"],
                                         VALIDATION),
     "smollm2_qa1_runs": runs_section(["smollm2_qa1"], VALIDATION),
@@ -653,10 +753,15 @@ SECTIONS: dict[str, Callable[[], str]] = {
         "multi_hop_fixed_curriculum_longer_twice": "fixed loop, 4 reads, after the same stages",
         "multi_hop_act_epsilon_curriculum_longer_thrice": "ACT at ε = 0.2, then 750 steps more a third time",
         "multi_hop_fixed_curriculum_longer_thrice": "fixed loop, 4 reads, then 750 steps more a third time",
+        "multi_hop_act_epsilon_curriculum_longer_four_times": "ACT at ε = 0.2, then 750 steps more a fourth time",
+        "multi_hop_fixed_curriculum_longer_four_times": "fixed loop, 4 reads, then 750 steps more a fourth time",
+        "multi_hop_act_epsilon_curriculum_longer_five_times": "ACT at ε = 0.2, then 750 steps more a fifth time "
+                                                              "(seed 1 only)",
     }, "by_hops.json"),
     "multi_hop_act_epsilon_trained_as_fixed_loop": by_step_section({
         "multi_hop_act_epsilon_curriculum_longer_twice": "ACT at ε = 0.2, after the three stages",
         "multi_hop_act_epsilon_curriculum_longer_thrice": "ACT at ε = 0.2, after a fourth stage",
+        "multi_hop_act_epsilon_curriculum_longer_four_times": "ACT at ε = 0.2, after a fifth stage",
     }, "by_hops.json", "as_fixed_loop"),
     "multi_hop_act_six_reads_runs": runs_section(MULTI_HOP_SIX_READS_RUNS, TEST_METRICS),
     "multi_hop_act_six_reads": hops_section({

@@ -266,3 +266,29 @@ def test_the_baselines_answer_a_passkey_from_the_whole_input_and_from_retrieved_
     retrieved, kept = retrieval_answers(base, HaystackStates(model, corpus), "validation", rows, chunk=8, top_k=12)
     assert kept == 3 * 32 * (base.config.hidden_size * 2 + 4)  # every token's float16 state and its id
     assert [matches(row["answer"], answer) for row, answer in zip(rows, retrieved)] == [True, True]
+
+
+def test_the_haystack_table_chooses_among_runs_on_validation_haystacks(path, corpus, tmp_path):
+    import sys
+    from pathlib import Path
+
+    from sdapm_hf.training import ExperimentArguments, load_run, train
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import haystack_table
+
+    run, out = tmp_path / "run", tmp_path / "validation.json"
+    train(ExperimentArguments(
+        task="haystack_passkey", task_args={"num_segments": 2, "train_size": 2, "validation_size": 2, "test_size": 2},
+        base_model=str(path), model={**MEMORY, "segment_length": 32, "read_layer": 1, "inject_layer": -1,
+                                     "save_base_weights": False},
+        output_dir=str(run), max_steps=1, batch_size=2, eval_every=100, save_every=100, eval_splits=[]))
+    haystack_table.main([str(run), "--lengths", "3", "--test-size", "2", "--split", "validation", "--out", str(out)])
+    results = json.loads(out.read_text())
+    _, _, dataset = load_run(run, haystack_table.split_sizes(3, 2, "validation"), final=True)
+    assert results["split"] == "validation" and len(dataset["test"]) == 0
+    assert results["runs"][str(run)]["3"]["inserted_at"] == [list(at) for at in dataset["validation"]["insert_at"]]
+    with pytest.raises(ValueError, match="another --test-size, --top-k, --set or --split"):
+        haystack_table.main([str(run), "--lengths", "3", "--test-size", "2", "--out", str(out)])
+    with pytest.raises(SystemExit):  # the baselines are the test split's
+        haystack_table.main([str(run), "--lengths", "3", "--split", "validation", "--baselines", "--out", str(out)])

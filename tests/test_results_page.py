@@ -41,3 +41,10 @@ def test_each_committed_run_is_its_command(run):
     assert all(parsed[name] == defaults[name] for name in parsed.keys() - experiment.keys())
     assert {"steps", "train_cpu_seconds"} <= json.loads((run / "metrics.json").read_text()).keys()
     assert (run / "log.jsonl").read_text().strip()
+
+
+def test_the_passkey_checkpoint_is_chosen_by_validation_then_the_later_stage_then_the_default_rule():
+    choose = results_table.choose
+    assert choose({(2, "usage"): 0.9, (2, "relative_usage"): 0.95, (3, "usage"): 0.8}) == (2, "relative_usage")
+    assert choose({(2, "usage"): 1.0, (3, "relative_usage"): 1.0}) == (3, "relative_usage")
+    assert choose({(3, "usage"): 1.0, (3, "relative_usage"): 1.0, (2, "usage"): 1.0}) == (3, "usage")
