@@ -54,17 +54,17 @@ def evaluate_run(run: str, lengths: list[int], test_size: int, done: dict, save,
         started = time.process_time()
         _, model, dataset = load_run(run, split_sizes(length, test_size, split), final=True, **(overrides or {}))
         model.to(device)
-        test = dataset[split]
+        haystacks = dataset[split]
         outcomes: list[bool] = []
-        with_memory = evaluate_haystack(model, test, batch_size, outcomes=outcomes)
+        with_memory = evaluate_haystack(model, haystacks, batch_size, outcomes=outcomes)
         with model.ablation("base_alone"):
-            alone = evaluate_haystack(model, test, batch_size)
-        batch = collate([test[i] for i in range(min(8, len(test)))], pad_token_id=0)
+            alone = evaluate_haystack(model, haystacks, batch_size)
+        batch = collate([haystacks[i] for i in range(min(8, len(haystacks)))], pad_token_id=0)
         with torch.no_grad():  # a graph of every segment's memory update would hold gigabytes at 256x
-            state, gates, _ = runner(model, test).remember(batch["haystack"], batch["inserts"])
+            state, gates, _ = runner(model, haystacks).remember(batch["haystack"], batch["inserts"])
         wrong = [i for i, right in enumerate(outcomes) if not right]
         done[str(length)] = {"with_memory": with_memory, "wrong_rows": wrong, "base_alone": alone,
-                             "inserted_at": [[int(at) for at in row] for row in test["insert_at"]],
+                             "inserted_at": [[int(at) for at in row] for row in haystacks["insert_at"]],
                              "memory_bytes": state_bytes(state),
                              "write_gates": write_gates(gates, batch["inserts"], model.config.segment_length),
                              "cpu_seconds": time.process_time() - started}

@@ -197,18 +197,18 @@ def haystack_variants_section(folder: str, variants: dict[str, str], length: int
     def render() -> str:
         rows, commands = [], []
         for seed in range(3):
-            found = {label: json.loads((RUNS / folder / name.format(seed=seed)).read_text())
-                     for label, name in variants.items()}
-            reference = None
-            for label, evaluation in found.items():
+            entries = {}
+            for label, name in variants.items():
+                evaluation = json.loads((RUNS / folder / name.format(seed=seed)).read_text())
                 (by_length,) = evaluation["runs"].values()
-                entry = by_length[str(length)]
+                entries[label] = by_length[str(length)]
+                commands.append(f"`{evaluation['command']}`")
+            reference = set(next(iter(entries.values()))["wrong_rows"])
+            for label, entry in entries.items():
                 wrong = set(entry["wrong_rows"])
-                reference = wrong if reference is None else reference
                 rows.append([f"seed {seed}", label, f"{100 * entry['with_memory']['accuracy']:.1f}%",
                              f"{100 * entry['with_memory']['another_sentence']:.1f}%",
                              f"{len(wrong & reference)} of {len(wrong)}"])
-                commands.append(f"`{evaluation['command']}`")
         header = ["run", "evaluated with", f"accuracy at {length}×", "answers that are another needle's value",
                   f"wrong rows also wrong with {next(iter(variants))}"]
         return f"{table(header, rows)}\n\n" + "\n".join(commands)
@@ -418,6 +418,17 @@ def variants_section(folder: str, rows: dict[str, str], metric: str) -> Callable
     return render
 
 
+def across_seeds(columns: list[list[dict]], accuracy: str, steps: str, unit: str) -> list[str]:
+    """Per cell of the seeds' ``columns`` (one list of cells per seed, each cell a dict holding ``accuracy`` and
+    ``steps``): "mean (worst); mean steps ``unit``" over the seeds."""
+    summary = []
+    for cell in zip(*columns):
+        values = [c[accuracy] for c in cell]
+        mean_steps = sum(c[steps] for c in cell) / len(cell)
+        summary.append(f"{sum(values) / len(values):.2%} ({min(values):.2%}); {mean_steps:.2f} {unit}")
+    return summary
+
+
 def hops_section(systems: dict[str, str], evaluation: str) -> Callable[[], str]:
     """``hops_rows_section`` of each folder → label of ``systems``, all scored by ``evaluation``."""
     return hops_rows_section([(folder, label, evaluation) for folder, label in systems.items()])
@@ -439,13 +450,8 @@ def hops_rows_section(systems: list[tuple[str, str, str]]) -> Callable[[], str]:
                 cells = [result["by_hops"][k] for k in hops] + [result]
                 columns.append(cells)
                 out.append([label, str(seed), *(f"{c['accuracy']:.2%} ({c['ponder_mean']:.2f})" for c in cells)])
-            if len(columns) == 1:  # one seed: no mean to give
-                continue
-            worst = [min(col[i]["accuracy"] for col in columns) for i in range(len(hops) + 1)]
-            mean = [sum(col[i]["accuracy"] for col in columns) / len(columns) for i in range(len(hops) + 1)]
-            steps = [sum(col[i]["ponder_mean"] for col in columns) / len(columns) for i in range(len(hops) + 1)]
-            out.append([f"**{label}: mean (worst)**", "",
-                        *(f"{m:.2%} ({w:.2%}); {s:.2f} steps" for m, w, s in zip(mean, worst, steps))])
+            if len(columns) > 1:  # one seed: no mean to give
+                out.append([f"**{label}: mean (worst)**", "", *across_seeds(columns, "accuracy", "ponder_mean", "steps")])
         header = [f"{k} hop{'s' if k != '1' else ''}: accuracy (mean inner steps)" for k in hops]
         return table(["system", "seed", *header, "all answers"], out)
     return render
@@ -475,12 +481,8 @@ def compression_section(folder: str, evaluation: str) -> Callable[[], str]:
                     out.append([f"{label}: key cosine; relative read error", str(seed),
                                 *(f"{c[name + '_key_cosine']:.3f}; {c[name + '_read_error']:.3f}" for c in cells)])
         for name, label in COMPRESSION_PASSES:
-            cells = columns[name]
-            mean = [sum(col[i][name + "_accuracy"] for col in cells) / len(cells) for i in range(len(hops) + 1)]
-            worst = [min(col[i][name + "_accuracy"] for col in cells) for i in range(len(hops) + 1)]
-            reads = [sum(col[i][name + "_ponder"] for col in cells) / len(cells) for i in range(len(hops) + 1)]
             out.append([f"**{label}: mean (worst)**", "",
-                        *(f"{m:.2%} ({w:.2%}); {r:.2f} reads" for m, w, r in zip(mean, worst, reads))])
+                        *across_seeds(columns[name], f"{name}_accuracy", f"{name}_ponder", "reads")])
         header = [f"{k} hop{'s' if k != '1' else ''}: accuracy (mean reads)" for k in hops]
         return table(["pass", "seed", *header, "all answers"], out)
     return render
