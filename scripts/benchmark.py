@@ -11,8 +11,8 @@ Sections (``python scripts/benchmark.py SECTION [--write]``; ``all`` runs every 
 * ``learn``: steps and time until the copy task (length 8, N = 16) reaches 99% bit accuracy on a fresh batch, ours
   and the peer trained the same way (Adam 1e-3, clip 10, batch 32) from the same seeds.
 * ``scaling``: a training step and a streaming (no-grad) step of the sparse model for N from 64 to 16,384, the empty
-  memory a step starts from timed alone, and the training step again with PyTorch's huge pages
-  (``THP_MEM_ALLOC_ENABLE=1``).
+  memory a step starts from timed alone, and the training step again with the allocator settings the ``sdapm-hf``
+  command applies (``sdapm_hf.allocator.keep_freed_memory``) and with PyTorch's huge pages (``THP_MEM_ALLOC_ENABLE=1``).
 * ``capacity``: recall of P random pairs written into N = 16 slots against P/N: the SDAPM consolidating, the SDAPM
   overwriting its oldest slot, and the classic DNC memory.
 * ``act``: a fixed 10-layer tanh network (not the trained model) computed by 10 memory reads per input, its (input, output)
@@ -56,6 +56,7 @@ from sdapm_hf.reporting import (  # noqa: E402
     add_page_arguments, code_revision, command_line, device_name, fmt, machine, ratio, table, write_section,
 )
 from sdapm_hf import sdapm  # noqa: E402
+from sdapm_hf.allocator import keep_freed_memory  # noqa: E402
 from sdapm_hf import dnc_memory  # noqa: E402
 from sdapm_hf.configuration_dnc_sdapm import DNCSDAPMConfig  # noqa: E402
 from sdapm_hf.modeling_dnc_sdapm import DNCSDAPMModel  # noqa: E402
@@ -338,12 +339,22 @@ MODELS_EXTRA = {SCALING_MODEL: {**PER_TOKEN, "consolidation": "auto", "read_top_
 # PyTorch's own switch (read when it allocates): buffers of 2 MB and more are advised to the kernel as huge pages, so
 # a fresh buffer is mapped in 2 MB pages rather than 4 kB ones
 HUGE_PAGES = {"THP_MEM_ALLOC_ENABLE": "1"}
+# The scaling rows: (step, process settings); a process's settings are "" (the C library's defaults), "keep_freed"
+# (``keep_freed_memory``, as the ``sdapm-hf`` command runs) or "huge_pages" (``HUGE_PAGES``).
+SCALING_ROWS = {
+    ("train", ""): "training step (fwd+bwd+Adam)",
+    ("train", "keep_freed"): "training step, the allocator kept from returning freed memory (`keep_freed_memory`)",
+    ("stream", ""): "streaming step (no grad)",
+    ("train", "huge_pages"): "training step, `THP_MEM_ALLOC_ENABLE=1`",
+}
 
 
-def scaling_one(slots: int, mode: str, steps: int, device: str) -> dict:
+def scaling_one(slots: int, mode: str, steps: int, device: str, keep_freed: bool = False) -> dict:
     """Median ms of a sparse model's training step (``mode="train"``, with the CPU ms of allocating the empty memory
     it starts from, ``empty_memory_cpu_ms``) or streaming no-grad step over one copy sequence (``"stream"``), and
-    the peak RSS."""
+    the peak RSS; ``keep_freed``: with ``keep_freed_memory`` applied first (an error where it cannot be)."""
+    if keep_freed and not keep_freed_memory():
+        raise RuntimeError("keep_freed_memory did not apply here (not glibc, or the environment sets the allocator)")
     if mode == "train":
         result = measure_step(SCALING_MODEL, slots, steps, device)
         model = copy_model(SCALING_MODEL, slots, device).model
@@ -373,23 +384,23 @@ def scaling_one(slots: int, mode: str, steps: int, device: str) -> dict:
 
 
 def run_scaling(args) -> str:
-    results: dict[tuple[str, int], list[dict]] = {}
+    results: dict[tuple[tuple[str, str], int], list[dict]] = {}
     for round_ in range(args.rounds):
         for n in args.scaling_sizes:
-            for mode in ("train", "stream", "train_huge_pages"):
-                task = {"kind": "scaling", "slots": n, "mode": mode.removesuffix("_huge_pages"), "steps": args.steps,
-                        "device": args.device}
-                r = in_subprocess(task, args, HUGE_PAGES if mode.endswith("_huge_pages") else None)
+            for mode in SCALING_ROWS:
+                step, process = mode
+                task = {"kind": "scaling", "slots": n, "mode": step, "steps": args.steps, "device": args.device,
+                        "keep_freed": process == "keep_freed"}
+                r = in_subprocess(task, args, HUGE_PAGES if process == "huge_pages" else None)
                 results.setdefault((mode, n), []).append(r)
-                print(f"round {round_} N={n} {mode}: {r}", flush=True)
+                print(f"round {round_} N={n} {step} {process}: {r}", flush=True)
     base = baseline_rss(args)
     rows = []
-    for mode, label in (("train", "training step (fwd+bwd+Adam)"), ("stream", "streaming step (no grad)"),
-                        ("train_huge_pages", "training step, `THP_MEM_ALLOC_ENABLE=1`")):
+    for mode, label in SCALING_ROWS.items():
         first = _median(results[(mode, args.scaling_sizes[0])], args.key)
         rows.append([label, "CPU ms"] + [fmt(_median(results[(mode, n)], "cpu_ms")) for n in args.scaling_sizes])
         rows.append(["", "wall ms"] + [fmt(_median(results[(mode, n)], "wall_ms")) for n in args.scaling_sizes])
-        if mode.startswith("train"):
+        if mode[0] == "train":
             for part, key in (("forward", "forward_cpu_ms"), ("backward + Adam", None)):
                 rows.append(["", f"of which {part}, CPU ms"]
                             + [fmt(_part(results[(mode, n)], key)) for n in args.scaling_sizes])
@@ -401,7 +412,8 @@ def run_scaling(args) -> str:
                     + [fmt(_minus(_median(results[(mode, n)], "rss_mb"), base)) for n in args.scaling_sizes])
     verdicts = []
     if 64 in args.scaling_sizes and 4096 in args.scaling_sizes:
-        for mode, how in (("train", ""), ("train_huge_pages", ", with `THP_MEM_ALLOC_ENABLE=1`")):
+        for mode, how in ((("train", ""), ""), (("train", "keep_freed"), ", with `keep_freed_memory`"),
+                          (("train", "huge_pages"), ", with `THP_MEM_ALLOC_ENABLE=1`")):
             got = _ratio(_median(results[(mode, 4096)], args.key), _median(results[(mode, 64)], args.key))
             line = f"* target: N = 4096 within 2× of N = 64 (training step{how}): "
             line += f"{got:.2f}× — {'met' if got <= 2 else '**missed**'}" if got else "no measurement"

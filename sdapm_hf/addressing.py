@@ -195,7 +195,8 @@ def retention(free_gates: torch.Tensor, read_weights: torch.Tensor) -> torch.Ten
     Returns:
         (B, N) factor applied to usage before allocation.
     """
-    return torch.prod(1.0 - free_gates.unsqueeze(-1) * read_weights, dim=1)
+    factors = 1.0 - free_gates.unsqueeze(-1) * read_weights
+    return factors[:, 0] if factors.shape[1] == 1 else factors.prod(dim=1)  # one head: no product to take
 
 
 def updated_usage(usage: torch.Tensor, write_weights: torch.Tensor) -> torch.Tensor:

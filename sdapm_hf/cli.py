@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from .allocator import keep_freed_memory
 from .training.arguments import ExperimentParser, parse_assignment
 
 
@@ -55,6 +56,7 @@ def _push(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    keep_freed_memory()  # this process is ours: reuse freed buffers rather than fault fresh ones in (allocator.py)
     if argv[:1] == ["train"]:  # every experiment field is an option: HfArgumentParser over the dataclass
         _train(argv[1:])
         return

@@ -17,6 +17,7 @@ import json
 import time
 from pathlib import Path
 
+from .allocator import keep_freed_memory
 from .plots import plot_run
 from .pretrained import hub_id
 from .publish import write_card
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-dir")
     parser.add_argument("--max-steps", type=int)
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as the sdapm-hf command does (allocator.py)
     comparison = run_demo(args.config, args.output_dir, max_steps=args.max_steps)
     print(report(comparison))
 

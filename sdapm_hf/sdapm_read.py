@@ -150,7 +150,7 @@ def _read_shortlist(
     weights, best = top_k_weights(
         fit,
         strengths.reshape(b * heads, 1),
-        _pick(state.occupied, shortlist),
+        _pick(state.mass, shortlist) > 0,  # the shortlist's occupied slots, without a pass over all N
         settings.read_top_k,
         presence=_pick(state.usage, shortlist),
     )
@@ -174,7 +174,7 @@ def shortlist_slots(state: MemoryState, x: torch.Tensor, candidates: int) -> tor
     """
     with torch.no_grad():  # a choice: nothing of the slots is kept for the backward
         coarse = (x @ state.key.transpose(1, 2)) / state.key.norm(dim=-1).clamp_min(NORM_EPS)[:, None]
-        return coarse.masked_fill(~state.occupied[:, None], EMPTY_SCORE).topk(candidates, dim=-1).indices
+        return torch.where(state.occupied[:, None], coarse, EMPTY_SCORE).topk(candidates, dim=-1).indices
 
 
 def _read_chosen(

@@ -37,7 +37,7 @@ META_FEATURES = 5
 def is_full(state: MemoryState) -> torch.Tensor:
     """(B,) bool: every slot holds something, so the next write overwrites a stored pair unless a consolidation
     frees a slot first."""
-    return state.occupied.all(-1)
+    return state.mass.amin(-1) > 0  # one pass over the slots
 
 
 def closest_pair_selection(state: MemoryState) -> torch.Tensor:

@@ -169,17 +169,20 @@ def _store(
     ``location``): its usage becomes ``presence`` (B,), its age 0, the others age by one write; the temporal links
     follow. Where ``mask`` (B,) is False the state is bit-identical."""
     slot, usage = where
-    do = torch.ones_like(slot, dtype=torch.bool) if mask is None else mask
-    weights = F.one_hot(slot, state.key.shape[1]).to(usage.dtype) * do[:, None].to(usage.dtype)
+    index = slot[:, None]
+    active = torch.ones_like(index, dtype=torch.bool) if mask is None else mask[:, None]
     fields = {name: t.unsqueeze(1) for name, t in contents.as_dict().items()}
-    new = put_slots(state, fields, slot[:, None], do[:, None], inplace)
+    new = put_slots(state, fields, index, active, inplace)
+    # The bookkeeping of every batch element as if it wrote (one pass over the N slots per field): where ``mask``
+    # is False, ``select_fields`` below keeps the old fields.
+    weights = torch.zeros_like(usage).scatter_(1, index, 1.0)
     link, precedence = state.link, state.precedence
     if link is not None:
         link, precedence = updated_links(link, precedence, weights)
     new = dataclasses.replace(
         new,
-        usage=usage * (1.0 - weights) + weights * presence[:, None],
-        age=(state.age + 1.0) * (1.0 - weights),
+        usage=usage.scatter(1, index, presence[:, None]),
+        age=(state.age + 1.0).scatter_(1, index, 0.0),
         write_weights=weights,
         link=link,
         precedence=precedence,

@@ -36,6 +36,8 @@ def test_a_scaling_case_of_the_training_step_times_the_empty_memory_it_starts_fr
     result = measure(kind="scaling", slots=64, mode="train", steps=1, device="cpu")
     assert result["cpu_ms"] > result["forward_cpu_ms"] > 0 and result["empty_memory_cpu_ms"] > 0
     assert "empty_memory_cpu_ms" not in measure(kind="scaling", slots=64, mode="stream", steps=1, device="cpu")
+    kept = measure(kind="scaling", slots=64, mode="train", steps=1, device="cpu", keep_freed=True)
+    assert kept["cpu_ms"] > kept["forward_cpu_ms"] > 0
 
 
 def test_capacity_recall_separates_consolidation_from_overwriting():
