@@ -629,15 +629,20 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_multi_needle_robust_longer_twice": haystack_section(
         "smollm2_multi_needle_robust_longer_twice", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {64: 0.90}),
     "gemma3_passkey_median_scale": haystack_section("gemma3_passkey_median_scale", ["haystack_eval_seed0.json"], {}),
+    "gemma3_passkey_median_scale_longer": haystack_section(
+        "gemma3_passkey_median_scale_longer", ["haystack_eval_seed0.json"], {}),
     "smollm2_multi_needle_window_8_runs": runs_section(["smollm2_multi_needle_window_8"], VALIDATION),
     "smollm2_multi_needle_window_8": haystack_section(
         "smollm2_multi_needle_window_8", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {64: 0.90}),
+    "smollm2_multi_needle_window_8_longer_runs": runs_section(["smollm2_multi_needle_window_8_longer"], VALIDATION),
+    "smollm2_multi_needle_window_8_longer": haystack_section(
+        "smollm2_multi_needle_window_8_longer", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {64: 0.90}),
     "smollm2_multi_needle_confusions": haystack_variants_section("smollm2_multi_needle_robust_longer_twice", {
         "32 slots (as trained and measured)": "haystack_eval_seed{seed}.json",
         "128 slots (no merge at 4×)": "haystack_eval_128_slots_seed{seed}.json",
         "32 slots, each read from its best slot alone (`read_top_k=1`)": "haystack_eval_top_1_seed{seed}.json"}, 4),
-    "gemma3_passkey_runs": runs_section(["gemma3_passkey", "gemma3_passkey_robust", "gemma3_passkey_median_scale"],
-                                        VALIDATION),
+    "gemma3_passkey_runs": runs_section(["gemma3_passkey", "gemma3_passkey_robust", "gemma3_passkey_median_scale",
+                                         "gemma3_passkey_median_scale_longer"], VALIDATION),
     "smollm2_qa1_runs": runs_section(["smollm2_qa1"], VALIDATION),
     "smollm2_qa1": haystack_section("smollm2_qa1", ["haystack_eval.json", "haystack_eval_seed1.json", "haystack_eval_seed2.json"], {}),
     "capacity_curve": capacity_section("capacity/curve.json"),
