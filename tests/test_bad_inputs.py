@@ -53,6 +53,11 @@ def test_unknown_task_is_named():
         build_task("copy_twice")
 
 
+def test_a_task_argument_the_task_does_not_take_is_named():
+    with pytest.raises(ValueError, match=r"task 'copy' takes no argument 'min_needles' \(check task_args\)"):
+        build_task("copy", min_needles=4, train_size=4)
+
+
 def test_malformed_yaml_is_named(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("task: copy\nmodel: {memory_slots: 4\n")

@@ -11,6 +11,7 @@ generator derived from ``seed`` and the split name, and ``datasets`` caches them
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import datasets
@@ -67,6 +68,11 @@ def build_task(name: str, **kwargs: object) -> datasets.DatasetDict:
     """Build the task registered as ``name`` in :data:`TASKS` with the builder's keyword arguments."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    parameters = inspect.signature(TASKS[name]).parameters
+    unknown = sorted(set(kwargs) - set(parameters))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        raise ValueError(f"task {name!r} takes no argument {', '.join(map(repr, unknown))} (check task_args); "
+                         f"its arguments: {', '.join(parameters)}")
     return TASKS[name](**kwargs)
 
 
