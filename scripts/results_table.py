@@ -645,6 +645,9 @@ SECTIONS: dict[str, Callable[[], str]] = {
                                          "gemma3_passkey_median_scale_longer"], VALIDATION),
     "smollm2_qa1_runs": runs_section(["smollm2_qa1"], VALIDATION),
     "smollm2_qa1": haystack_section("smollm2_qa1", ["haystack_eval.json", "haystack_eval_seed1.json", "haystack_eval_seed2.json"], {}),
+    "smollm2_qa1_window_8_runs": runs_section(["smollm2_qa1_window_8"], VALIDATION),
+    "smollm2_qa1_window_8": haystack_section(
+        "smollm2_qa1_window_8", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {}),
     "capacity_curve": capacity_section("capacity/curve.json"),
     "copy_beyond_capacity": seeds_section(COPY, COPY_METRICS),
     "copy_beyond_capacity_runs": runs_section(list(COPY), COPY_METRICS),
