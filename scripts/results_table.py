@@ -574,6 +574,13 @@ MULTI_HOP_EPSILON_RUNS = ["multi_hop_act_epsilon_curriculum_fresh_halting", "mul
                           "multi_hop_act_epsilon_curriculum_longer_five_times"]
 # ACT's halting thresholds 1 − ε tried at evaluation on the validation split (the trained runs used 0.01).
 ACT_EPSILONS = ["0.01", "0.1", "0.2", "0.3", "0.5"]
+def seeds_haystack_sections(folder: str, targets: dict[int, float]) -> dict[str, Callable[[], str]]:
+    """The two sections of a haystack recipe run at seeds 0, 1, 2: ``FOLDER_runs`` (its runs) and ``FOLDER`` (their
+    test haystacks, ``haystack_eval_seedS.json``)."""
+    return {f"{folder}_runs": runs_section([folder], VALIDATION),
+            folder: haystack_section(folder, [f"haystack_eval_seed{seed}.json" for seed in range(3)], targets)}
+
+
 SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_passkey_runs": runs_section(["smollm2_passkey"], VALIDATION),
     "smollm2_passkey": haystack_section("smollm2_passkey", ["haystack_eval.json"], {64: 0.95, 256: 0.90}),
@@ -585,9 +592,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_passkey_stage2_relative_usage": haystack_section(
         "smollm2_passkey_stage2", [f"haystack_eval_relative_usage_seed{seed}.json" for seed in range(3)],
         {64: 0.95, 256: 0.90}),
-    "smollm2_passkey_stage3_runs": runs_section(["smollm2_passkey_stage3"], VALIDATION),
-    "smollm2_passkey_stage3": haystack_section(
-        "smollm2_passkey_stage3", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {64: 0.95, 256: 0.90}),
+    **seeds_haystack_sections("smollm2_passkey_stage3", {64: 0.95, 256: 0.90}),
     "smollm2_passkey_selection": passkey_selection_section([1, 16, 64, 256], {64: 0.95, 256: 0.90}),
     "smollm2_passkey_stage4_runs": runs_section(["smollm2_passkey_stage4"], VALIDATION),
     "smollm2_passkey_stage4": haystack_section(
@@ -618,25 +623,14 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_multi_needle_read_layer_15_runs": runs_section(["smollm2_multi_needle_read_layer_15"], VALIDATION),
     "smollm2_multi_needle_read_layer_15": haystack_section(
         "smollm2_multi_needle_read_layer_15", ["haystack_eval_seed0.json", "haystack_eval_seed1.json"], {64: 0.90}),
-    "smollm2_multi_needle_robust_runs": runs_section(["smollm2_multi_needle_robust"], VALIDATION),
-    "smollm2_multi_needle_robust": haystack_section(
-        "smollm2_multi_needle_robust", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {64: 0.90}),
-    "smollm2_multi_needle_robust_longer_runs": runs_section(["smollm2_multi_needle_robust_longer"], VALIDATION),
-    "smollm2_multi_needle_robust_longer": haystack_section(
-        "smollm2_multi_needle_robust_longer", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {64: 0.90}),
-    "smollm2_multi_needle_robust_longer_twice_runs": runs_section(["smollm2_multi_needle_robust_longer_twice"],
-                                                                  VALIDATION),
-    "smollm2_multi_needle_robust_longer_twice": haystack_section(
-        "smollm2_multi_needle_robust_longer_twice", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {64: 0.90}),
+    **seeds_haystack_sections("smollm2_multi_needle_robust", {64: 0.90}),
+    **seeds_haystack_sections("smollm2_multi_needle_robust_longer", {64: 0.90}),
+    **seeds_haystack_sections("smollm2_multi_needle_robust_longer_twice", {64: 0.90}),
     "gemma3_passkey_median_scale": haystack_section("gemma3_passkey_median_scale", ["haystack_eval_seed0.json"], {}),
     "gemma3_passkey_median_scale_longer": haystack_section(
         "gemma3_passkey_median_scale_longer", ["haystack_eval_seed0.json"], {}),
-    "smollm2_multi_needle_window_8_runs": runs_section(["smollm2_multi_needle_window_8"], VALIDATION),
-    "smollm2_multi_needle_window_8": haystack_section(
-        "smollm2_multi_needle_window_8", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {64: 0.90}),
-    "smollm2_multi_needle_window_8_longer_runs": runs_section(["smollm2_multi_needle_window_8_longer"], VALIDATION),
-    "smollm2_multi_needle_window_8_longer": haystack_section(
-        "smollm2_multi_needle_window_8_longer", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {64: 0.90}),
+    **seeds_haystack_sections("smollm2_multi_needle_window_8", {64: 0.90}),
+    **seeds_haystack_sections("smollm2_multi_needle_window_8_longer", {64: 0.90}),
     "smollm2_multi_needle_confusions": haystack_variants_section("smollm2_multi_needle_robust_longer_twice", {
         "32 slots (as trained and measured)": "haystack_eval_seed{seed}.json",
         "128 slots (no merge at 4×)": "haystack_eval_128_slots_seed{seed}.json",
@@ -645,9 +639,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
                                          "gemma3_passkey_median_scale_longer"], VALIDATION),
     "smollm2_qa1_runs": runs_section(["smollm2_qa1"], VALIDATION),
     "smollm2_qa1": haystack_section("smollm2_qa1", ["haystack_eval.json", "haystack_eval_seed1.json", "haystack_eval_seed2.json"], {}),
-    "smollm2_qa1_window_8_runs": runs_section(["smollm2_qa1_window_8"], VALIDATION),
-    "smollm2_qa1_window_8": haystack_section(
-        "smollm2_qa1_window_8", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {}),
+    **seeds_haystack_sections("smollm2_qa1_window_8", {}),
     "capacity_curve": capacity_section("capacity/curve.json"),
     "copy_beyond_capacity": seeds_section(COPY, COPY_METRICS),
     "copy_beyond_capacity_runs": runs_section(list(COPY), COPY_METRICS),
