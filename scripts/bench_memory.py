@@ -108,7 +108,8 @@ def build_state(settings: SDAPMSettings, batch: int, seed: int, max_group: int =
     for name in sdapm.SLOT_FIELDS:
         c = consolidated[name]
         is_raw = raw.view(batch, n, *(1,) * (c.dim() - 2))
-        fields[name] = torch.where(is_raw, raw_slot.get(name, torch.zeros_like(c)), c)
+        # contiguous, as a memory's fields are (merges write into them): torch.linalg.inv returns G column-major
+        fields[name] = torch.where(is_raw, raw_slot.get(name, torch.zeros_like(c)), c).contiguous()
     state = dataclasses.replace(
         sdapm.init_state(settings, batch),
         **fields,

@@ -379,6 +379,23 @@ def test_inplace_updates_match_functional_ones():
         assert torch.equal(t, getattr(streaming, name)), name
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+def test_slot_fields_stay_contiguous_through_writes_and_merges(inplace):
+    # the reads gather slots from a flat view; a field laid out otherwise (the inverse's column-major G) gathers
+    # several times slower
+    settings = SDAPMSettings(slots=4, word_size=8, max_rank=2)
+    keys, values = unit(2, 9, 8, seed=29), unit(2, 9, 8, seed=30)
+    state = sdapm.init_state(settings, 2)
+    with torch.no_grad():
+        for i in range(9):
+            state = sdapm.consolidate(state, sdapm.closest_pair_selection(state), settings, 2,
+                                      mask=sdapm.is_full(state), inplace=inplace)
+            state = sdapm.write(state, keys[:, i], values[:, i], settings, inplace=inplace)
+    assert state.rank.amax() > 0  # merges happened
+    for name in sdapm.SLOT_FIELDS:
+        assert getattr(state, name).is_contiguous(), name
+
+
 def _stream_with_grad(settings, inplace, steps=12):
     """Read, consolidate when full and write, ``steps`` times under autograd; the reads, the last state and the
     gradients of the written keys, values and the read words."""
