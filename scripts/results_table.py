@@ -645,6 +645,10 @@ SECTIONS: dict[str, Callable[[], str]] = {
         ["smollm2_qa1_window_8_one_move", "smollm2_qa1_window_8_after_one_move"], VALIDATION),
     "smollm2_qa1_window_8_after_one_move": haystack_section(
         "smollm2_qa1_window_8_after_one_move", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {}),
+    "smollm2_qa1_window_8_after_one_move_longer_runs": runs_section(
+        ["smollm2_qa1_window_8_after_one_move_longer"], VALIDATION),
+    "smollm2_qa1_window_8_after_one_move_longer": haystack_section(
+        "smollm2_qa1_window_8_after_one_move_longer", ["haystack_eval_seed2.json"], {}),
     "capacity_curve": capacity_section("capacity/curve.json"),
     "copy_beyond_capacity": seeds_section(COPY, COPY_METRICS),
     "copy_beyond_capacity_runs": runs_section(list(COPY), COPY_METRICS),
