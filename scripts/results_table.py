@@ -641,10 +641,8 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_qa1": haystack_section("smollm2_qa1", ["haystack_eval.json", "haystack_eval_seed1.json", "haystack_eval_seed2.json"], {}),
     **seeds_haystack_sections("smollm2_qa1_window_8", {}),
     **seeds_haystack_sections("smollm2_qa1_window_8_400_steps", {}),
-    "smollm2_qa1_curriculum_runs": runs_section(
-        ["smollm2_qa1_window_8_one_move", "smollm2_qa1_window_8_after_one_move"], VALIDATION),
-    "smollm2_qa1_window_8_after_one_move": haystack_section(
-        "smollm2_qa1_window_8_after_one_move", [f"haystack_eval_seed{seed}.json" for seed in range(3)], {}),
+    "smollm2_qa1_window_8_one_move_runs": runs_section(["smollm2_qa1_window_8_one_move"], VALIDATION),
+    **seeds_haystack_sections("smollm2_qa1_window_8_after_one_move", {}),
     "smollm2_qa1_window_8_after_one_move_longer_runs": runs_section(
         ["smollm2_qa1_window_8_after_one_move_longer"], VALIDATION),
     "smollm2_qa1_window_8_after_one_move_longer": haystack_section(
