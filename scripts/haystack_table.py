@@ -86,9 +86,10 @@ def write_gates(gates: torch.Tensor, inserts: list, segment_length: int) -> dict
 
 
 def evaluate_baselines(run: str, lengths: list[int], test_size: int, window_rows: int, top_k: int, done: dict,
-                       save, device: str = "cpu") -> dict:
-    """The base with the whole input in its window and the retrieval memory, per length, on the run's test rows
-    (lengths in ``done`` kept; ``save`` called after each new one)."""
+                       save, device: str = "cpu", window_lengths: list[int] | None = None) -> dict:
+    """The base with the whole input in its window (at ``window_lengths``, None: every length; "not measured"
+    elsewhere) and the retrieval memory, per length, on the run's test rows (lengths in ``done`` kept; ``save``
+    called after each new one)."""
     for length in lengths:
         entry = done.setdefault(str(length), {})
         if {"window", "retrieval"} <= entry.keys():
@@ -98,6 +99,8 @@ def evaluate_baselines(run: str, lengths: list[int], test_size: int, window_rows
         rows = list(dataset["test"])
         states = haystack_states(model.to(device))
         base = load_base(experiment.base_model, "causal_lm").to(device).eval()
+        if "window" not in entry and window_lengths is not None and length not in window_lengths:
+            entry["window"] = "not measured"
         if "window" not in entry:
             answers = window_answers(base, states.corpus, "test", rows[:window_rows], experiment.task)
             entry["window"] = "does not fit" if answers is None else {
@@ -160,8 +163,8 @@ def markdown(results: dict, labels: dict[str, str] | None = None, targets: dict[
         window = [baselines[str(n)]["window"] for n in lengths]
         kv = f"its KV cache: {kv_bytes_per_token:,} per token" if kv_bytes_per_token else "its KV cache (grows)"
         rows.append(["frozen base, whole input in its window",
-                     *[f"{percent(w['accuracy'])} ({w['rows']} rows)" if w != "does not fit" else "does not fit"
-                       for w in window], kv])
+                     *[w if isinstance(w, str) else f"{percent(w['accuracy'])} ({w['rows']} rows)" for w in window],
+                     kv])
         retrieval = [baselines[str(n)]["retrieval"] for n in lengths]
         rows.append([f"retrieval: every token's state kept, top-{retrieval[0]['top_k']} chunks",
                      *[percent(r["accuracy"]) for r in retrieval],
@@ -191,6 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-size", type=int, default=64)
     parser.add_argument("--baselines", action="store_true", help="also the whole-window and retrieval baselines")
     parser.add_argument("--window-rows", type=int, default=32, help="rows the whole-window baseline reads")
+    parser.add_argument("--window-lengths", type=int, nargs="+", default=None,
+                        help="the lengths at which the whole-window baseline runs (default: every length that fits; "
+                        "a long input in a window costs minutes per row on a CPU)")
     parser.add_argument("--top-k", type=int, default=8)
     parser.add_argument("--out", required=True, help="JSON file of every figure")
     parser.add_argument("--device", default="cpu", help="where the models compute (cpu, cuda)")
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     results["segment_length"] = model.config.segment_length
     if args.baselines:
         evaluate_baselines(args.runs[0], args.lengths, args.test_size, args.window_rows, args.top_k,
-                           results.setdefault("baselines", {}), save, args.device)
+                           results.setdefault("baselines", {}), save, args.device, args.window_lengths)
     save()
     print(markdown(results))
 

@@ -637,6 +637,8 @@ SECTIONS: dict[str, Callable[[], str]] = {
         "32 slots, each read from its best slot alone (`read_top_k=1`)": "haystack_eval_top_1_seed{seed}.json"}, 4),
     "gemma3_passkey_runs": runs_section(["gemma3_passkey", "gemma3_passkey_robust", "gemma3_passkey_median_scale",
                                          "gemma3_passkey_median_scale_longer"], VALIDATION),
+    "gemma3_passkey_one_segment_runs": runs_section(["gemma3_passkey_one_segment"], VALIDATION),
+    **seeds_haystack_sections("gemma3_passkey_after_one_segment", {}),
     "smollm2_qa1_runs": runs_section(["smollm2_qa1"], VALIDATION),
     "smollm2_qa1": haystack_section("smollm2_qa1", ["haystack_eval.json", "haystack_eval_seed1.json", "haystack_eval_seed2.json"], {}),
     **seeds_haystack_sections("smollm2_qa1_window_8", {}),

@@ -292,3 +292,13 @@ def test_the_haystack_table_chooses_among_runs_on_validation_haystacks(path, cor
         haystack_table.main([str(run), "--lengths", "3", "--test-size", "2", "--out", str(out)])
     with pytest.raises(SystemExit):  # the baselines are the test split's
         haystack_table.main([str(run), "--lengths", "3", "--split", "validation", "--baselines", "--out", str(out)])
+    # the whole-window baseline only at the lengths asked for, the others marked as not measured in the table
+    measured = tmp_path / "test.json"
+    haystack_table.main([str(run), "--lengths", "2", "3", "--test-size", "2", "--baselines", "--window-lengths", "2",
+                         "--out", str(measured)])
+    baselines = json.loads(measured.read_text())["baselines"]
+    assert baselines["3"]["window"] == "not measured" and baselines["2"]["window"]["rows"] == 2
+    assert {"accuracy", "bytes"} <= baselines["3"]["retrieval"].keys()
+    window_row = next(line for line in haystack_table.markdown(json.loads(measured.read_text())).splitlines()
+                      if "whole input in its window" in line)
+    assert "not measured" in window_row

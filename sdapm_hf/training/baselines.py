@@ -5,8 +5,8 @@ retrieval memory that keeps every past chunk and attends to the best ones; with 
   ``max_position_embeddings``), with the passkey task's standard instruction first (``tasks.haystack.PASSKEY_INTRO``).
 * ``retrieval_answers``: every token of the haystack keeps its state (the same states the memory reads,
   ``HaystackStates``) and its id; a chunk of ``chunk`` tokens scores the best cosine of each question token in it,
-  summed over the question, and the base reads the ``top_k`` best chunks (in their order) and the question. Its memory grows with
-  the input.
+  summed over the question, and the base reads the ``top_k`` best chunks (in their order) and the question
+  (``retrieved_prompt``; the segments' prefix tokens are left out). Its memory grows with the input.
 * ``state_bytes``: the bytes of a memory state per sequence (every tensor of it, in its own dtype).
 """
 
@@ -60,19 +60,13 @@ def window_answers(base, corpus: HaystackCorpus, split: str, rows: list[dict[str
 
 def retrieval_answers(base, states: HaystackStates, split: str, rows: list[dict[str, Any]], chunk: int = 32,
                       top_k: int = 8, max_new_tokens: int = 8) -> tuple[list[str], int]:
-    """The base's answers over the ``top_k`` retrieved chunks and the question, and the bytes the retrieval memory
-    keeps per sequence (every token's state in float16 and its token as int32).
-
-    A chunk's score is late interaction (as ColBERT's MaxSim): for every token of the question, the largest cosine
-    between its state and the state of a token of the chunk (the states the memory reads, ``HaystackStates``),
-    summed over the question; the chunks of the ``top_k`` best scores are read by the base in their order, then the
-    question."""
+    """The base's answers over the ``top_k`` retrieved chunks and the question (``retrieved_prompt``), and the bytes
+    the retrieval memory keeps per sequence (every kept token's state in float16 and its token as int32)."""
     corpus, memory_model = states.corpus, states.model.model
     store = states[split]
     prompts, kept = [], 0
     for row in rows:
         tokens = corpus.tokens(split, row)
-        haystack = tokens[: len(row["haystack"]) * corpus.segment_length]
         reads = []
         for position, segment in enumerate(row["haystack"]):
             inserts = [(o, ids) for at, o, ids in zip(row["insert_at"], row["insert_offset"], row["insert_ids"])
@@ -82,15 +76,39 @@ def retrieval_answers(base, states: HaystackStates, split: str, rows: list[dict[
                 reads.append(memory_model.layer_states(ids.to(states.model.device))[0].float().cpu())
             else:
                 reads.append(store[segment].float())
-        keys = F.normalize(torch.cat(reads), dim=-1)  # (T, D)
-        prompt = tokens[len(haystack) :]
+        prompt = tokens[len(row["haystack"]) * corpus.segment_length :]
         question = memory_model.layer_states(torch.as_tensor(prompt)[None].to(states.model.device))[0].float().cpu()
-        cosines = (keys @ F.normalize(question, dim=-1).T).view(-1, chunk, question.shape[0])  # (n_chunks, chunk, Q)
-        scores = cosines.amax(1).sum(-1)  # (n_chunks,): every question token's best match in the chunk, summed
-        best = scores.topk(min(top_k, len(scores))).indices.sort().values
-        context = np.concatenate([haystack[int(c) * chunk : (int(c) + 1) * chunk] for c in best])
-        prompts.append(np.concatenate([context, prompt]))
-        kept = keys.shape[0] * (keys.shape[-1] * 2 + 4)
+        ids, positions = retrieved_prompt(tokens, torch.cat(reads), question, corpus.segment_length,
+                                          len(corpus.prefix), chunk, top_k)
+        prompts.append(ids)
+        kept = positions * (question.shape[-1] * 2 + 4)
     pad = corpus.tokenizer.pad_token_id or 0
     answers = [corpus.tokenizer.decode(ids, skip_special_tokens=True) for ids in _generate(base, prompts, max_new_tokens, pad)]
     return answers, kept
+
+
+def retrieved_prompt(tokens: np.ndarray, keys: torch.Tensor, question: torch.Tensor, segment_length: int,
+                     prefix_length: int, chunk: int, top_k: int) -> tuple[np.ndarray, int]:
+    """The prompt the retrieval baseline reads, and how many of the haystack's positions it keeps.
+
+    Args:
+        tokens: (T + Q,) a row's segmented input (``HaystackCorpus.tokens``): T haystack tokens in segments of
+            ``segment_length``, then the question's Q; each segment and the question start with a prefix of
+            ``prefix_length`` tokens (``HaystackCorpus.prefix``, Gemma's ``<bos>``).
+        keys: (T, D) the haystack's states; question: (Q, D) the question's.
+
+    A chunk of ``chunk`` positions scores late interaction (as ColBERT's MaxSim): for every question token, the
+    largest cosine between its state and a chunk position's, summed over the question. The prompt is one prefix,
+    the tokens of the ``top_k`` best chunks in their order, and the question. Prefix positions are neither scored
+    nor kept nor read: in the middle of an input a ``<bos>`` tells the base that a new text starts there."""
+    length = keys.shape[0]
+    body = torch.ones(length, dtype=torch.bool)
+    body.view(-1, segment_length)[:, :prefix_length] = False
+    cosines = F.normalize(keys, dim=-1) @ F.normalize(question[prefix_length:], dim=-1).T  # (T, Q − prefix)
+    scores = cosines.masked_fill(~body[:, None], -1.0).view(-1, chunk, cosines.shape[1]).amax(1).sum(-1)
+    best = scores.topk(min(top_k, len(scores))).indices.sort().values.tolist()
+    in_body = body.numpy()
+    context = [tokens[c * chunk : (c + 1) * chunk][in_body[c * chunk : (c + 1) * chunk]] for c in best]
+    prompt = tokens[length:]
+    return np.concatenate([prompt[:prefix_length], *context, prompt[prefix_length:]]), int(body.sum())
+
