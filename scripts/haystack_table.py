@@ -120,7 +120,8 @@ def markdown(results: dict, labels: dict[str, str] | None = None, targets: dict[
     """The table of ``results`` (this script's JSON): exact-match accuracy per run (named by ``labels``, a run's
     folder → its row name) and length, the mean and worst over the runs, the ``targets`` (length in segments →
     least accuracy at every run) met or missed, the base alone, the base with the whole input in its window (its KV
-    cache ``kv_bytes_per_token``) and the retrieval memory, with each one's bytes per sequence."""
+    cache ``kv_bytes_per_token``) and the retrieval memory, with each one's bytes per sequence ("not measured" at
+    the lengths a baseline has no figure for)."""
     lengths, segment = results["lengths"], results["segment_length"]
     runs = results["runs"]
     labels = labels or {run: run for run in runs}
@@ -160,15 +161,16 @@ def markdown(results: dict, labels: dict[str, str] | None = None, targets: dict[
                  *[percent(statistics.mean(accuracies("base_alone", n))) for n in lengths], "0"])
     baselines = results.get("baselines", {})
     if baselines:
-        window = [baselines[str(n)]["window"] for n in lengths]
+        window = [baselines.get(str(n), {}).get("window", "not measured") for n in lengths]
         kv = f"its KV cache: {kv_bytes_per_token:,} per token" if kv_bytes_per_token else "its KV cache (grows)"
         rows.append(["frozen base, whole input in its window",
                      *[w if isinstance(w, str) else f"{percent(w['accuracy'])} ({w['rows']} rows)" for w in window],
                      kv])
-        retrieval = [baselines[str(n)]["retrieval"] for n in lengths]
-        rows.append([f"retrieval: every token's state kept, top-{retrieval[0]['top_k']} chunks",
-                     *[percent(r["accuracy"]) for r in retrieval],
-                     " → ".join(f"{r['bytes']:,}" for r in retrieval) + " (grows)"])
+        retrieval = [baselines.get(str(n), {}).get("retrieval") for n in lengths]
+        measured = [r for r in retrieval if r is not None]
+        rows.append([f"retrieval: every token's state kept, top-{measured[0]['top_k']} chunks",
+                     *[percent(r["accuracy"]) if r is not None else "not measured" for r in retrieval],
+                     " → ".join(f"{r['bytes']:,}" for r in measured) + " (grows)"])
     return table(header, rows)
 
 
