@@ -650,6 +650,9 @@ SECTIONS: dict[str, Callable[[], str]] = {
         ["smollm2_qa1_window_8_after_one_move_longer"], VALIDATION),
     "smollm2_qa1_window_8_after_one_move_longer": haystack_section(
         "smollm2_qa1_window_8_after_one_move_longer", ["haystack_eval_seed2.json"], {}),
+    "smollm2_qa1_window_8_one_move_one_segment_runs": runs_section(
+        ["smollm2_qa1_window_8_one_move_one_segment"], VALIDATION),
+    **seeds_haystack_sections("smollm2_qa1_window_8_after_one_move_one_segment", {}),
     "capacity_curve": capacity_section("capacity/curve.json"),
     "copy_beyond_capacity": seeds_section(COPY, COPY_METRICS),
     "copy_beyond_capacity_runs": runs_section(list(COPY), COPY_METRICS),
