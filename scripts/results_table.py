@@ -612,6 +612,9 @@ SECTIONS: dict[str, Callable[[], str]] = {
         "smollm2_passkey_stage4_drawn_slots", ["haystack_eval_seed1.json"], {}),
     "smollm2_passkey_stage3_two_slots": haystack_section(
         "smollm2_passkey_stage3", [f"haystack_eval_two_slots_seed{seed}.json" for seed in range(3)], {64: 0.95}),
+    "smollm2_passkey_one_segment_runs": runs_section(["smollm2_passkey_one_segment"], VALIDATION),
+    **seeds_haystack_sections("smollm2_passkey_after_one_segment", {64: 0.95, 256: 0.90}),
+    **seeds_haystack_sections("smollm2_passkey_one_segment_eight_segments", {64: 0.95, 256: 0.90}),
     "smollm2_multi_needle_runs": runs_section(["smollm2_multi_needle"], VALIDATION),
     "smollm2_multi_needle": haystack_section(
         "smollm2_multi_needle", ["haystack_eval.json", "haystack_eval_seed1.json", "haystack_eval_seed2.json"],
