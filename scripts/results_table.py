@@ -657,6 +657,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
         ["smollm2_qa1_window_8_one_move_one_segment"], VALIDATION),
     **seeds_haystack_sections("smollm2_qa1_window_8_after_one_move_one_segment", {}),
     **seeds_haystack_sections("smollm2_qa1_window_8_one_segment_eight_segments", {}),
+    **seeds_haystack_sections("smollm2_qa1_window_8_one_segment_eight_segments_longer", {}),
     "capacity_curve": capacity_section("capacity/curve.json"),
     "copy_beyond_capacity": seeds_section(COPY, COPY_METRICS),
     "copy_beyond_capacity_runs": runs_section(list(COPY), COPY_METRICS),
