@@ -658,6 +658,9 @@ SECTIONS: dict[str, Callable[[], str]] = {
     **seeds_haystack_sections("smollm2_qa1_window_8_after_one_move_one_segment", {}),
     **seeds_haystack_sections("smollm2_qa1_window_8_one_segment_eight_segments", {}),
     **seeds_haystack_sections("smollm2_qa1_window_8_one_segment_eight_segments_longer", {}),
+    **{f"{folder}_validation": haystack_section(folder, [f"validation_seed{seed}.json" for seed in range(3)], {})
+       for folder in ["smollm2_qa1_window_8_one_segment_eight_segments",
+                      "smollm2_qa1_window_8_one_segment_eight_segments_longer"]},
     "capacity_curve": capacity_section("capacity/curve.json"),
     "copy_beyond_capacity": seeds_section(COPY, COPY_METRICS),
     "copy_beyond_capacity_runs": runs_section(list(COPY), COPY_METRICS),
