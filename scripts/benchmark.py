@@ -440,20 +440,23 @@ consolidation rule gather what they use, so autograd keeps no copy of the memory
 slot it changes, and the backward updates one gradient buffer per slot field at the slots a step gathered or wrote
 (`sdapm_hf/slot_tape.py`) instead of a gradient of the whole field per gather and per write. The forward and the
 backward rows show which part grows with N (the backward's share is the step's CPU ms less the forward's, medians
-of each). What the forward still does over every slot: the empty memory it starts from (zeros of every slot
-field, once per sequence; timed alone in its row), the shortlist's centroid scores and key norms, and one pass per
-step over each bookkeeping field (usage after the free gates, its least-used slot, age, the occupied mask and the
-dense read and write weights; a write sets usage, age and write weight at the written slot by a scatter).
+of each). What the forward still does over every slot: the shortlist's centroid scores and key norms, and one pass
+per step over each bookkeeping field (usage after the free gates, its least-used slot, age, the occupied mask and
+the dense read and write weights; a write sets usage, age and write weight at the written slot by a scatter). The
+empty memory it starts from (timed alone in its row) no longer does: its fields come from
+`sdapm_hf.tensor_state.lazy_zeros`, private anonymous mappings whose pages the kernel supplies as zeros when first
+touched, so a sequence pays for the pages of the slots it writes or reads, not for filling every slot field with
+zeros (two of them hold B·N·r·W floats, 33.5 MB each at N = 4,096).
 
 Part of what grows with N is the C library's, not the step's. glibc returns a freed block above its mmap threshold
 (raised on the fly up to 32 MB) to the kernel and trims the top of its heap once more than its trim threshold lies
-free there, so buffers of B·N floats (512 kB at N = 4,096), allocated and freed at every step, and the empty memory's
-two factor fields of B·N·r·W floats (33.5 MB each) are mapped afresh and fault in page by page. The second rows
-run the training step with `sdapm_hf.allocator.keep_freed_memory()` first (both thresholds raised to 1 GiB, so freed
-blocks stay in the process), as the `sdapm-hf` command and `make demo` run; the first rows are a process with the C
-library's defaults, as in a user's own script that does not call it. The last rows rerun the training step with
-PyTorch's own switch for large buffers (`THP_MEM_ALLOC_ENABLE=1`: buffers of 2 MB and more are mapped in huge
-pages), the rest unchanged; it depends on the kernel allowing huge pages on request
+free there, so buffers of B·N floats (512 kB at N = 4,096), allocated and freed at every step, are mapped afresh
+and fault in page by page. The second rows run the training step with `sdapm_hf.allocator.keep_freed_memory()`
+first (both thresholds raised to 1 GiB, so freed blocks stay in the process), as the `sdapm-hf` command and `make
+demo` run; the first rows are a process with the C library's defaults, as in a user's own script that does not
+call it. The last rows rerun the training step with PyTorch's own switch for large buffers
+(`THP_MEM_ALLOC_ENABLE=1`: buffers of 2 MB and more are mapped in huge pages), the rest unchanged; it depends on
+the kernel allowing huge pages on request
 (`/sys/kernel/mm/transparent_hugepage/enabled`: `madvise` or `always`).
 """
 

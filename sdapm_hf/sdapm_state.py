@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 
 from .slot_tape import gather_rows, put_rows_
-from .tensor_state import TensorState
+from .tensor_state import TensorState, lazy_zeros
 
 # Smallest norm a vector is divided by (normalisation, cosines, clipping): a zero vector stays zero.
 NORM_EPS = 1e-12
@@ -175,7 +175,8 @@ def init_state(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> MemoryState:
-    """An empty memory for ``batch_size`` independent sequences."""
+    """An empty memory for ``batch_size`` independent sequences; its large CPU fields come from ``lazy_zeros``, so
+    the pages of slots a sequence never writes are never touched."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if not dtype.is_floating_point:
@@ -184,21 +185,21 @@ def init_state(
     opts = {"dtype": dtype, "device": device}
     links = settings.temporal_links
     return MemoryState(
-        key=torch.zeros(batch_size, n, w, **opts),
-        value=torch.zeros(batch_size, n, w, **opts),
-        mass=torch.zeros(batch_size, n, **opts),
-        radius=torch.zeros(batch_size, n, **opts),
-        key_factors=torch.zeros(batch_size, n, r, w, **opts),
-        value_factors=torch.zeros(batch_size, n, r, w, **opts),
-        gram_inv=torch.zeros(batch_size, n, r, r, **opts),
-        key_offsets=torch.zeros(batch_size, n, r, **opts),
-        rank=torch.zeros(batch_size, n, dtype=torch.long, device=device),
-        usage=torch.zeros(batch_size, n, **opts),
-        age=torch.zeros(batch_size, n, **opts),
-        read_weights=torch.zeros(batch_size, heads, n, **opts),
-        write_weights=torch.zeros(batch_size, n, **opts),
-        link=torch.zeros(batch_size, n, n, **opts) if links else None,
-        precedence=torch.zeros(batch_size, n, **opts) if links else None,
+        key=lazy_zeros(batch_size, n, w, **opts),
+        value=lazy_zeros(batch_size, n, w, **opts),
+        mass=lazy_zeros(batch_size, n, **opts),
+        radius=lazy_zeros(batch_size, n, **opts),
+        key_factors=lazy_zeros(batch_size, n, r, w, **opts),
+        value_factors=lazy_zeros(batch_size, n, r, w, **opts),
+        gram_inv=lazy_zeros(batch_size, n, r, r, **opts),
+        key_offsets=lazy_zeros(batch_size, n, r, **opts),
+        rank=lazy_zeros(batch_size, n, dtype=torch.long, device=device),
+        usage=lazy_zeros(batch_size, n, **opts),
+        age=lazy_zeros(batch_size, n, **opts),
+        read_weights=lazy_zeros(batch_size, heads, n, **opts),
+        write_weights=lazy_zeros(batch_size, n, **opts),
+        link=lazy_zeros(batch_size, n, n, **opts) if links else None,
+        precedence=lazy_zeros(batch_size, n, **opts) if links else None,
     )
 
 

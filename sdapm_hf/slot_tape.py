@@ -27,9 +27,12 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from .tensor_state import lazy_zeros
+
 
 class SlotTape:
-    """``∂L/∂F`` of the version the backward has reached, for one field (shape, dtype and device of ``F``)."""
+    """``∂L/∂F`` of the version the backward has reached, for one field (shape, dtype and device of ``F``); a
+    large CPU buffer costs the pages of the rows the backward touches (``tensor_state.lazy_zeros``)."""
 
     def __init__(self, field: torch.Tensor) -> None:
         self.shape, self.dtype, self.device = field.shape, field.dtype, field.device
@@ -37,7 +40,7 @@ class SlotTape:
 
     def _buffer(self) -> torch.Tensor:
         if self.grad is None:
-            self.grad = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+            self.grad = lazy_zeros(*self.shape, dtype=self.dtype, device=self.device)  # pages of untouched rows: none
         return self.grad
 
     def add_whole(self, grad: torch.Tensor | None) -> None:

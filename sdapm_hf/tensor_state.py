@@ -1,14 +1,35 @@
-"""A frozen dataclass of tensors that converts to and from a plain dict (the form models return), and when the memory's
-step may branch on a tensor's values."""
+"""A frozen dataclass of tensors that converts to and from a plain dict (the form models return), when the memory's
+step may branch on a tensor's values, and zeros that cost nothing until touched."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import mmap
 from typing import Callable, TypeVar
 
 import torch
 
 State = TypeVar("State", bound="TensorState")
+# Zeroed CPU tensors of at least this many bytes are mapped rather than filled (``lazy_zeros``).
+LAZY_ZEROS_BYTES = 1 << 20
+
+
+def lazy_zeros(*shape: int, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.Tensor:
+    """``torch.zeros(*shape, dtype=dtype, device=device)``; on the CPU, one of ``LAZY_ZEROS_BYTES`` or more is backed
+    by a private anonymous mapping, whose pages the kernel supplies as zeros when first touched: allocating it fills
+    nothing and faults in no page. A sequence writes a few slots of a large memory (and its backward a few rows of
+    each gradient buffer), so most pages of the empty memory are never touched. The mapping goes with the tensor's
+    storage.
+    """
+    device = torch.device(device) if device is not None else torch.get_default_device()
+    count = math.prod(shape)
+    if device.type != "cpu" or count * dtype.itemsize < LAZY_ZEROS_BYTES or not hasattr(mmap, "MAP_PRIVATE"):
+        return torch.zeros(*shape, dtype=dtype, device=device)
+    pages = mmap.mmap(-1, count * dtype.itemsize, flags=mmap.MAP_PRIVATE)  # anonymous: zero until written
+    storage = torch.frombuffer(pages, dtype=dtype, count=count).untyped_storage()  # holds the mapping
+    # a tensor of its own on that storage, not a view: autograd would track in-place writes through a view's base
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
 def host_reads_free(t: torch.Tensor) -> bool:

@@ -201,7 +201,7 @@ def _absolute_imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     names |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0}
-    return names - {"__future__", "dataclasses", "typing", "math", "collections", "pathlib", "contextlib"}
+    return names - {"__future__", "dataclasses", "typing", "math", "collections", "pathlib", "contextlib", "mmap"}
 
 
 def test_the_layers_of_the_import_graph():
