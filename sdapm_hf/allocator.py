@@ -3,10 +3,10 @@
 glibc hands a freed block above its mmap threshold (128 kB at start, raised on the fly up to 32 MB) back to the
 kernel, and trims the top of its heap once more than its trim threshold lies free there; a later buffer of that size
 is then mapped afresh, and each of its 4 kB pages faults in when first written. A memory step allocates many
-buffers of (B, N) floats (512 kB at B = 32, N = 4,096), so at large N the step pays for faults in proportion to N. ``keep_freed_memory`` raises both thresholds
-to 1 GiB (``mallopt``), so that freed blocks stay in the process and are reused; ``docs/benchmarks.md`` ("Memory
-scaling with sparse reads") measures the step both ways. The empty memory itself costs no fill and no fault in any
-process: its large fields come from ``tensor_state.lazy_zeros``.
+buffers of (B, N) floats (512 kB at B = 32, N = 4,096), so at large N the step pays for faults in proportion to N.
+``keep_freed_memory`` raises both thresholds to 1 GiB (``mallopt``), so that freed blocks stay in the process and
+are reused; ``docs/benchmarks.md`` ("Memory scaling with sparse reads") measures the step both ways. The empty
+memory itself costs no fill and no fault in any process: its large fields come from ``tensor_state.lazy_zeros``.
 """
 
 from __future__ import annotations
