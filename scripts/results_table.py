@@ -528,6 +528,7 @@ OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_be
                  "multi_hop_act_epsilon_curriculum_longer_four_times": "configs/multi_hop_act_curriculum_longer.yaml",
                  "multi_hop_fixed_curriculum_longer_four_times": "configs/multi_hop_fixed_curriculum_longer.yaml",
                  "multi_hop_act_epsilon_curriculum_longer_five_times": "configs/multi_hop_act_curriculum_longer.yaml",
+                 "multi_hop_act_epsilon_curriculum_anneal": "configs/multi_hop_act_curriculum_anneal.yaml",
                  "smollm2_passkey_stage4_relative_usage": "configs/smollm2_passkey_stage4.yaml",
                  "smollm2_passkey_stage4_eight_slots": "configs/smollm2_passkey_stage4.yaml",
                  "smollm2_multi_needle_robust_longer_twice": "configs/smollm2_multi_needle_robust_longer.yaml"}
@@ -571,7 +572,8 @@ MULTI_HOP_EPSILON_RUNS = ["multi_hop_act_epsilon_curriculum_fresh_halting", "mul
                           "multi_hop_act_epsilon_curriculum_longer_twice", "multi_hop_act_epsilon_curriculum_longer_thrice",
                           "multi_hop_fixed_curriculum_longer_thrice", "multi_hop_act_epsilon_curriculum_longer_four_times",
                           "multi_hop_fixed_curriculum_longer_four_times",
-                          "multi_hop_act_epsilon_curriculum_longer_five_times"]
+                          "multi_hop_act_epsilon_curriculum_longer_five_times",
+                          "multi_hop_act_epsilon_curriculum_anneal"]
 # ACT's halting thresholds 1 − ε tried at evaluation on the validation split (the trained runs used 0.01).
 ACT_EPSILONS = ["0.01", "0.1", "0.2", "0.3", "0.5"]
 def seeds_haystack_sections(folder: str, targets: dict[int, float]) -> dict[str, Callable[[], str]]:
@@ -783,11 +785,14 @@ SECTIONS: dict[str, Callable[[], str]] = {
         "multi_hop_fixed_curriculum_longer_four_times": "fixed loop, 4 reads, then 750 steps more a fourth time",
         "multi_hop_act_epsilon_curriculum_longer_five_times": "ACT at ε = 0.2, then 750 steps more a fifth time "
                                                               "(seed 1 only)",
+        "multi_hop_act_epsilon_curriculum_anneal": "ACT at ε = 0.2, then 750 steps annealed (learning rate 0.001 → 0) "
+                                                   "after the fifth stage",
     }, "by_hops.json"),
     "multi_hop_act_epsilon_trained_as_fixed_loop": by_step_section({
         "multi_hop_act_epsilon_curriculum_longer_twice": "ACT at ε = 0.2, after the three stages",
         "multi_hop_act_epsilon_curriculum_longer_thrice": "ACT at ε = 0.2, after a fourth stage",
         "multi_hop_act_epsilon_curriculum_longer_four_times": "ACT at ε = 0.2, after a fifth stage",
+        "multi_hop_act_epsilon_curriculum_anneal": "ACT at ε = 0.2, after the annealed stage",
     }, "by_hops.json", "as_fixed_loop"),
     "multi_hop_act_six_reads_runs": runs_section(MULTI_HOP_SIX_READS_RUNS, TEST_METRICS),
     "multi_hop_act_six_reads": hops_section({
