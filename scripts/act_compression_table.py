@@ -4,17 +4,21 @@
 The seed's idea: record what the ponder loop was given and what it returned as (key, value) pairs, consolidate them
 into one linear layer, and the next time the same input comes one read of that layer replaces the loop's reads.
 Here, on a stream that repeats its inputs: each test sequence of the run's split (pairs, then Q questions) is
-followed by its Q questions again. Per sequence, the loop's first read word ``x_0`` (R·W) and the read it passed on
-``y`` at each question of the first pass become one SDAPM slot (``sdapm.write_chunk``: the ridge least-squares
-affine map through the Q pairs, exact for Q ≤ R·W + 1 affinely independent keys). At each repeated question the
-loop's output is replaced by that slot's map applied to the loop's first read word there (one read;
-``consolidated_read``); everything else runs as trained (the loop still runs underneath, so the memory's state
-after the question is the loop's; its output is not used). For comparison the same pairs are also kept as Q raw
-slots, read once by the nearest key (``raw_slots_read``). Four passes are scored per answer, grouped by the number
-of hops: the first questions, the repeats answered by the loop, by the consolidated slot and by the raw slots; with,
-per repeat and one-read pass, the cosine between its first read word and its first occurrence's (``key_cosine``)
-and the distance of the one-read answer from the loop's output at the first occurrence relative to that output's
-norm (``read_error``).
+followed by its Q questions again. Per sequence, the loop's first read word ``x_0`` (R·W; each head's word
+unit-normalised, as the memory reads it: by its direction) and the read it passed on ``y`` at each question of the
+first pass become one SDAPM slot (``sdapm.write_chunk``: the ridge least-squares affine map through the Q pairs,
+exact for Q ≤ R·W + 1 affinely independent keys). At each repeated question the loop's output is replaced by that
+slot's map applied to the loop's first read word there (one read; ``consolidated_read``); everything else runs as
+trained (the loop still runs underneath, so the memory's state after the question is the loop's; its output is not
+used). For comparison the same pairs are also kept as Q raw slots, read once by the nearest key
+(``raw_slots_read``), or as a table that returns the nearest key's value (``lookup_read``), and, as the bound of any
+answer keyed on the question, the first occurrence's recorded ``y`` itself is replayed (not a read: it uses which
+question is repeated). Six passes are scored per answer, grouped by the number of hops: the first questions, the
+repeats answered by the loop, by the consolidated slot, the raw slots, the table and the replay; with, per repeat
+and one-read pass, the cosine between its first read word and its first occurrence's (``key_cosine``) and the
+distance of the one-read answer from the loop's output at the first occurrence relative to that output's norm
+(``read_error``). ``--memory-slots`` evaluates the run with another number of slots (the model's config changed as
+it loads; no weight depends on it).
 
     python scripts/act_compression_table.py runs/multi_hop_act_seed0 --out docs/runs/multi_hop_act/seed0/compression.json
 """
@@ -60,25 +64,39 @@ def consolidated_read(keys: torch.Tensor, values: torch.Tensor, words: torch.Ten
     return ((words - key)[:, None] @ maps)[:, 0] + value
 
 
+def nearest(keys: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """keys (B, Q, D), words (B, D) → (B,) the index of each word's nearest key in cosine."""
+    return torch.nn.functional.cosine_similarity(words[:, None], keys, dim=-1).argmax(-1)
+
+
 def raw_slots_read(keys: torch.Tensor, values: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
     """The same Q pairs kept as Q raw slots (no consolidation), read sharply: the map of the slot whose key is
     nearest in cosine, ``(words − k_n) + v_n`` (a raw slot's map), (B, D)."""
-    nearest = torch.nn.functional.cosine_similarity(words[:, None], keys, dim=-1).argmax(-1)
-    pick = torch.arange(len(keys))
-    return words - keys[pick, nearest] + values[pick, nearest]
+    pick, n = torch.arange(len(keys)), nearest(keys, words)
+    return words - keys[pick, n] + values[pick, n]
 
 
-# the passes that answer the repeats with one read: name → the read (keys, values, words → reads)
-READS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "consolidated": consolidated_read, "raw_slots": raw_slots_read}
+def lookup_read(keys: torch.Tensor, values: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """The same Q pairs as a table: the value of the key nearest in cosine, ``v_n`` (what a classic DNC memory's
+    read returns at sharp addressing; no map of the word), (B, D)."""
+    return values[torch.arange(len(keys)), nearest(keys, words)]
+
+
+# the passes that answer the repeats with one read: name → the read (keys, values, words, the repeated question's
+# index → reads)
+OneRead = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+READS: dict[str, OneRead] = {
+    "consolidated": lambda keys, values, words, question: consolidated_read(keys, values, words),
+    "raw_slots": lambda keys, values, words, question: raw_slots_read(keys, values, words),
+    "lookup": lambda keys, values, words, question: lookup_read(keys, values, words),
+    "replayed": lambda keys, values, words, question: values[:, question]}
 
 
 class Consolidating:
     """A forward hook on the ponder loop that records the first pass's questions and answers the repeats with
     ``read`` (the position of each call counted per forward)."""
 
-    def __init__(self, first: list[int], repeats: list[int],
-                 read: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, first: list[int], repeats: list[int], read: OneRead) -> None:
         self.first, self.repeats, self.read = first, repeats, read
         self.position, self.keys, self.values = 0, [], []
         # per repeated question (sequences in batch order, questions in order): the cosine between its first read
@@ -89,15 +107,15 @@ class Consolidating:
 
     def __call__(self, module, args, output: PonderStep) -> PonderStep | None:
         position, self.position = self.position, self.position + 1
-        words = args[1].flatten(1)  # (B, R·W) the loop's first read word
+        words = torch.nn.functional.normalize(args[1], dim=-1).flatten(1)  # (B, R·W) the loop's first read word
         if position in self.first:
             self.keys.append(words)
             self.values.append(output.reads.flatten(1))
         if position not in self.repeats:
             return None
         keys, values = torch.stack(self.keys, 1), torch.stack(self.values, 1)
-        reads = self.read(keys, values, words)
         question = self.repeats.index(position)
+        reads = self.read(keys, values, words, question)
         self.key_cosine.append(torch.nn.functional.cosine_similarity(words, keys[:, question], dim=-1).detach())
         self.read_error.append(((reads - values[:, question]).norm(dim=-1) / values[:, question].norm(dim=-1)).detach())
         ones = torch.ones_like(output.steps)
@@ -108,8 +126,8 @@ class Consolidating:
         self.position, self.keys, self.values = 0, [], []
 
 
-def table(run: Path, split: str = "test") -> dict:
-    _, model, dataset = load_run(run)
+def table(run: Path, split: str = "test", memory_slots: int | None = None) -> dict:
+    _, model, dataset = load_run(run, **({} if memory_slots is None else {"memory_slots": memory_slots}))
     data = repeated_questions(dataset[split])
     questions = len(data[0]["hops"]) // 2
     length = data[0]["length"]
@@ -145,8 +163,9 @@ def table(run: Path, split: str = "test") -> dict:
         return out
 
     rows = {str(k): {"answers": int((hops[~second] == k).sum()), **scores(k)} for k in sorted(set(hops.tolist()))}
-    return {"split": split, "sequences": len(data), "questions_per_sequence": questions, **scores(None),
-            "by_hops": rows}
+    settings = {} if memory_slots is None else {"settings": {"memory_slots": memory_slots}}
+    return {"split": split, "sequences": len(data), "questions_per_sequence": questions, **settings,
+            **scores(None), "by_hops": rows}
 
 
 def _outcomes_with(model, data, hook: Consolidating) -> dict[str, np.ndarray]:
@@ -169,9 +188,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a finished ACT multi_hop_recall run folder")
     parser.add_argument("--split", default="test")
+    parser.add_argument("--memory-slots", type=int, default=None, help="evaluate with this many memory slots")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    result = table(args.run, args.split)
+    result = table(args.run, args.split, args.memory_slots)
     print(json.dumps(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

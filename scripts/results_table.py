@@ -459,13 +459,17 @@ def hops_rows_section(systems: list[tuple[str, str, str]]) -> Callable[[], str]:
 
 COMPRESSION_PASSES = (("first", "first questions, the loop"), ("repeat_loop", "repeats, the loop"),
                       ("repeat_consolidated", "repeats, one read of one consolidated slot"),
-                      ("repeat_raw_slots", "repeats, one read of the pairs as raw slots"))
+                      ("repeat_raw_slots", "repeats, one read of the pairs as raw slots"),
+                      ("repeat_lookup", "repeats, one read of the pairs as a table (the nearest key's value)"),
+                      ("repeat_replayed", "repeats, the first occurrence's output replayed (a bound, not a read)"))
+COMPRESSION_READS = ("repeat_consolidated", "repeat_raw_slots", "repeat_lookup")  # with key cosine and read error
 
 
-def compression_section(folder: str, evaluation: str) -> Callable[[], str]:
+def compression_section(folder: str, evaluation: str, per_seed: bool = True) -> Callable[[], str]:
     """ACT's reads compressed into one read (``scripts/act_compression_table.py``'s JSON ``evaluation`` in each
     committed run of ``folder``): per seed and pass the accuracy and mean reads of every hop count (for the one-read
-    passes also the repeats' key cosine and relative read error), then the mean and the worst seed of each pass."""
+    passes also the repeats' key cosine and relative read error; without ``per_seed``, none of these rows), then the
+    mean and the worst seed of each pass."""
     def render() -> str:
         out, columns = [], {name: [] for name, _ in COMPRESSION_PASSES}
         runs = committed_runs(folder)
@@ -476,8 +480,10 @@ def compression_section(folder: str, evaluation: str) -> Callable[[], str]:
             cells = [result["by_hops"][k] for k in hops] + [result]
             for name, label in COMPRESSION_PASSES:
                 columns[name].append(cells)
+                if not per_seed:
+                    continue
                 out.append([label, str(seed), *(f"{c[name + '_accuracy']:.2%} ({c[name + '_ponder']:.2f})" for c in cells)])
-                if name + "_key_cosine" in result:
+                if name in COMPRESSION_READS:
                     out.append([f"{label}: key cosine; relative read error", str(seed),
                                 *(f"{c[name + '_key_cosine']:.3f}; {c[name + '_read_error']:.3f}" for c in cells)])
         for name, label in COMPRESSION_PASSES:
@@ -599,8 +605,9 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "smollm2_passkey_stage4_runs": runs_section(["smollm2_passkey_stage4"], VALIDATION),
     "smollm2_passkey_stage4": haystack_section(
         "smollm2_passkey_stage4", ["haystack_eval_seed1.json"], {}),
-    "multi_hop_act_compression": compression_section("multi_hop_act_epsilon_curriculum_longer_thrice",
-                                                     "compression.json"),
+    "multi_hop_act_compression": compression_section("multi_hop_act_epsilon_curriculum_anneal", "compression.json"),
+    "multi_hop_act_compression_slots24": compression_section("multi_hop_act_epsilon_curriculum_anneal",
+                                                             "compression_slots24.json", per_seed=False),
     "smollm2_passkey_stage4_at_relative_usage": haystack_section(
         "smollm2_passkey_stage4", ["haystack_eval_relative_usage_seed1.json"], {}),
     "smollm2_passkey_stage4_relative_usage_runs": runs_section(["smollm2_passkey_stage4_relative_usage"], VALIDATION),

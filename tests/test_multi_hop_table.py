@@ -74,9 +74,41 @@ def test_act_run_on_a_stream_that_repeats_its_questions_answers_the_repeats_in_o
     assert table["sequences"] == 12 and table["questions_per_sequence"] == 2
     # the first pass is the run's own sequences: the same answers and reads as multi_hop_table
     assert table["first_accuracy"] == scored["accuracy"] and table["first_ponder"] == scored["ponder_mean"]
-    assert table["repeat_consolidated_ponder"] == table["repeat_raw_slots_ponder"] == 1.0
+    for one_read in ("consolidated", "raw_slots", "lookup", "replayed"):
+        assert table[f"repeat_{one_read}_ponder"] == 1.0
+        assert -1.0 <= table[f"repeat_{one_read}_key_cosine"] <= 1.0 and table[f"repeat_{one_read}_read_error"] >= 0
     assert sum(row["answers"] for row in table["by_hops"].values()) == 24
-    assert -1.0 <= table["repeat_consolidated_key_cosine"] <= 1.0 and table["repeat_consolidated_read_error"] >= 0
+    assert table["repeat_replayed_read_error"] == 0.0  # the recorded output itself
+    assert "settings" not in table
+
+    more_slots = act_compression_table.table(run, memory_slots=6)
+    assert more_slots["settings"] == {"memory_slots": 6} and more_slots["sequences"] == 12
+
+
+def test_a_repeat_is_keyed_by_its_first_read_word_s_direction_as_the_memory_reads_it():
+    import act_compression_table
+    from sdapm_hf.act import PonderStep
+
+    g = torch.Generator().manual_seed(0)
+    words, reads = torch.randn(2, 3, 1, 4, generator=g), torch.randn(2, 3, 1, 4, generator=g)
+    zeros = torch.zeros(3)
+    hook = act_compression_table.Consolidating([0, 1], [2], act_compression_table.READS["raw_slots"])
+    for position, scale in enumerate((1.0, 1.0, 5.0)):  # the repeat of question 0, its word 5 times as long
+        step = PonderStep(reads=reads[position % 2], state=None, steps=zeros + 2, cost=zeros)
+        answered = hook(None, (None, scale * words[position % 2], None, None), step)
+    assert answered is not None and torch.equal(answered.steps, torch.ones(3))
+    torch.testing.assert_close(answered.reads, reads[0])  # the raw slot's map at its own key: its value
+    torch.testing.assert_close(hook.key_cosine[0], torch.ones(3))
+
+
+def test_lookup_reads_the_value_of_the_key_nearest_in_cosine():
+    import act_compression_table
+
+    keys = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]])
+    values = torch.tensor([[[5.0, 5.0], [-5.0, 0.0]], [[1.0, 2.0], [3.0, 4.0]]])
+    words = torch.tensor([[0.2, 0.9], [3.0, 0.1]])
+    torch.testing.assert_close(act_compression_table.lookup_read(keys, values, words),
+                               torch.tensor([[-5.0, 0.0], [1.0, 2.0]]))
 
 
 def test_raw_slots_read_the_map_of_the_slot_nearest_in_cosine():
