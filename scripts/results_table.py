@@ -579,7 +579,7 @@ MULTI_HOP_EPSILON_RUNS = ["multi_hop_act_epsilon_curriculum_fresh_halting", "mul
                           "multi_hop_fixed_curriculum_longer_thrice", "multi_hop_act_epsilon_curriculum_longer_four_times",
                           "multi_hop_fixed_curriculum_longer_four_times",
                           "multi_hop_act_epsilon_curriculum_longer_five_times",
-                          "multi_hop_act_epsilon_curriculum_anneal"]
+                          "multi_hop_act_epsilon_curriculum_anneal", "multi_hop_fixed_curriculum_anneal"]
 # ACT's halting thresholds 1 − ε tried at evaluation on the validation split (the trained runs used 0.01).
 ACT_EPSILONS = ["0.01", "0.1", "0.2", "0.3", "0.5"]
 def seeds_haystack_sections(folder: str, targets: dict[int, float]) -> dict[str, Callable[[], str]]:
@@ -794,6 +794,8 @@ SECTIONS: dict[str, Callable[[], str]] = {
                                                               "(seed 1 only)",
         "multi_hop_act_epsilon_curriculum_anneal": "ACT at ε = 0.2, then 750 steps annealed (learning rate 0.001 → 0) "
                                                    "after the fifth stage",
+        "multi_hop_fixed_curriculum_anneal": "fixed loop, 4 reads, then 750 steps annealed (learning rate 0.001 → 0) "
+                                             "after the fifth stage",
     }, "by_hops.json"),
     "multi_hop_act_epsilon_trained_as_fixed_loop": by_step_section({
         "multi_hop_act_epsilon_curriculum_longer_twice": "ACT at ε = 0.2, after the three stages",
