@@ -82,13 +82,17 @@ def lookup_read(keys: torch.Tensor, values: torch.Tensor, words: torch.Tensor) -
     return values[torch.arange(len(keys)), nearest(keys, words)]
 
 
-# the passes that answer the repeats with one read: name → the read (keys, values, words, the repeated question's
-# index → reads)
+# a pass that answers the repeats with one read: (keys, values, words, the repeated question's index) → reads
 OneRead = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def of_words(read: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> OneRead:
+    """A read of the words alone as a ``OneRead`` (the question's index unused)."""
+    return lambda keys, values, words, question: read(keys, values, words)
+
+
 READS: dict[str, OneRead] = {
-    "consolidated": lambda keys, values, words, question: consolidated_read(keys, values, words),
-    "raw_slots": lambda keys, values, words, question: raw_slots_read(keys, values, words),
-    "lookup": lambda keys, values, words, question: lookup_read(keys, values, words),
+    "consolidated": of_words(consolidated_read), "raw_slots": of_words(raw_slots_read), "lookup": of_words(lookup_read),
     "replayed": lambda keys, values, words, question: values[:, question]}
 
 
@@ -127,7 +131,8 @@ class Consolidating:
 
 
 def table(run: Path, split: str = "test", memory_slots: int | None = None) -> dict:
-    _, model, dataset = load_run(run, **({} if memory_slots is None else {"memory_slots": memory_slots}))
+    overrides = {} if memory_slots is None else {"memory_slots": memory_slots}
+    _, model, dataset = load_run(run, **overrides)
     data = repeated_questions(dataset[split])
     questions = len(data[0]["hops"]) // 2
     length = data[0]["length"]
@@ -163,8 +168,8 @@ def table(run: Path, split: str = "test", memory_slots: int | None = None) -> di
         return out
 
     rows = {str(k): {"answers": int((hops[~second] == k).sum()), **scores(k)} for k in sorted(set(hops.tolist()))}
-    settings = {} if memory_slots is None else {"settings": {"memory_slots": memory_slots}}
-    return {"split": split, "sequences": len(data), "questions_per_sequence": questions, **settings,
+    return {"split": split, "sequences": len(data), "questions_per_sequence": questions,
+            **({"settings": overrides} if overrides else {}),
             **scores(None), "by_hops": rows}
 
 
