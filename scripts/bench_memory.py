@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 from sdapm_hf import sdapm  # noqa: E402
 from sdapm_hf.addressing import content_weights, subspace_fit, top_k_weights  # noqa: E402
+from sdapm_hf.sdapm_read import ADDRESS_FIELDS, pick_slots  # noqa: E402
 from sdapm_hf.reporting import code_revision, command_line, fmt, machine, ratio, replace_section, table  # noqa: E402
 from sdapm_hf.sdapm import MemoryState, SDAPMSettings, SlotContents  # noqa: E402
 
@@ -237,7 +238,10 @@ READS = {
 READ_PARTS = {
     "scoring": f"scoring only: subspace fit of all N + top-{TOP_K}",
     "shortlist": f"shortlist pass only: centroid cosine + top-{SHORTLIST}",
+    "candidates": f"candidates' gather only: each head's {SHORTLIST} shortlisted slots' addressing fields",
 }
+# What the shortlisted read gathers of each candidate before it scores it: the addressing fields, occupancy, usage.
+CANDIDATE_FIELDS = (*ADDRESS_FIELDS, "mass", "usage")
 # The part that grows with N in each read, and its name in the verdicts.
 GROWING_PART = {"dense": "scoring", "topk": "scoring", "short": "shortlist"}
 PART_NAMES = {"scoring": "scoring of all N slots", "shortlist": "shortlist pass"}
@@ -324,19 +328,25 @@ def speed_cases(n: int, batch: int, seed: int, groups: tuple[int, ...]) -> tuple
         add((name, "fwd"), read_fwd)
         add((name, "fwd+bwd"), read_fb)
 
-    def scoring(x):
-        fit, _ = subspace_fit(x, base.key, base.key_factors, base.key_offsets, base.gram_inv, base.radius)
+    # each part of a read of input i
+    def scoring(i):
+        fit, _ = subspace_fit(inp.words[i], base.key, base.key_factors, base.key_offsets, base.gram_inv, base.radius)
         return top_k_weights(fit, inp.strengths, base.occupied, TOP_K, presence=base.usage)
 
-    def shortlist(x):
-        return sdapm.shortlist_slots(base, x, min(SHORTLIST, n))
+    def shortlist(i):
+        return sdapm.shortlist_slots(base, inp.words[i], min(SHORTLIST, n))
 
-    for name, part in (("scoring", scoring), ("shortlist", shortlist)):
+    shortlists = [shortlist(i) for i in range(len(inp.words))]
+
+    def candidates(i):
+        return [pick_slots(getattr(base, name), shortlists[i]) for name in CANDIDATE_FIELDS]
+
+    for name, part in (("scoring", scoring), ("shortlist", shortlist), ("candidates", candidates)):
 
         def part_fwd(part=part):
             i = inp.next()
             with torch.no_grad():
-                return timed(lambda: part(inp.words[i]))
+                return timed(lambda: part(i))
 
         add((name, "fwd"), part_fwd)
 
@@ -592,12 +602,19 @@ def speed_markdown(args, results, parts, infos) -> tuple[str, list[str]]:
             )
         if not met and name == "short":
             sl, sl0, read0 = part("shortlist", a_n), part("shortlist", n0), results.get((name, "fwd", n0))
+            gather = part("candidates", a_n)
             line += (
                 f" The shortlist pass over all N slots (centroid cosine + top-{SHORTLIST}) takes {fmt(sl)} ms at"
                 f" N={a_n} ({ratio(sl, base_ms)} attention). The rest, gathering each head's {SHORTLIST} candidates"
                 f" (factors and `gram_inv`), scoring them and reading {TOP_K}, takes {fmt(fwd - sl)} ms, and"
                 f" {fmt(read0 - sl0)} ms at N={n0}, where attention takes {fmt(att('fwd', n0))} ms: the same work at"
                 f" every N, slower at large N as the gathers from a larger memory miss the cache more."
+                f" The gather alone (each candidate's addressing fields copied out, nothing computed) takes"
+                f" {fmt(gather)} ms ({ratio(gather, base_ms)} attention): with the shortlist pass,"
+                f" {fmt(sl + gather)} ms = {ratio(sl + gather, base_ms)} attention before any candidate is scored."
+                f" Each candidate's key factors are r·W floats, so the {SHORTLIST} candidates of {HEADS} heads copy"
+                f" {SHORTLIST * HEADS * RANK}·W floats per sequence, against the 2·N·W = {2 * a_n}·W that attention"
+                f" reads, and eager torch copies them out before a matmul can read them again."
             )
         verdicts.append(line)
     for policy in POLICIES:
@@ -651,10 +668,11 @@ What is measured:
   values, interleaved with the memory calls at every N.
 * Reads: dense exact (softmax over all N subspace-fit scores); top-{TOP_K} exact (all N scored, softmax over
   the best {TOP_K}, only their maps applied); top-{TOP_K} of a {SHORTLIST}-slot shortlist (`read_candidates={SHORTLIST}`:
-  centroid cosine picks {SHORTLIST} slots per head, only those are scored exactly). Two parts are also timed
+  centroid cosine picks {SHORTLIST} slots per head, only those are scored exactly). Three parts are also timed
   alone: the scoring of all N slots with the top-{TOP_K} choice (`subspace_fit` + `top_k_weights`, the part of
-  the exact reads that grows with N) and the shortlist pass (`shortlist_slots`, the part of the shortlisted
-  read that grows with N). They are separate calls: at N={sizes[-1]}, where memory-bound calls vary with what ran
+  the exact reads that grows with N), the shortlist pass (`shortlist_slots`, the part of the shortlisted
+  read that grows with N) and the gather of the shortlisted candidates' addressing fields (`pick_slots` of
+  each, the copy the shortlisted read makes before it scores them). They are separate calls: at N={sizes[-1]}, where memory-bound calls vary with what ran
   just before them (see the spread), a part can measure above the read that contains it.
 * Consolidate: a group of g chosen by random selection weights in [0.5, 1] (soft membership).
 * Step: if `is_full`, consolidate 2 slots chosen by the policy; then write a fresh pair (allocation takes

@@ -112,7 +112,7 @@ def _fit(x: torch.Tensor, state: MemoryState, pick=None) -> tuple[torch.Tensor, 
     return subspace_fit(x, *(fields if pick is None else map(pick, fields)))
 
 
-def _pick(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def pick_slots(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Each head's own slots: t (B, N, ...), idx (B, R, K) → (B·R, K, ...)."""
     b, heads, k = idx.shape
     rows = torch.arange(b, device=idx.device)[:, None, None].expand_as(idx)
@@ -146,13 +146,14 @@ def _read_shortlist(
     """
     b, heads, w = x.shape
     shortlist = shortlist_slots(state, x, settings.read_candidates)
-    fit, q = _fit(x.reshape(b * heads, 1, w), state, lambda t: _pick(t, shortlist))  # (B·R, 1, C), (B·R, 1, C, r)
+    # (B·R, 1, C), (B·R, 1, C, r)
+    fit, q = _fit(x.reshape(b * heads, 1, w), state, lambda t: pick_slots(t, shortlist))
     weights, best = top_k_weights(
         fit,
         strengths.reshape(b * heads, 1),
-        _pick(state.mass, shortlist) > 0,  # the shortlist's occupied slots, without a pass over all N
+        pick_slots(state.mass, shortlist) > 0,  # the shortlist's occupied slots, without a pass over all N
         settings.read_top_k,
-        presence=_pick(state.usage, shortlist),
+        presence=pick_slots(state.usage, shortlist),
     )
     weights, best = weights.view(b, heads, -1), best.view(b, heads, -1)  # best indexes the shortlist
     q = q.view(b, heads, -1, q.shape[-1]).gather(2, best.unsqueeze(-1).expand(-1, -1, -1, q.shape[-1]))
@@ -184,7 +185,7 @@ def _read_chosen(
 
     Only the chosen slots' maps are gathered (each head reads from its own K slots as a batch of one head)."""
     b, heads, k = idx.shape
-    key, value, value_factors = (_pick(getattr(state, name), idx) for name in MAP_FIELDS)
+    key, value, value_factors = (pick_slots(getattr(state, name), idx) for name in MAP_FIELDS)
     flat = (b * heads, 1)
     out = _mixture(key, value, value_factors, x.reshape(*flat, -1), weights.reshape(*flat, k), q.reshape(*flat, k, -1))
     return out.view(b, heads, -1)
