@@ -13,12 +13,14 @@ trained (the loop still runs underneath, so the memory's state after the questio
 used). For comparison the same pairs are also kept as Q raw slots, read once by the nearest key
 (``raw_slots_read``), or as a table that returns the nearest key's value (``lookup_read``), and, as the bound of any
 answer keyed on the question, the first occurrence's recorded ``y`` itself is replayed (not a read: it uses which
-question is repeated). Six passes are scored per answer, grouped by the number of hops: the first questions, the
-repeats answered by the loop, by the consolidated slot, the raw slots, the table and the replay; with, per repeat
-and one-read pass, the cosine between its first read word and its first occurrence's (``key_cosine``) and the
-distance of the one-read answer from the loop's output at the first occurrence relative to that output's norm
-(``read_error``). ``--memory-slots`` evaluates the run with another number of slots (the model's config changed as
-it loads; no weight depends on it).
+question is repeated). A control takes the repeats' place with as many new questions (the task's sequences drawn
+with twice the questions; the loop answers the second half): what the loop scores that far into a stream when
+nothing repeats. Seven passes are scored per answer, grouped by the number of hops: the first questions, the
+repeats answered by the loop, by the consolidated slot, the raw slots, the table and the replay, and the control's
+new questions answered by the loop; with, per repeat and one-read pass, the cosine between its first read word and
+its first occurrence's (``key_cosine``) and the distance of the one-read answer from the loop's output at the first
+occurrence relative to that output's norm (``read_error``). ``--memory-slots`` evaluates the run with another number of slots (the model's config changed as
+it loads; no weight depends on it); ``--queries Q`` with Q questions per sequence before their repeats.
 
     python scripts/act_compression_table.py runs/multi_hop_act_seed0 --out docs/runs/multi_hop_act/seed0/compression.json
 """
@@ -36,7 +38,7 @@ import torch
 from sdapm_hf import sdapm
 from sdapm_hf.act import PonderStep
 from sdapm_hf.training import example_outcomes, load_run
-from sdapm_hf.training.evaluation import batch_positions
+from sdapm_hf.training.evaluation import batch_positions, build_experiment_task
 
 QUESTION = 4  # tokens of a question: QUERY, start symbol, hop token, answer
 HOP_TOKEN = 2  # the hop token's place in a question: the answer is predicted there
@@ -130,9 +132,10 @@ class Consolidating:
         self.position, self.keys, self.values = 0, [], []
 
 
-def table(run: Path, split: str = "test", memory_slots: int | None = None) -> dict:
+def table(run: Path, split: str = "test", memory_slots: int | None = None, queries: int | None = None) -> dict:
     overrides = {} if memory_slots is None else {"memory_slots": memory_slots}
-    _, model, dataset = load_run(run, **overrides)
+    task_overrides = {} if queries is None else {"queries": queries}
+    experiment, model, dataset = load_run(run, task_overrides, **overrides)
     data = repeated_questions(dataset[split])
     questions = len(data[0]["hops"]) // 2
     length = data[0]["length"]
@@ -145,8 +148,12 @@ def table(run: Path, split: str = "test", memory_slots: int | None = None) -> di
     second = np.tile(np.arange(2 * questions) >= questions, len(data))
     ranked = batch_positions(data, BATCH_SIZE)
     looped = example_outcomes(model, data, BATCH_SIZE)
-    # per pass: (its answers' outcomes, the answers it scores, per answer scored its diagnostics)
-    passes = {"first": (looped, ~second, {}), "repeat_loop": (looped, second, {})}
+    # the control: as many questions again, new ones over the same kind of sequence, answered by the loop
+    fresh = build_experiment_task(experiment, model, {**task_overrides, "queries": 2 * questions})[split]
+    fresh_hops = np.concatenate([np.asarray(h) for h in fresh["hops"]])
+    # per pass: (its answers' outcomes, the answers it scores, their hop counts, per answer scored its diagnostics)
+    passes = {"first": (looped, ~second, hops, {}), "repeat_loop": (looped, second, hops, {}),
+              "fresh_loop": (example_outcomes(model, fresh, BATCH_SIZE), second, fresh_hops, {})}
     for name, read in READS.items():
         hook = Consolidating(first, repeats, read)
         handle = model.model.memory.ponder.register_forward_hook(hook)
@@ -156,20 +163,21 @@ def table(run: Path, split: str = "test", memory_slots: int | None = None) -> di
             handle.remove()
         diagnostics = {key: _in_split_order(values, questions, ranked)
                        for key, values in (("key_cosine", hook.key_cosine), ("read_error", hook.read_error))}
-        passes[f"repeat_{name}"] = (outcomes, second, diagnostics)
+        passes[f"repeat_{name}"] = (outcomes, second, hops, diagnostics)
 
     def scores(hop_count: int | None) -> dict[str, float]:
-        chosen = np.ones_like(hops, dtype=bool) if hop_count is None else hops == hop_count
         out = {}
-        for name, (outcomes, scored, diagnostics) in passes.items():
+        for name, (outcomes, scored, asked, diagnostics) in passes.items():
+            chosen = np.ones_like(asked, dtype=bool) if hop_count is None else asked == hop_count
             out[f"{name}_accuracy"] = float(outcomes["answer_correct"][chosen & scored].mean())
             out[f"{name}_ponder"] = float(outcomes["ponder_steps"][chosen & scored].mean())
             out.update({f"{name}_{key}": float(values[chosen[scored]].mean()) for key, values in diagnostics.items()})
         return out
 
     rows = {str(k): {"answers": int((hops[~second] == k).sum()), **scores(k)} for k in sorted(set(hops.tolist()))}
+    settings = {**overrides, **task_overrides}
     return {"split": split, "sequences": len(data), "questions_per_sequence": questions,
-            **({"settings": overrides} if overrides else {}),
+            **({"settings": settings} if settings else {}),
             **scores(None), "by_hops": rows}
 
 
@@ -194,9 +202,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run", type=Path, help="a finished ACT multi_hop_recall run folder")
     parser.add_argument("--split", default="test")
     parser.add_argument("--memory-slots", type=int, default=None, help="evaluate with this many memory slots")
+    parser.add_argument("--queries", type=int, default=None,
+                        help="questions per sequence before their repeats (default: the run's task)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    result = table(args.run, args.split, args.memory_slots)
+    result = table(args.run, args.split, args.memory_slots, args.queries)
     print(json.dumps(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -458,6 +458,7 @@ def hops_rows_section(systems: list[tuple[str, str, str]]) -> Callable[[], str]:
 
 
 COMPRESSION_PASSES = (("first", "first questions, the loop"), ("repeat_loop", "repeats, the loop"),
+                      ("fresh_loop", "control: new questions where the repeats stand, the loop"),
                       ("repeat_consolidated", "repeats, one read of one consolidated slot"),
                       ("repeat_raw_slots", "repeats, one read of the pairs as raw slots"),
                       ("repeat_lookup", "repeats, one read of the pairs as a table (the nearest key's value)"),
@@ -608,6 +609,8 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "multi_hop_act_compression": compression_section("multi_hop_act_epsilon_curriculum_anneal", "compression.json"),
     "multi_hop_act_compression_slots24": compression_section("multi_hop_act_epsilon_curriculum_anneal",
                                                              "compression_slots24.json", per_seed=False),
+    "multi_hop_act_compression_queries2": compression_section("multi_hop_act_epsilon_curriculum_anneal",
+                                                              "compression_queries2.json", per_seed=False),
     "smollm2_passkey_stage4_at_relative_usage": haystack_section(
         "smollm2_passkey_stage4", ["haystack_eval_relative_usage_seed1.json"], {}),
     "smollm2_passkey_stage4_relative_usage_runs": runs_section(["smollm2_passkey_stage4_relative_usage"], VALIDATION),

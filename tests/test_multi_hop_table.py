@@ -80,9 +80,17 @@ def test_act_run_on_a_stream_that_repeats_its_questions_answers_the_repeats_in_o
     assert sum(row["answers"] for row in table["by_hops"].values()) == 24
     assert table["repeat_replayed_read_error"] == 0.0  # the recorded output itself
     assert "settings" not in table
+    # the control: the loop on new questions where the repeats stand, scored as the run's own 4-question sequences
+    _, model, four = load_run(run, {"queries": 4})
+    correct = example_outcomes(model, four["test"], 8)["answer_correct"].reshape(12, 4)
+    assert table["fresh_loop_accuracy"] == float(correct[:, 2:].mean())
+    assert 1.0 <= table["fresh_loop_ponder"] and "fresh_loop_key_cosine" not in table
 
     more_slots = act_compression_table.table(run, memory_slots=6)
     assert more_slots["settings"] == {"memory_slots": 6} and more_slots["sequences"] == 12
+    one_question = act_compression_table.table(run, queries=1)
+    assert one_question["settings"] == {"queries": 1} and one_question["questions_per_sequence"] == 1
+    assert sum(row["answers"] for row in one_question["by_hops"].values()) == 12
 
 
 def test_a_repeat_is_keyed_by_its_first_read_word_s_direction_as_the_memory_reads_it():
