@@ -84,6 +84,7 @@ MODELS = {
     "pytorch-dnc 1.1.0 (DNC)": None,
 }
 PEER = "pytorch-dnc 1.1.0 (DNC)"
+OPS_AT = 16  # the N at which a step's operators are counted (the ≥ 5× target's)
 DENSE_LINKS = (PEER, "ours (classic DNC memory, links)")  # O(N²) link matrices: seconds per step at N = 1024
 
 
@@ -151,18 +152,19 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_step(name: str, slots: int, steps: int, device: str, seed: int = 0) -> dict:
+def measure_step(name: str, slots: int, steps: int, device: str, seed: int = 0, count_ops: bool = False) -> dict:
     """In this process: median wall and CPU ms of a training step after one warm-up step (and the CPU ms of its
-    forward pass), and the peak RSS."""
+    forward pass), and the peak RSS; with ``count_ops``, the aten operators one more step calls (``top_level_ops``)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = copy_model(name, slots, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    wall, cpu, forward = [], [], []
-    for i in range(steps + 1):
+
+    def train_step() -> float:
+        """One step; returns the CPU seconds of its forward pass."""
         x, bits = copy_batch(generator, device=device)
         _sync(device)
-        started, cpu_started = time.perf_counter(), time.process_time()
+        cpu_started = time.process_time()
         loss, _ = copy_loss(model, x, bits)
         _sync(device)
         forward_cpu = time.process_time() - cpu_started
@@ -170,15 +172,40 @@ def measure_step(name: str, slots: int, steps: int, device: str, seed: int = 0) 
         loss.backward()
         optimizer.step()
         _sync(device)
+        return forward_cpu
+
+    wall, cpu, forward = [], [], []
+    for i in range(steps + 1):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        forward_cpu = train_step()
         if i:  # the first step warms up
             wall.append(1000 * (time.perf_counter() - started))
             cpu.append(1000 * (time.process_time() - cpu_started))
             forward.append(1000 * forward_cpu)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
-    return {"wall_ms": statistics.median(wall), "cpu_ms": statistics.median(cpu),
-            "forward_cpu_ms": statistics.median(forward),
-            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "gpu_mb": peak,
-            "params": sum(p.numel() for p in model.parameters())}
+    result = {"wall_ms": statistics.median(wall), "cpu_ms": statistics.median(cpu),
+              "forward_cpu_ms": statistics.median(forward),
+              "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "gpu_mb": peak,
+              "params": sum(p.numel() for p in model.parameters())}
+    if count_ops:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            train_step()
+        result["top_level_ops"] = top_level_ops(profile.events())
+    return result
+
+
+def top_level_ops(events) -> int:
+    """How many aten operators the profiled code called itself (not those an operator called inside it: a
+    ``matmul`` that calls ``bmm`` counts once), forward, backward and optimizer alike."""
+    def aten_above(event) -> bool:
+        parent = event.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::"):
+                return True
+            parent = parent.cpu_parent
+        return False
+
+    return sum(1 for event in events if event.name.startswith("aten::") and not aten_above(event))
 
 
 def in_subprocess(task: dict, args, env: dict[str, str] | None = None) -> dict:
@@ -210,7 +237,7 @@ def run_step(args) -> str:
                     continue  # a step with dense links at N = 1024 takes tens of seconds and gigabytes
                 steps = 1 if name in DENSE_LINKS and n >= 1024 else args.steps
                 result = in_subprocess({"kind": "step", "name": name, "slots": n, "steps": steps,
-                                        "device": args.device}, args)
+                                        "device": args.device, "count_ops": n == OPS_AT}, args)
                 results.setdefault((name, n), []).append(result)
                 print(f"round {round_} N={n} {name}: {result}", flush=True)
     base = baseline_rss(args)
@@ -220,6 +247,9 @@ def run_step(args) -> str:
         rows.append([name, "CPU ms / step"] + [fmt(median(name, n, "cpu_ms")) for n in args.sizes])
         rows.append(["", "wall ms / step"] + [fmt(median(name, n, "wall_ms")) for n in args.sizes])
         rows.append(["", "peak RSS − import (MB)"] + [fmt(_minus(median(name, n, "rss_mb"), base)) for n in args.sizes])
+        if OPS_AT in args.sizes:
+            rows.append(["", "aten operators / step (top level)"]
+                        + [_count(median(name, n, "top_level_ops")) if n == OPS_AT else "" for n in args.sizes])
         if args.device == "cuda":
             rows.append(["", "peak GPU memory (MB)"] + [fmt(median(name, n, "gpu_mb")) for n in args.sizes])
     speed = [[name] + [ratio(median(PEER, n, args.key), median(name, n, args.key)) for n in args.sizes]
@@ -233,6 +263,15 @@ def run_step(args) -> str:
             state = "met" if got and got >= target else "**missed**"
             verdicts.append(f"* N = {n}: target ≥ {target}× faster than pytorch-dnc; best {best}: "
                             f"{got:.1f}× — {state}" if got else f"* N = {n}: no measurement")
+            ops = {name: median(name, n, "top_level_ops") for name in (best, PEER)}
+            if got and got < target and n == OPS_AT and all(ops.values()):
+                budget = median(PEER, n, args.key) / target
+                verdicts[-1] += (
+                    f". One step calls {ops[best]:,.0f} aten operators at the top level in {best} against"
+                    f" {ops[PEER]:,.0f} in pytorch-dnc ({1000 * median(best, n, args.key) / ops[best]:.1f} and"
+                    f" {1000 * median(PEER, n, args.key) / ops[PEER]:.1f} µs of CPU each); {target}× asks for"
+                    f" {budget:.1f} ms, {1000 * budget / ops[best]:.1f} µs per operator of ours, or a step of"
+                    f" {ops[PEER] / target:,.0f} operators at pytorch-dnc's cost each")
     errors = sorted({f"* {name}, N = {n}: {r['error']}" for (name, n), rs in results.items() for r in rs if "error" in r})
     eager = {name: name.replace(", compiled)", ")") for name in names if (MODELS[name] or {}).get("compiled")}
     compiled = [f"* {name}: " + ", ".join(
@@ -252,7 +291,10 @@ chunk piece; on the CPU the graph breaks where the memory's control flow depends
 run eager); its warm-up step compiles.
 Each case runs in a fresh process ({args.steps} timed steps after one warm-up step; the two models with dense
 temporal links at N ≥ 1024: one step, {args.peer_rounds_at_1024} round(s)); {args.rounds} rounds, cases rotated each round; medians. Peak RSS is
-the process's, minus that of a process that only imports torch and the package ({base:.0f} MB).
+the process's, minus that of a process that only imports torch and the package ({base:.0f} MB). At N = {OPS_AT}
+one more step is profiled and its aten operators counted at the top level (an operator another one calls inside
+it is not counted; the kernels inductor generates for a compiled model are not aten operators and are not
+counted either).
 
 {table(["model", "", *[f"N={n}" for n in args.sizes]], rows)}
 
@@ -703,6 +745,10 @@ def _part(results: list[dict], key: str | None) -> float | None:
 
 def _minus(a: float | None, b: float) -> float | None:
     return None if a is None else a - b
+
+
+def _count(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f}"
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

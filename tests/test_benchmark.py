@@ -27,6 +27,21 @@ def test_a_training_step_of_each_of_our_copy_models(name):
     assert result["cpu_ms"] > 0 and result["params"] > 0
 
 
+def test_a_step_s_operators_are_counted_at_the_top_level_only():
+    sys.path.insert(0, str(SCRIPT.parent))
+    import benchmark
+    import torch
+
+    a, b = torch.randn(2, 3, 4), torch.randn(2, 4, 5)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        torch.matmul(a, b).sum()  # matmul calls bmm (and views) inside it: two operators at the top level
+    names = [event.name for event in profile.events()]
+    assert "aten::bmm" in names and len([n for n in names if n.startswith("aten::")]) > 2
+    assert benchmark.top_level_ops(profile.events()) == 2
+    result = measure(kind="step", name="ours (SDAPM, chunks of 4)", slots=8, steps=1, device="cpu", count_ops=True)
+    assert result["top_level_ops"] > 100
+
+
 def test_the_peer_runs_when_the_bench_extra_is_installed():
     pytest.importorskip("dnc")
     assert measure(kind="step", name="pytorch-dnc 1.1.0 (DNC)", slots=4, steps=1, device="cpu")["cpu_ms"] > 0
