@@ -15,10 +15,12 @@ used). For comparison the same pairs are also kept as Q raw slots, read once by 
 answer keyed on the question, the first occurrence's recorded ``y`` itself is replayed (not a read: it uses which
 question is repeated). A control takes the repeats' place with as many new questions (the task's sequences drawn
 with twice the questions; the loop answers the second half): what the loop scores that far into a stream when
-nothing repeats. Seven passes are scored per answer, grouped by the number of hops: the first questions, the
+nothing repeats. Nine passes are scored per answer, grouped by the number of hops: the first questions, the
 repeats answered by the loop, by the consolidated slot, the raw slots, the table and the replay, and the control's
-new questions answered by the loop; with, per repeat and one-read pass, the cosine between its first read word and
-its first occurrence's (``key_cosine``) and the distance of the one-read answer from the loop's output at the first
+new questions answered by the loop; and, gated, the consolidated slot only where a repeat's first read word has a
+recorded key at cosine ≥ τ (``GATES``), the loop elsewhere, after the read that found no key near enough (its
+reads plus one): how much of the loop one read replaces at what accuracy. With, per repeat and one-read or gated
+pass, the cosine between its first read word and its first occurrence's (``key_cosine``) and the distance of the one-read answer from the loop's output at the first
 occurrence relative to that output's norm (``read_error``). ``--memory-slots`` evaluates the run with another number of slots (the model's config changed as
 it loads; no weight depends on it); ``--queries Q`` with Q questions per sequence before their repeats.
 
@@ -98,12 +100,18 @@ READS: dict[str, OneRead] = {
     "replayed": lambda keys, values, words, question: values[:, question]}
 
 
+# Cosines a repeat's first read word must reach with its nearest recorded key for the gated passes to answer it
+# with the consolidated slot; below, the loop answers it, after the read that found no key near enough.
+GATES = (0.95, 0.99)
+
+
 class Consolidating:
     """A forward hook on the ponder loop that records the first pass's questions and answers the repeats with
-    ``read`` (the position of each call counted per forward)."""
+    ``read`` (the position of each call counted per forward); with ``gate``, only the repeats whose first read word
+    has a recorded key at cosine ≥ ``gate``, the others with the loop's own answer and its reads plus one."""
 
-    def __init__(self, first: list[int], repeats: list[int], read: OneRead) -> None:
-        self.first, self.repeats, self.read = first, repeats, read
+    def __init__(self, first: list[int], repeats: list[int], read: OneRead, gate: float | None = None) -> None:
+        self.first, self.repeats, self.read, self.gate = first, repeats, read, gate
         self.position, self.keys, self.values = 0, [], []
         # per repeated question (sequences in batch order, questions in order): the cosine between its first read
         # word and that of its first occurrence, and the read's distance from the loop's output there relative to
@@ -122,11 +130,16 @@ class Consolidating:
         keys, values = torch.stack(self.keys, 1), torch.stack(self.values, 1)
         question = self.repeats.index(position)
         reads = self.read(keys, values, words, question)
+        one_read = torch.ones_like(output.steps, dtype=torch.bool)
+        if self.gate is not None:
+            near = torch.nn.functional.cosine_similarity(words[:, None], keys, dim=-1).amax(-1)
+            one_read = near >= self.gate
+            reads = torch.where(one_read[:, None], reads, output.reads.flatten(1))
         self.key_cosine.append(torch.nn.functional.cosine_similarity(words, keys[:, question], dim=-1).detach())
         self.read_error.append(((reads - values[:, question]).norm(dim=-1) / values[:, question].norm(dim=-1)).detach())
-        ones = torch.ones_like(output.steps)
-        return PonderStep(reads=reads.view_as(output.reads), state=output.state, steps=ones,
-                          cost=torch.zeros_like(output.cost))
+        return PonderStep(reads=reads.view_as(output.reads), state=output.state,
+                          steps=torch.where(one_read, 1, output.steps + 1),
+                          cost=torch.where(one_read, 0, output.cost))
 
     def reset(self) -> None:
         self.position, self.keys, self.values = 0, [], []
@@ -154,8 +167,10 @@ def table(run: Path, split: str = "test", memory_slots: int | None = None, queri
     # per pass: (its answers' outcomes, the answers it scores, their hop counts, per answer scored its diagnostics)
     passes = {"first": (looped, ~second, hops, {}), "repeat_loop": (looped, second, hops, {}),
               "fresh_loop": (example_outcomes(model, fresh, BATCH_SIZE), second, fresh_hops, {})}
-    for name, read in READS.items():
-        hook = Consolidating(first, repeats, read)
+    one_read_passes = [(name, read, None) for name, read in READS.items()]
+    gated_passes = [(f"consolidated_gated_{gate:g}", READS["consolidated"], gate) for gate in GATES]
+    for name, read, gate in one_read_passes + gated_passes:
+        hook = Consolidating(first, repeats, read, gate)
         handle = model.model.memory.ponder.register_forward_hook(hook)
         try:
             outcomes = _outcomes_with(model, data, hook)

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from act_compression_table import GATES  # noqa: E402
 from capacity_curve import markdown as capacity_markdown  # noqa: E402
 from haystack_table import gate_table, markdown  # noqa: E402
 
@@ -462,7 +463,9 @@ COMPRESSION_PASSES = (("first", "first questions, the loop"), ("repeat_loop", "r
                       ("repeat_consolidated", "repeats, one read of one consolidated slot"),
                       ("repeat_raw_slots", "repeats, one read of the pairs as raw slots"),
                       ("repeat_lookup", "repeats, one read of the pairs as a table (the nearest key's value)"),
-                      ("repeat_replayed", "repeats, the first occurrence's output replayed (a bound, not a read)"))
+                      ("repeat_replayed", "repeats, the first occurrence's output replayed (a bound, not a read)"),
+                      *((f"repeat_consolidated_gated_{gate:g}", f"repeats, the consolidated slot where a recorded key"
+                         f" is at cosine ≥ {gate:g}, else the loop (its reads + 1)") for gate in GATES))
 COMPRESSION_READS = ("repeat_consolidated", "repeat_raw_slots", "repeat_lookup")  # with key cosine and read error
 
 

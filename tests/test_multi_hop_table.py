@@ -76,6 +76,8 @@ def test_act_run_on_a_stream_that_repeats_its_questions_answers_the_repeats_in_o
     assert table["first_accuracy"] == scored["accuracy"] and table["first_ponder"] == scored["ponder_mean"]
     for one_read in ("consolidated", "raw_slots", "lookup", "replayed"):
         assert table[f"repeat_{one_read}_ponder"] == 1.0
+    for gate in act_compression_table.GATES:  # one read where a key is near, the loop's reads and one more elsewhere
+        assert 1.0 <= table[f"repeat_consolidated_gated_{gate:g}_ponder"] <= table["repeat_loop_ponder"] + 1
         assert -1.0 <= table[f"repeat_{one_read}_key_cosine"] <= 1.0 and table[f"repeat_{one_read}_read_error"] >= 0
     assert sum(row["answers"] for row in table["by_hops"].values()) == 24
     assert table["repeat_replayed_read_error"] == 0.0  # the recorded output itself
@@ -107,6 +109,24 @@ def test_a_repeat_is_keyed_by_its_first_read_word_s_direction_as_the_memory_read
     assert answered is not None and torch.equal(answered.steps, torch.ones(3))
     torch.testing.assert_close(answered.reads, reads[0])  # the raw slot's map at its own key: its value
     torch.testing.assert_close(hook.key_cosine[0], torch.ones(3))
+
+
+def test_a_gated_repeat_takes_one_read_only_near_a_recorded_key_and_else_the_loop_s_answer_and_one_read_more():
+    import act_compression_table
+    from sdapm_hf.act import PonderStep
+
+    keys = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # two questions' first read words (one head of W = 2)
+    loop = PonderStep(reads=torch.tensor([[[7.0, 7.0]], [[8.0, 8.0]]]), state=None, steps=torch.tensor([3, 2]),
+                      cost=torch.tensor([0.5, 0.5]))
+    hook = act_compression_table.Consolidating([0, 1], [2], act_compression_table.READS["lookup"], gate=0.99)
+    for position in (0, 1):  # the first pass, two sequences: each records key 0 → (0, 0), then key 1 → (1, 1)
+        first = PonderStep(reads=torch.full((2, 1, 2), float(position)), state=None, steps=torch.ones(2),
+                           cost=torch.zeros(2))
+        hook(None, (None, keys[position].expand(2, 1, 2), None, None), first)
+    words = torch.tensor([[[0.1, 1.0]], [[1.0, 1.0]]])  # row 0 at cosine 0.995 of key 1, row 1 at 0.71 of both
+    answered = hook(None, (None, words, None, None), loop)
+    torch.testing.assert_close(answered.reads, torch.tensor([[[1.0, 1.0]], [[8.0, 8.0]]]))  # key 1's value; the loop's
+    assert answered.steps.tolist() == [1, 3] and answered.cost.tolist() == [0.0, 0.5]
 
 
 def test_lookup_reads_the_value_of_the_key_nearest_in_cosine():
