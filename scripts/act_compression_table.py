@@ -20,9 +20,10 @@ repeats answered by the loop, by the consolidated slot, the raw slots, the table
 new questions answered by the loop; and, gated, the consolidated slot only where a repeat's first read word has a
 recorded key at cosine ≥ τ (``GATES``), the loop elsewhere, after the read that found no key near enough (its
 reads plus one): how much of the loop one read replaces at what accuracy. With, per repeat and one-read or gated
-pass, the cosine between its first read word and its first occurrence's (``key_cosine``) and the distance of the one-read answer from the loop's output at the first
-occurrence relative to that output's norm (``read_error``). ``--memory-slots`` evaluates the run with another number of slots (the model's config changed as
-it loads; no weight depends on it); ``--queries Q`` with Q questions per sequence before their repeats.
+pass, the cosine between its first read word and its first occurrence's (``key_cosine``) and the distance of the
+answer's read from the loop's output at the first occurrence relative to that output's norm (``read_error``).
+``--memory-slots`` evaluates the run with another number of slots (the model's config changed as it loads; no
+weight depends on it); ``--queries Q`` with Q questions per sequence before their repeats.
 
     python scripts/act_compression_table.py runs/multi_hop_act_seed0 --out docs/runs/multi_hop_act/seed0/compression.json
 """

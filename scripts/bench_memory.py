@@ -672,8 +672,9 @@ What is measured:
   alone: the scoring of all N slots with the top-{TOP_K} choice (`subspace_fit` + `top_k_weights`, the part of
   the exact reads that grows with N), the shortlist pass (`shortlist_slots`, the part of the shortlisted
   read that grows with N) and the gather of the shortlisted candidates' addressing fields (`pick_slots` of
-  each, the copy the shortlisted read makes before it scores them). They are separate calls: at N={sizes[-1]}, where memory-bound calls vary with what ran
-  just before them (see the spread), a part can measure above the read that contains it.
+  each, the copy the shortlisted read makes before it scores them). They are separate calls: at N={sizes[-1]},
+  where memory-bound calls vary with what ran just before them (see the spread), a part can measure above the
+  read that contains it.
 * Consolidate: a group of g chosen by random selection weights in [0.5, 1] (soft membership).
 * Step: if `is_full`, consolidate 2 slots chosen by the policy; then write a fresh pair (allocation takes
   the freed slot); then read. Every step of a full memory consolidates. Policies: most-read =

@@ -274,12 +274,12 @@ def step_markdown(args, names: list[str], results: dict[tuple[str, int], list[di
             ops = {name: median(name, n, "top_level_ops") for name in (eager_best, PEER)}
             if got and got < target and n == OPS_AT and all(ops.values()):
                 budget = median(PEER, n, args.key) / target
+                ours_each, peer_each = (1000 * median(name, n, args.key) / ops[name] for name in (eager_best, PEER))
                 verdicts[-1] += (
                     f". The best eager model, {eager_best}, calls {ops[eager_best]:,.0f} aten operators per step at"
-                    f" the top level against {ops[PEER]:,.0f} in pytorch-dnc"
-                    f" ({1000 * median(eager_best, n, args.key) / ops[eager_best]:.1f} and"
-                    f" {1000 * median(PEER, n, args.key) / ops[PEER]:.1f} µs of CPU each): fewer operators, each"
-                    f" dearer. {target}× asks for {budget:.1f} ms, {1000 * budget / ops[eager_best]:.1f} µs per"
+                    f" the top level against {ops[PEER]:,.0f} in pytorch-dnc ({ours_each:.1f} and {peer_each:.1f} µs"
+                    f" of CPU each): {'fewer' if ops[eager_best] < ops[PEER] else 'more'} operators, each"
+                    f" {'dearer' if ours_each > peer_each else 'cheaper'}. {target}× asks for {budget:.1f} ms, {1000 * budget / ops[eager_best]:.1f} µs per"
                     f" operator of ours, or a step of {ops[PEER] / target:,.0f} operators at pytorch-dnc's cost each")
             verdicts[-1] += "."
     errors = sorted({f"* {name}, N = {n}: {r['error']}" for (name, n), rs in results.items() for r in rs if "error" in r})
