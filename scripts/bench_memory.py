@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 from sdapm_hf import sdapm  # noqa: E402
 from sdapm_hf.addressing import content_weights, subspace_fit, top_k_weights  # noqa: E402
-from sdapm_hf.sdapm_read import ADDRESS_FIELDS, pick_slots  # noqa: E402
+from sdapm_hf.sdapm_read import gather_candidates  # noqa: E402
 from sdapm_hf.reporting import code_revision, command_line, fmt, machine, ratio, replace_section, table  # noqa: E402
 from sdapm_hf.sdapm import MemoryState, SDAPMSettings, SlotContents  # noqa: E402
 
@@ -240,8 +240,6 @@ READ_PARTS = {
     "shortlist": f"shortlist pass only: centroid cosine + top-{SHORTLIST}",
     "candidates": f"candidates' gather only: each head's {SHORTLIST} shortlisted slots' addressing fields",
 }
-# What the shortlisted read gathers of each candidate before it scores it: the addressing fields, occupancy, usage.
-CANDIDATE_FIELDS = (*ADDRESS_FIELDS, "mass", "usage")
 # The part that grows with N in each read, and its name in the verdicts.
 GROWING_PART = {"dense": "scoring", "topk": "scoring", "short": "shortlist"}
 PART_NAMES = {"scoring": "scoring of all N slots", "shortlist": "shortlist pass"}
@@ -339,7 +337,7 @@ def speed_cases(n: int, batch: int, seed: int, groups: tuple[int, ...]) -> tuple
     shortlists = [shortlist(i) for i in range(len(inp.words))]
 
     def candidates(i):
-        return [pick_slots(getattr(base, name), shortlists[i]) for name in CANDIDATE_FIELDS]
+        return gather_candidates(base, shortlists[i])
 
     for name, part in (("scoring", scoring), ("shortlist", shortlist), ("candidates", candidates)):
 
@@ -671,8 +669,8 @@ What is measured:
   centroid cosine picks {SHORTLIST} slots per head, only those are scored exactly). Three parts are also timed
   alone: the scoring of all N slots with the top-{TOP_K} choice (`subspace_fit` + `top_k_weights`, the part of
   the exact reads that grows with N), the shortlist pass (`shortlist_slots`, the part of the shortlisted
-  read that grows with N) and the gather of the shortlisted candidates' addressing fields (`pick_slots` of
-  each, the copy the shortlisted read makes before it scores them). They are separate calls: at N={sizes[-1]},
+  read that grows with N) and the gather of the shortlisted candidates' addressing fields (`gather_candidates`,
+  the copy the shortlisted read makes before it scores them). They are separate calls: at N={sizes[-1]},
   where memory-bound calls vary with what ran just before them (see the spread), a part can measure above the
   read that contains it.
 * Consolidate: a group of g chosen by random selection weights in [0.5, 1] (soft membership).

@@ -105,14 +105,18 @@ ADDRESS_FIELDS = ("key", "key_factors", "key_offsets", "gram_inv", "radius")
 MAP_FIELDS = ("key", "value", "value_factors")
 
 
-def _fit(x: torch.Tensor, state: MemoryState, pick=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``subspace_fit`` of queries x (B', R', W) against the slots of ``state``, each ``ADDRESS_FIELDS`` tensor
-    passed through ``pick`` first when given (a shortlist's slots)."""
-    fields = (getattr(state, name) for name in ADDRESS_FIELDS)
-    return subspace_fit(x, *(fields if pick is None else map(pick, fields)))
+def _fit(x: torch.Tensor, state: MemoryState) -> tuple[torch.Tensor, torch.Tensor]:
+    """``subspace_fit`` of queries x (B, R', W) against every slot of ``state``."""
+    return subspace_fit(x, *(getattr(state, name) for name in ADDRESS_FIELDS))
 
 
-def pick_slots(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def gather_candidates(state: MemoryState, shortlist: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the shortlisted read copies out of each candidate before it scores it: shortlist (B, R, C) → per field
+    of ``ADDRESS_FIELDS``, ``mass`` and ``usage``, each head's candidates (B·R, C, ...)."""
+    return {name: _pick(getattr(state, name), shortlist) for name in (*ADDRESS_FIELDS, "mass", "usage")}
+
+
+def _pick(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Each head's own slots: t (B, N, ...), idx (B, R, K) → (B·R, K, ...)."""
     b, heads, k = idx.shape
     rows = torch.arange(b, device=idx.device)[:, None, None].expand_as(idx)
@@ -146,14 +150,15 @@ def _read_shortlist(
     """
     b, heads, w = x.shape
     shortlist = shortlist_slots(state, x, settings.read_candidates)
+    candidates = gather_candidates(state, shortlist)
     # (B·R, 1, C), (B·R, 1, C, r)
-    fit, q = _fit(x.reshape(b * heads, 1, w), state, lambda t: pick_slots(t, shortlist))
+    fit, q = subspace_fit(x.reshape(b * heads, 1, w), *(candidates[name] for name in ADDRESS_FIELDS))
     weights, best = top_k_weights(
         fit,
         strengths.reshape(b * heads, 1),
-        pick_slots(state.mass, shortlist) > 0,  # the shortlist's occupied slots, without a pass over all N
+        candidates["mass"] > 0,  # the shortlist's occupied slots, without a pass over all N
         settings.read_top_k,
-        presence=pick_slots(state.usage, shortlist),
+        presence=candidates["usage"],
     )
     weights, best = weights.view(b, heads, -1), best.view(b, heads, -1)  # best indexes the shortlist
     q = q.view(b, heads, -1, q.shape[-1]).gather(2, best.unsqueeze(-1).expand(-1, -1, -1, q.shape[-1]))
@@ -185,7 +190,7 @@ def _read_chosen(
 
     Only the chosen slots' maps are gathered (each head reads from its own K slots as a batch of one head)."""
     b, heads, k = idx.shape
-    key, value, value_factors = (pick_slots(getattr(state, name), idx) for name in MAP_FIELDS)
+    key, value, value_factors = (_pick(getattr(state, name), idx) for name in MAP_FIELDS)
     flat = (b * heads, 1)
     out = _mixture(key, value, value_factors, x.reshape(*flat, -1), weights.reshape(*flat, k), q.reshape(*flat, k, -1))
     return out.view(b, heads, -1)
