@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -377,22 +378,28 @@ def ablations_section(folder: str, trained: str, evaluations: list[str], metric:
     """The committed runs of ``folder`` evaluated on another task (``evaluations``: the JSONs that
     ``sdapm-hf evaluate --task-args … --base-alone`` / ``--zero-memory`` printed, in each run's folder): per seed
     the training run's test ``trained`` metric, the model on the evaluation's task (with the sequence accuracy for
-    ``token_accuracy``) and each ablation; a last row with the mean and the worst seed."""
+    ``token_accuracy``; neither where the evaluations ran the trained task itself, no ``--task-args``) and each
+    ablation; a last row with the mean and the worst seed."""
     def render() -> str:
         runs = committed_runs(folder)
         loaded = [[json.loads((run / name).read_text()) for name in evaluations] for run in runs]
+        first = loaded[0]
+        task = " ".join(f"{k}={v}" for k, v in first[0].get("task_args", {}).items()
+                        if not k.endswith("_size"))
         columns: list[list[float]] = []
         for run, results in zip(runs, loaded):
             memory = results[0]["with_memory"]["test"]
-            cells = [json.loads((run / "metrics.json").read_text())[trained], memory[metric]]
-            if metric == "token_accuracy":
-                cells.append(memory["sequence_accuracy"])
+            cells = [json.loads((run / "metrics.json").read_text())[trained]]
+            if task:
+                cells.append(memory[metric])
+                if metric == "token_accuracy":
+                    cells.append(memory["sequence_accuracy"])
             columns.append(cells + [r["ablated"]["test"][metric] for r in results])
-        first = loaded[0]
-        task = " ".join(f"{k}={v}" for k, v in first[0]["task_args"].items() if not k.endswith("_size"))
-        header = ["seed", f"trained task: {trained}", f"{task}: {metric}"]
-        if metric == "token_accuracy":
-            header.append("sequences")
+        header = ["seed", f"trained task: {trained}"]
+        if task:
+            header.append(f"{task}: {metric}")
+            if metric == "token_accuracy":
+                header.append("sequences")
         header += [f"{r['label']}: {metric}" for r in first]
         rows = [[str(json.loads((run / "experiment.json").read_text())["seed"]), *(f"{v:.4f}" for v in cells)]
                 for run, cells in zip(runs, columns)]
@@ -416,6 +423,64 @@ def variants_section(folder: str, rows: dict[str, str], metric: str) -> Callable
                 values.append(result.get("with_memory", result)["test"][metric])
             out.append([label, *(f"{v:.4f}" for v in values), mean_worst(values)])
         return table(["variant", *(f"seed {s}" for s in seeds), "mean (worst)"], out)
+    return render
+
+
+class Experiment(NamedTuple):
+    """A row of ``summary_section``: the committed runs of ``folder``, measured on their own test split
+    (``evaluation`` None: ``metrics.json``) or by the ``sdapm-hf evaluate`` JSON ``evaluation`` in each run's
+    folder; ``target`` None where the experiment has none."""
+
+    label: str
+    folder: str
+    evaluation: str | None
+    metric: str
+    chance: str
+    target: float | None
+
+
+def scores_with_base_alone(run: Path, evaluation: str | None, metric: str) -> tuple[float, float | None]:
+    """A committed run's test ``metric`` with its memory and, where measured, for its base alone: the evaluation's
+    own ablation, else the run's ``base_alone.json`` (``sdapm-hf evaluate RUN --splits test --base-alone``), else
+    what training measured (``test/base_alone/…``)."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    if evaluation is not None:
+        result = json.loads((run / evaluation).read_text())
+        if result.get("ablation") == "base_alone":
+            return result["with_memory"]["test"][metric], result["ablated"]["test"][metric]
+        return result.get("with_memory", result)["test"][metric], None
+    if (run / "base_alone.json").exists():
+        return metrics[f"test/{metric}"], json.loads((run / "base_alone.json").read_text())["ablated"]["test"][metric]
+    return metrics[f"test/{metric}"], metrics.get(f"test/base_alone/{metric}")
+
+
+def percent(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def summary_section(experiments: list[Experiment]) -> Callable[[], str]:
+    """One row per experiment: the seeds, the test metric with the memory (mean and worst over the seeds), the base
+    alone (its range over the seeds) and the target, met at every seed or missed (at which seeds)."""
+    def render() -> str:
+        rows = []
+        for experiment in experiments:
+            runs = committed_runs(experiment.folder)
+            seeds = [json.loads((run / "experiment.json").read_text())["seed"] for run in runs]
+            values, bases = zip(*(scores_with_base_alone(run, experiment.evaluation, experiment.metric)
+                                  for run in runs))
+            memory = percent(values[0]) if len(values) == 1 else (
+                f"{percent(sum(values) / len(values))} mean, {percent(min(values))} worst")
+            known = [b for b in bases if b is not None]
+            base = "—" if not known else (
+                percent(known[0]) if len(known) == 1 else f"{percent(min(known))}–{percent(max(known))}")
+            if experiment.target is None:
+                verdict = "—"
+            else:
+                short = [f"seed {s}" for s, v in zip(seeds, values) if v < experiment.target]
+                verdict = f"≥ {100 * experiment.target:g}%: " + (
+                    f"**missed** ({', '.join(short)})" if short else "**met**")
+            rows.append([experiment.label, ", ".join(map(str, seeds)), memory, base, experiment.chance, verdict])
+        return table(["experiment", "seeds", "with memory", "base alone", "chance", "target"], rows)
     return render
 
 
@@ -516,6 +581,9 @@ def by_step_section(systems: dict[str, str], evaluation: str, key: str = "by_ste
 
 
 # The committed runs' folders under docs/runs/ whose config is not configs/FOLDER.yaml.
+# The variants of the short fact-recall config: each overrides one setting of it on the command line.
+SHORT_VARIANTS = {f"plugin_minilm_fact_recall_short_{name}": "configs/plugin_minilm_fact_recall_short.yaml"
+                  for name in ("slots_12", "consolidation_off", "train_4000", "window_4", "members_4")}
 OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_beyond_capacity_dnc_equal_memory.yaml",
                  "multi_hop_pondernet_curriculum_weak_prior": "configs/multi_hop_pondernet_curriculum.yaml",
                  "multi_hop_pondernet_curriculum_prior_half": "configs/multi_hop_pondernet_curriculum.yaml",
@@ -541,7 +609,8 @@ OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_be
                  "multi_hop_act_epsilon_curriculum_anneal": "configs/multi_hop_act_curriculum_anneal.yaml",
                  "smollm2_passkey_stage4_relative_usage": "configs/smollm2_passkey_stage4.yaml",
                  "smollm2_passkey_stage4_eight_slots": "configs/smollm2_passkey_stage4.yaml",
-                 "smollm2_multi_needle_robust_longer_twice": "configs/smollm2_multi_needle_robust_longer.yaml"}
+                 "smollm2_multi_needle_robust_longer_twice": "configs/smollm2_multi_needle_robust_longer.yaml",
+                 **SHORT_VARIANTS}
 
 
 def run_config(folder: str) -> str:
@@ -586,6 +655,40 @@ MULTI_HOP_EPSILON_RUNS = ["multi_hop_act_epsilon_curriculum_fresh_halting", "mul
                           "multi_hop_act_epsilon_curriculum_anneal", "multi_hop_fixed_curriculum_anneal"]
 # ACT's halting thresholds 1 − ε tried at evaluation on the validation split (the trained runs used 0.01).
 ACT_EPSILONS = ["0.01", "0.1", "0.2", "0.3", "0.5"]
+PLUGGED_EXPERIMENTS = [
+    Experiment("frozen all-MiniLM-L6-v2, fact recall over 8 × 128 tokens (8 classes)", "plugin_minilm_fact_recall",
+               None, "accuracy", "12.5%", 0.9),
+    Experiment("the same with `chunk_members: 4`, `interface_window: 3` (below)", "plugin_minilm_fact_recall_selective",
+               None, "accuracy", "12.5%", 0.9),
+    Experiment("trained on 3 segments with soft first reads (`read_strength_bias_init: -3`), measured on 8 (below)",
+               "plugin_minilm_fact_recall_soft_reads", "segments_8.json", "accuracy", "12.5%", 0.9),
+    Experiment("frozen tiny random Llama (64-token window), MQAR over 512 tokens", "plugin_llama_mqar", None,
+               "token_accuracy", "0.20%", 0.9),
+    Experiment("the one-segment version (64 tokens), 5× longer (`plugin_llama_mqar_short_long.yaml`)",
+               "plugin_llama_mqar_short_long", None, "token_accuracy", "1.6%", None),
+    Experiment("that model on 512 tokens (vocabulary 128), one repeated filler token, queries 6+ segments after the "
+               "pairs (below)", "plugin_llama_mqar_short_long", "long_512.json", "token_accuracy", "1.6%", 0.9),
+    Experiment("the same, random filler tokens (below)", "plugin_llama_mqar_short_long",
+               "long_512_random_filler.json", "token_accuracy", "1.6%", 0.9),
+    Experiment("the one-segment task trained among random distractors, 512 tokens with random filler (below)",
+               "plugin_llama_mqar_short_long_distractors", "long_512_random_filler.json", "token_accuracy", "1.6%",
+               0.9),
+    Experiment("the defaults' tiny Llama (32-token window), MQAR among random distractors trained on the task itself: "
+               "256 tokens, queries 6.5 windows after the pairs, predictive writes (below)", "plugin_mqar_distractors",
+               None, "token_accuracy", "1.6%", 0.9),
+    Experiment("those models with the queries 30.5 windows after the pairs (1,024 tokens)", "plugin_mqar_distractors",
+               "length_1024.json", "token_accuracy", "1.6%", 0.9),
+    Experiment("those models trained ten more CPU minutes on 1,024 tokens (`plugin_mqar_distractors_stage2.yaml`), "
+               "queries 30.5 windows after the pairs (below)", "plugin_mqar_distractors_stage2", None,
+               "token_accuracy", "1.6%", 0.9),
+]
+DEMO_EXPERIMENTS = [
+    Experiment("`demo_minilm`: one fact per document", "demo_minilm", None, "accuracy", "12.5%", None),
+    Experiment("`demo_minilm_two_facts`: two facts per document, one asked", "demo_minilm_two_facts", None, "accuracy",
+               "12.5%", None),
+]
+
+
 def seeds_haystack_sections(folder: str, targets: dict[int, float]) -> dict[str, Callable[[], str]]:
     """The two sections of a haystack recipe run at seeds 0, 1, 2: ``FOLDER_runs`` (its runs) and ``FOLDER`` (their
     test haystacks, ``haystack_eval_seedS.json``)."""
@@ -717,6 +820,20 @@ SECTIONS: dict[str, Callable[[], str]] = {
         "plugin_mqar_distractors_stage2": ("the same, then 1,024 tokens, queries 30.5 windows later",
                                            "600 + 600 CPU s"),
     }, MQAR_DISTRACTORS_METRICS),
+    "plugin_first_runs": runs_section(["plugin_minilm_fact_recall", "plugin_llama_mqar"],
+                                      ["test/accuracy", "test/token_accuracy", "validation/accuracy",
+                                       "validation/token_accuracy"]),
+    "plugin_summary": summary_section(PLUGGED_EXPERIMENTS),
+    "plugin_minilm_fact_recall_selective_runs": runs_section(["plugin_minilm_fact_recall_selective"],
+                                                             ["test/accuracy", "validation/accuracy"]),
+    "plugin_minilm_fact_recall_selective": ablations_section(
+        "plugin_minilm_fact_recall_selective", "test/accuracy", ["base_alone.json", "zero_memory.json"], "accuracy"),
+    "plugin_minilm_fact_recall_short_variants": runs_section(
+        ["plugin_minilm_fact_recall_short", *SHORT_VARIANTS, "plugin_minilm_fact_recall_short_selective"],
+        ["test/accuracy", "validation/accuracy"]),
+    "plugin_llama_mqar_short_runs": runs_section(["plugin_llama_mqar_short", "plugin_llama_mqar_short_embeddings",
+                                                  "mqar_short_chunked"], TEST_METRICS),
+    "demo_minilm_runs": summary_section(DEMO_EXPERIMENTS),
     "plugin_minilm_fact_recall_soft_reads_runs": runs_section(["plugin_minilm_fact_recall_soft_reads"],
                                                               ["test/accuracy", "validation/accuracy"]),
     "plugin_minilm_fact_recall_soft_reads": ablations_section(

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from sdapm_hf.tasks import build_task
 from sdapm_hf.training import ExperimentArguments, load_experiment, train
+from sdapm_hf.training.arguments import parse_assignment
 from sdapm_hf.training.loop import build_model, memory_statistics
 from sdapm_hf.training.states import add_layer_states
 from sdapm_hf.training.data import LengthBucketBatchSampler
@@ -69,6 +70,16 @@ def test_yaml_experiment(tmp_path):
         load_experiment(path)
     with pytest.raises(ValueError, match="max_steps"):
         ExperimentArguments(max_steps=0)
+
+
+def test_command_line_assignments_read_yaml_values_but_keep_mode_names():
+    assert parse_assignment("memory_slots=12") == ("memory_slots", 12)
+    assert parse_assignment("learning_rate=1e-6") == ("learning_rate", 1e-6)
+    assert parse_assignment("clock_keys=false") == ("clock_keys", False)
+    assert parse_assignment("clock_keys=True") == ("clock_keys", True)
+    assert parse_assignment("consolidation=off") == ("consolidation", "off")  # YAML 1.1 would read False
+    assert parse_assignment('consolidation="off"') == ("consolidation", "off")
+    assert parse_assignment("eval_lengths=[1, 16]") == ("eval_lengths", [1, 16])
 
 
 @pytest.mark.parametrize("memory_type", ["sdapm", "dnc"])

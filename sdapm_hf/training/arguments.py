@@ -169,11 +169,15 @@ MAPPING_FIELDS = ("model", "task_args", "base_config", "eval_task_args", "eval_m
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` from the command line → (key, value read as YAML: numbers, booleans, lists)."""
+    """``KEY=VALUE`` from the command line → (key, value read as YAML: numbers, booleans, lists). Only ``true`` and
+    ``false`` are booleans: YAML 1.1 also reads ``off``, ``on``, ``yes`` and ``no`` as booleans, and
+    ``consolidation=off`` means the mode ``"off"``."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     parsed = yaml.safe_load(value)
+    if isinstance(parsed, bool) and value.strip().lower() not in ("true", "false"):
+        return key, value.strip()
     if isinstance(parsed, str):  # YAML reads 1e-6 as a string
         try:
             parsed = float(parsed)
