@@ -443,12 +443,12 @@ def scores_with_base_alone(run: Path, evaluation: str | None, metric: str) -> tu
     """A committed run's test ``metric`` with its memory and, where measured, for its base alone: the evaluation's
     own ablation, else the run's ``base_alone.json`` (``sdapm-hf evaluate RUN --splits test --base-alone``), else
     what training measured (``test/base_alone/…``)."""
-    metrics = json.loads((run / "metrics.json").read_text())
     if evaluation is not None:
         result = json.loads((run / evaluation).read_text())
         if result.get("ablation") == "base_alone":
             return result["with_memory"]["test"][metric], result["ablated"]["test"][metric]
         return result.get("with_memory", result)["test"][metric], None
+    metrics = json.loads((run / "metrics.json").read_text())
     if (run / "base_alone.json").exists():
         return metrics[f"test/{metric}"], json.loads((run / "base_alone.json").read_text())["ablated"]["test"][metric]
     return metrics[f"test/{metric}"], metrics.get(f"test/base_alone/{metric}")
