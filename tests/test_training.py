@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from sdapm_hf.tasks import build_task
@@ -75,11 +76,23 @@ def test_yaml_experiment(tmp_path):
 def test_command_line_assignments_read_yaml_values_but_keep_mode_names():
     assert parse_assignment("memory_slots=12") == ("memory_slots", 12)
     assert parse_assignment("learning_rate=1e-6") == ("learning_rate", 1e-6)
+    assert parse_assignment("learning_rate=.5E+2") == ("learning_rate", 50.0)
     assert parse_assignment("clock_keys=false") == ("clock_keys", False)
     assert parse_assignment("clock_keys=True") == ("clock_keys", True)
     assert parse_assignment("consolidation=off") == ("consolidation", "off")  # YAML 1.1 would read False
     assert parse_assignment('consolidation="off"') == ("consolidation", "off")
+    assert parse_assignment("name=yes") == ("name", "yes")
+    assert parse_assignment("name=e5") == ("name", "e5")
     assert parse_assignment("eval_lengths=[1, 16]") == ("eval_lengths", [1, 16])
+
+
+def test_experiment_files_read_values_as_the_command_line_does(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("task: copy\nlearning_rate: 3e-4\nmodel: {consolidation: off, clock_keys: false}\n")
+    args = load_experiment(path)
+    assert args.learning_rate == 3e-4
+    assert args.model == {"consolidation": "off", "clock_keys": False}
+    assert yaml.safe_load("consolidation: off") == {"consolidation": False}  # the loader of PyYAML stays as it is
 
 
 @pytest.mark.parametrize("memory_type", ["sdapm", "dnc"])

@@ -10,6 +10,7 @@ entries of the file's mapping: ``--set`` (or ``--model``) the model config's fie
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,29 @@ import yaml
 from transformers import HfArgumentParser
 
 from ..modeling_dnc_sdapm import ABLATIONS
+
+
+class ExperimentYamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2's booleans and floats, for experiment files and ``KEY=VALUE`` options alike.
+
+    YAML 1.1 reads ``off``, ``on``, ``yes`` and ``no`` as booleans, so ``consolidation: off`` would mean ``False``
+    instead of the mode ``"off"``; here only ``true`` and ``false`` are booleans. YAML 1.1 also needs a dot in a
+    float, so ``1e-6`` would be a string; here it is a float."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+ExperimentYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+ExperimentYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 @dataclass
@@ -144,7 +168,7 @@ def read_experiment_yaml(path: str | Path) -> dict[str, Any]:
     this file's fields are merged over it (mappings such as ``model`` merge key by key)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=ExperimentYamlLoader) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"{path} is not valid YAML: {err}") from err
     except OSError as err:
@@ -169,21 +193,12 @@ MAPPING_FIELDS = ("model", "task_args", "base_config", "eval_task_args", "eval_m
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` from the command line → (key, value read as YAML: numbers, booleans, lists). Only ``true`` and
-    ``false`` are booleans: YAML 1.1 also reads ``off``, ``on``, ``yes`` and ``no`` as booleans, and
-    ``consolidation=off`` means the mode ``"off"``."""
+    """``KEY=VALUE`` from the command line → (key, value read as an experiment file reads it:
+    ``ExperimentYamlLoader``)."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    parsed = yaml.safe_load(value)
-    if isinstance(parsed, bool) and value.strip().lower() not in ("true", "false"):
-        return key, value.strip()
-    if isinstance(parsed, str):  # YAML reads 1e-6 as a string
-        try:
-            parsed = float(parsed)
-        except ValueError:
-            pass
-    return key, parsed
+    return key, yaml.load(value, Loader=ExperimentYamlLoader)
 
 
 class ExperimentParser(HfArgumentParser):
