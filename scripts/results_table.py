@@ -408,6 +408,33 @@ def ablations_section(folder: str, trained: str, evaluations: list[str], metric:
     return render
 
 
+def stages_section(first: str, second: str, evaluation: str, metric: str) -> Callable[[], str]:
+    """A curriculum of two stages, seed by seed: the committed runs of ``first`` (test ``metric`` on their own task
+    and on the second stage's: ``evaluation``, the JSON of ``sdapm-hf evaluate --task-args …`` in each run) and of ``second`` (initialised from them: test ``metric``, and
+    its base alone and reads zeroed where evaluated, ``base_alone.json`` / ``zero_memory.json``); a last row with
+    the mean and the worst seed."""
+    def render() -> str:
+        firsts, seconds = committed_runs(first), committed_runs(second)
+        ablations = [name for name in ("base_alone.json", "zero_memory.json") if (seconds[0] / name).exists()]
+        columns, seeds = [], []
+        for one, two in zip(firsts, seconds, strict=True):
+            seed = json.loads((one / "experiment.json").read_text())["seed"]
+            if json.loads((two / "experiment.json").read_text())["seed"] != seed:
+                raise ValueError(f"{one} and {two} are runs of different seeds")
+            seeds.append(str(seed))
+            columns.append([json.loads((one / "metrics.json").read_text())[f"test/{metric}"],
+                            json.loads((one / evaluation).read_text())["with_memory"]["test"][metric],
+                            json.loads((two / "metrics.json").read_text())[f"test/{metric}"],
+                            *[json.loads((two / name).read_text())["ablated"]["test"][metric] for name in ablations]])
+        labels = {"base_alone.json": "base alone", "zero_memory.json": "memory reads zeroed"}
+        header = ["seed", f"stage 1, its own task: {metric}", f"stage 1, stage 2's task: {metric}",
+                  f"stage 2: {metric}", *[f"stage 2, {labels[name]}: {metric}" for name in ablations]]
+        rows = [[seed, *(f"{v:.4f}" for v in cells)] for seed, cells in zip(seeds, columns)]
+        rows.append(["**mean (worst)**", *(mean_worst(c) for c in zip(*columns))])
+        return table(header, rows)
+    return render
+
+
 def variants_section(folder: str, rows: dict[str, str], metric: str) -> Callable[[], str]:
     """The committed runs of ``folder`` on variants of their task (``rows``: label → the JSON that
     ``sdapm-hf evaluate`` printed, in each run's folder): ``metric`` of the model with its memory per seed, and the
@@ -611,6 +638,7 @@ OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_be
                  "smollm2_passkey_stage4_relative_usage": "configs/smollm2_passkey_stage4.yaml",
                  "smollm2_passkey_stage4_eight_slots": "configs/smollm2_passkey_stage4.yaml",
                  "smollm2_multi_needle_robust_longer_twice": "configs/smollm2_multi_needle_robust_longer.yaml",
+                 "plugin_minilm_fact_recall_soft_reads_stage1": "configs/plugin_minilm_fact_recall_soft_reads.yaml",
                  **SHORT_VARIANTS}
 
 
@@ -663,6 +691,14 @@ PLUGGED_EXPERIMENTS = [
                None, "accuracy", "12.5%", 0.9),
     Experiment("trained on 3 segments with soft first reads (`read_strength_bias_init: -3`), measured on 8 (below)",
                "plugin_minilm_fact_recall_soft_reads", "segments_8.json", "accuracy", "12.5%", 0.9),
+    Experiment("the same config made again (commit 62aa828, another machine), measured on 8 (below)",
+               "plugin_minilm_fact_recall_soft_reads_stage1", "segments_8.json", "accuracy", "12.5%", 0.9),
+    Experiment("those runs trained 600 steps more on the 8-segment documents "
+               "(`plugin_minilm_fact_recall_soft_reads_stage2.yaml`, below)",
+               "plugin_minilm_fact_recall_soft_reads_stage2", None, "accuracy", "12.5%", 0.9),
+    Experiment("the first stage alone with 4,000 training documents instead of 1,000 "
+               "(`plugin_minilm_fact_recall_soft_reads_train_4000.yaml`), measured on 8 (below)",
+               "plugin_minilm_fact_recall_soft_reads_train_4000", "segments_8.json", "accuracy", "12.5%", 0.9),
     Experiment("frozen tiny random Llama (64-token window), MQAR over 512 tokens", "plugin_llama_mqar", None,
                "token_accuracy", "0.20%", 0.9),
     Experiment("the one-segment version (64 tokens), 5× longer (`plugin_llama_mqar_short_long.yaml`)",
@@ -839,6 +875,16 @@ SECTIONS: dict[str, Callable[[], str]] = {
                                                               ["test/accuracy", "validation/accuracy"]),
     "plugin_minilm_fact_recall_soft_reads": ablations_section(
         "plugin_minilm_fact_recall_soft_reads", "test/accuracy", ["segments_8.json"], "accuracy"),
+    "plugin_minilm_fact_recall_soft_reads_stage2_runs": runs_section(
+        ["plugin_minilm_fact_recall_soft_reads_stage1", "plugin_minilm_fact_recall_soft_reads_stage2"],
+        ["test/accuracy", "validation/accuracy"]),
+    "plugin_minilm_fact_recall_soft_reads_train_4000_runs": runs_section(
+        ["plugin_minilm_fact_recall_soft_reads_train_4000"], ["test/accuracy", "validation/accuracy"]),
+    "plugin_minilm_fact_recall_soft_reads_stage2": stages_section(
+        "plugin_minilm_fact_recall_soft_reads_stage1", "plugin_minilm_fact_recall_soft_reads_stage2", "segments_8.json",
+        "accuracy"),
+    "plugin_minilm_fact_recall_soft_reads_train_4000": ablations_section(
+        "plugin_minilm_fact_recall_soft_reads_train_4000", "test/accuracy", ["segments_8.json"], "accuracy"),
     "multi_hop_runs": runs_section(["multi_hop_act", "multi_hop_act_long", "multi_hop_fixed"], TEST_METRICS),
     "multi_hop": hops_section({"multi_hop_act": "ACT (at most 5 reads), 1,500 steps",
                                "multi_hop_act_long": "ACT (at most 5 reads), 3,000 steps",
