@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -20,21 +21,32 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
-def machine() -> str:
-    """The CPU model, core count, torch version, threads and load average of this machine."""
-    model = "unknown CPU"
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or "unknown CPU"."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return "unknown CPU"
+
+
+def machine() -> str:
+    """The CPU model, core count, torch version, threads and load average of this machine."""
     load = ""
     if hasattr(os, "getloadavg"):
         load = f"; load average {os.getloadavg()[0]:.2f} at start (cores shared with other jobs)"
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s){load}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s){load}"
+
+
+def set_up(device: str) -> dict[str, str]:
+    """What decides a run's rounding besides its code and arguments, and so whether another machine can repeat it
+    digit for digit: the CPU and the vector instructions torch's kernels use on it, the device, and the versions of
+    torch and transformers."""
+    return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "device": device_name(device), "torch": torch.__version__, "transformers": version("transformers")}
 
 
 def device_name(device: str) -> str:

@@ -40,6 +40,8 @@ def test_run_folder_and_metrics(tmp_path):
     run = tmp_path / "run"
     assert metrics["steps"] == 6 and 0 <= metrics["validation/token_accuracy"] <= 1
     assert json.loads((run / "metrics.json").read_text()) == metrics
+    assert metrics["set_up"]["torch"] == torch.__version__ and metrics["set_up"]["device"] == "CPU"
+    assert metrics["set_up"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert all(r["memory_value_max"] <= 1.0 + 1e-5 for r in logged if "loss" in r)

@@ -5,7 +5,8 @@ accumulation and clipping (a step whose loss or gradient is not finite is skippe
 with ``on_nonfinite: stop``), evaluates every ``eval_every`` steps, checkpoints with ``Accelerator.save_state``
 (written to a temporary folder and renamed, so a kill never leaves a half-written checkpoint) and resumes from
 the newest one with ``--resume``. The run folder holds ``log.jsonl``, TensorBoard events (when tensorboard is
-installed), ``checkpoints/``, the final ``model/`` and ``metrics.json``.
+installed), ``checkpoints/``, the final ``model/`` and ``metrics.json`` (with the set-up the run ran on: CPU, device,
+torch and transformers versions, on which its last digits depend).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrained
 
 from ..configuration_dnc_sdapm import DNCSDAPMConfig
 from ..modeling_dnc_sdapm import DNCSDAPMForCausalLM, DNCSDAPMForSequenceClassification
+from ..reporting import set_up
 from ..tasks import HAYSTACK_TASKS, build_task
 from . import haystack
 from .arguments import ExperimentArguments
@@ -297,6 +299,7 @@ def train(args: ExperimentArguments) -> dict[str, Any]:
     if args.eval_task_args or args.eval_model:  # measured as the run folder loads: longer inputs, another memory
         _, model, dataset = load_run(output_dir, final=True)
     metrics.update(_evaluate(model, dataset, args))
+    metrics["set_up"] = set_up(str(accelerator.device))
     if accelerator.is_main_process:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     accelerator.end_training()
