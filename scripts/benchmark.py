@@ -280,7 +280,8 @@ def step_markdown(args, names: list[str], results: dict[tuple[str, int], list[di
                     f" the top level against {ops[PEER]:,.0f} in pytorch-dnc ({ours_each:.1f} and {peer_each:.1f} µs"
                     f" of CPU each): {'fewer' if ops[eager_best] < ops[PEER] else 'more'} operators, each"
                     f" {'dearer' if ours_each > peer_each else 'cheaper'}. {target}× asks for {budget:.1f} ms,"
-                    f" {1000 * budget / ops[eager_best]:.1f} µs per operator of ours, or a step of {ops[PEER] / target:,.0f} operators at pytorch-dnc's cost each")
+                    f" {1000 * budget / ops[eager_best]:.1f} µs per operator of ours, or a step of"
+                    f" {ops[PEER] / target:,.0f} operators at pytorch-dnc's cost each")
             verdicts[-1] += "."
     errors = sorted({f"* {name}, N = {n}: {r['error']}" for (name, n), rs in results.items() for r in rs if "error" in r})
     eager = {name: name.replace(", compiled)", ")") for name in names if (MODELS[name] or {}).get("compiled")}

@@ -410,25 +410,26 @@ def ablations_section(folder: str, trained: str, evaluations: list[str], metric:
 
 def stages_section(first: str, second: str, evaluation: str, metric: str) -> Callable[[], str]:
     """A curriculum of two stages, seed by seed: the committed runs of ``first`` (test ``metric`` on their own task
-    and on the second stage's: ``evaluation``, the JSON of ``sdapm-hf evaluate --task-args …`` in each run) and of ``second`` (initialised from them: test ``metric``, and
-    its base alone and reads zeroed where evaluated, ``base_alone.json`` / ``zero_memory.json``); a last row with
-    the mean and the worst seed."""
+    and on the second stage's: ``evaluation``, the JSON of ``sdapm-hf evaluate --task-args …`` in each run) and of
+    ``second`` (initialised from them: test ``metric``, and each ablation evaluated, ``base_alone.json`` /
+    ``zero_memory.json``); a last row with the mean and the worst seed."""
     def render() -> str:
         firsts, seconds = committed_runs(first), committed_runs(second)
         ablations = [name for name in ("base_alone.json", "zero_memory.json") if (seconds[0] / name).exists()]
-        columns, seeds = [], []
+        columns, seeds, labels = [], [], []
         for one, two in zip(firsts, seconds, strict=True):
             seed = json.loads((one / "experiment.json").read_text())["seed"]
             if json.loads((two / "experiment.json").read_text())["seed"] != seed:
                 raise ValueError(f"{one} and {two} are runs of different seeds")
             seeds.append(str(seed))
+            ablated = [json.loads((two / name).read_text()) for name in ablations]
+            labels = [result["label"] for result in ablated]
             columns.append([json.loads((one / "metrics.json").read_text())[f"test/{metric}"],
                             json.loads((one / evaluation).read_text())["with_memory"]["test"][metric],
                             json.loads((two / "metrics.json").read_text())[f"test/{metric}"],
-                            *[json.loads((two / name).read_text())["ablated"]["test"][metric] for name in ablations]])
-        labels = {"base_alone.json": "base alone", "zero_memory.json": "memory reads zeroed"}
+                            *[result["ablated"]["test"][metric] for result in ablated]])
         header = ["seed", f"stage 1, its own task: {metric}", f"stage 1, stage 2's task: {metric}",
-                  f"stage 2: {metric}", *[f"stage 2, {labels[name]}: {metric}" for name in ablations]]
+                  f"stage 2: {metric}", *[f"stage 2, {label}: {metric}" for label in labels]]
         rows = [[seed, *(f"{v:.4f}" for v in cells)] for seed, cells in zip(seeds, columns)]
         rows.append(["**mean (worst)**", *(mean_worst(c) for c in zip(*columns))])
         return table(header, rows)

@@ -38,7 +38,8 @@ def machine() -> str:
     load = ""
     if hasattr(os, "getloadavg"):
         load = f"; load average {os.getloadavg()[0]:.2f} at start (cores shared with other jobs)"
-    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s){load}"
+    threads = torch.get_num_threads()
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} thread(s){load}"
 
 
 def set_up(device: str) -> dict[str, str]:
