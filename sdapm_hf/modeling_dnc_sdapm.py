@@ -168,6 +168,21 @@ class DNCSDAPMPreTrainedModel(PreTrainedModel):
             init.copy_(module.rotation, rotation)
             init.copy_(module.origin, origin)
 
+    def memory_costs(
+        self, out: DNCSDAPMModelOutput, mask: torch.Tensor, write_cost: float | None = None
+    ) -> torch.Tensor | float:
+        """The costs every head's loss pays for the memory's own outputs, each averaged over the real tokens (mask
+        (B, T) bool): ``clock_reset_cost`` × clock reset + ``write_cost`` (None: the config's) × write gate."""
+        real = mask.float()
+        count = real.sum().clamp_min(1)
+        cost = 0.0
+        if out.clock_resets is not None and self.config.clock_reset_cost > 0:
+            cost = cost + self.config.clock_reset_cost * (out.clock_resets * real).sum() / count
+        write_cost = self.config.write_cost if write_cost is None else write_cost
+        if out.write_gates is not None and write_cost > 0:
+            cost = cost + write_cost * (out.write_gates * real).sum() / count
+        return cost
+
     # -- the frozen base ---------------------------------------------------------------------------------
 
     def memory_model(self) -> DNCSDAPMModel:
@@ -654,19 +669,15 @@ class DNCSDAPMForCausalLM(DNCSDAPMPreTrainedModel, GenerationMixin):
         if out.ponder_cost is not None:  # the ponder cost of position t is paid by the prediction made there
             ponder_cost = out.ponder_cost[:, ponder_positions][:, :-1]
             loss = loss + self.config.ponder_cost * (ponder_cost * counted).sum() / denominator
-        real = mask.to(logits.dtype)
-        if out.clock_resets is not None and self.config.clock_reset_cost > 0:
-            loss = loss + self.config.clock_reset_cost * (out.clock_resets * real).sum() / real.sum().clamp_min(1)
-        write_cost = self.config.write_cost if write_cost is None else write_cost
-        if out.write_gates is not None and write_cost > 0:
-            loss = loss + write_cost * (out.write_gates * real).sum() / real.sum().clamp_min(1)
-        return loss
+        return loss + self.memory_costs(out, mask, write_cost)
 
 
 class DNCSDAPMForSequenceClassification(DNCSDAPMPreTrainedModel):
     """A frozen encoder (or decoder) plus memory plus a linear head on the last real position.
 
-    loss: cross-entropy for ``num_labels > 1`` (integer labels), mean squared error for ``num_labels == 1``.
+    loss = cross-entropy for ``num_labels > 1`` (integer labels), mean squared error for ``num_labels == 1``
+    + ``ponder_cost`` × mean ponder cost + ``clock_reset_cost`` × mean clock reset + ``write_cost`` × mean write
+    gate, each over the real tokens.
     """
 
     def __init__(self, config: DNCSDAPMConfig, base: nn.Module | None = None) -> None:
@@ -687,18 +698,23 @@ class DNCSDAPMForSequenceClassification(DNCSDAPMPreTrainedModel):
         memory_state: dict[str, torch.Tensor] | None = None,
         inputs_embeds: torch.Tensor | None = None,
         output_memory_states: bool | None = None,
+        write_cost: float | None = None,
         **kwargs,
     ) -> DNCSDAPMSequenceClassifierOutput:
+        """``write_cost`` replaces the config's in this call's loss (a schedule in training)."""
         out = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                          memory_state=memory_state, output_memory_states=output_memory_states)
-        return self.classify(out, attention_mask, labels)
+        return self.classify(out, attention_mask, labels, write_cost)
 
     def classify(
-        self, out: DNCSDAPMModelOutput, attention_mask: torch.Tensor | None, labels: torch.Tensor | None
+        self, out: DNCSDAPMModelOutput, attention_mask: torch.Tensor | None, labels: torch.Tensor | None,
+        write_cost: float | None = None,
     ) -> DNCSDAPMSequenceClassifierOutput:
-        """The head over the model's output: logits (B, C) at each row's last real position, and the loss."""
+        """The head over the model's output: logits (B, C) at each row's last real position, and the loss (class
+        docstring; ``write_cost``: None, the config's)."""
         hidden = out.last_hidden_state
-        last = last_real(_mask(attention_mask, *hidden.shape[:2], hidden.device))
+        mask = _mask(attention_mask, *hidden.shape[:2], hidden.device)
+        last = last_real(mask)
         logits = self.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last].to(self.score.weight.dtype))
         loss = None
         if labels is not None:
@@ -710,6 +726,9 @@ class DNCSDAPMForSequenceClassification(DNCSDAPMPreTrainedModel):
                 if labels.min() < 0 or labels.max() >= self.config.num_labels:
                     raise ValueError(f"labels must lie in [0, num_labels={self.config.num_labels})")
                 loss = F.cross_entropy(logits, labels)
+            if out.ponder_cost is not None:
+                loss = loss + self.config.ponder_cost * (out.ponder_cost * mask).sum() / mask.sum().clamp_min(1)
+            loss = loss + self.memory_costs(out, mask, write_cost)
         return DNCSDAPMSequenceClassifierOutput(loss=loss, logits=logits, memory_state=out.memory_state,
                                                 memory_states=out.memory_states, ponder=out.ponder)
 

@@ -142,6 +142,26 @@ def test_every_model_can_report_its_memory_states():
         assert len(out.memory_states) >= 2 and out.memory_states[-1].end == 10, type(model).__name__
 
 
+def test_the_classifiers_loss_pays_the_memorys_costs_over_the_real_tokens():
+    settings = dict(MEMORY, chunk_size=None, act_mode="act", act_max_steps=3, clock_keys=True, write_cost=0.2,
+                    ponder_cost=0.01, clock_reset_cost=0.1)
+    model = DNCSDAPMForSequenceClassification.from_base(tiny_bert(), num_labels=3, segment_length=16, **settings)
+    x, labels = ids(length=12), torch.tensor([0, 2])
+    mask = torch.ones_like(x)
+    mask[1, 9:] = 0  # the second row is 9 tokens long
+    with torch.no_grad():
+        out = model.model(input_ids=x, attention_mask=mask)
+        loss = model(input_ids=x, attention_mask=mask, labels=labels).loss
+        free = model(input_ids=x, attention_mask=mask, labels=labels, write_cost=0.0).loss
+        logits = model.classify(out, mask, None).logits
+    real = mask.bool()
+    expected = (torch.nn.functional.cross_entropy(logits, labels) + 0.01 * out.ponder_cost[real].mean()
+                + 0.1 * out.clock_resets[real].mean() + 0.2 * out.write_gates[real].mean())
+    assert out.write_gates[real].mean() > 0.05 and out.ponder_cost[real].mean() > 1
+    assert loss == pytest.approx(expected.item(), abs=1e-6)
+    assert free == pytest.approx((expected - 0.2 * out.write_gates[real].mean()).item(), abs=1e-6)
+
+
 def test_base_alone_is_the_base_and_zero_memory_drops_the_reads():
     model = plugged(segment_length=8)
     x = ids(length=20)

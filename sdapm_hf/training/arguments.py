@@ -152,13 +152,8 @@ class ExperimentArguments:
             raise ValueError(f"eval_ablations: unknown {unknown}; known: {', '.join(ABLATIONS)}")
         if self.write_cost_warmup_steps < 0:
             raise ValueError(f"write_cost_warmup_steps must be >= 0, got {self.write_cost_warmup_steps}")
-        if self.write_cost_warmup_steps and self.head != "causal_lm":
-            raise ValueError("write_cost_warmup_steps schedules the causal LM's write cost: it needs head 'causal_lm'")
         if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in self.train_memory_slots):
             raise ValueError(f"train_memory_slots must be slot counts >= 1, got {self.train_memory_slots}")
-        if self.train_memory_slots and self.head != "causal_lm":
-            raise ValueError("train_memory_slots hands the causal LM's forward an empty memory: it needs head "
-                             "'causal_lm'")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 

@@ -69,9 +69,12 @@ class OverLayerStates(nn.Module):
         self.model = model
 
     def forward(self, layer_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, **kwargs):
+                labels: torch.Tensor | None = None, memory_state: dict[str, torch.Tensor] | None = None,
+                write_cost: float | None = None, **kwargs):
+        """The model's ``forward`` with ``layer_states`` in place of the token ids (the other columns ignored)."""
         states = layer_states.to(self.model.model.memory.core.dtype)
-        return self.model.classify(self.model.model.over_layer_states(states, attention_mask), attention_mask, labels)
+        out = self.model.model.over_layer_states(states, attention_mask, memory_state)
+        return self.model.classify(out, attention_mask, labels, write_cost)
 
 
 def runner_for(model: nn.Module, split: datasets.Dataset) -> nn.Module:
