@@ -640,6 +640,9 @@ OTHER_CONFIGS = {"copy_beyond_capacity_dnc_equal_memory_clock": "configs/copy_be
                  "smollm2_passkey_stage4_eight_slots": "configs/smollm2_passkey_stage4.yaml",
                  "smollm2_multi_needle_robust_longer_twice": "configs/smollm2_multi_needle_robust_longer.yaml",
                  "plugin_minilm_fact_recall_soft_reads_stage1": "configs/plugin_minilm_fact_recall_soft_reads.yaml",
+                 "plugin_minilm_fact_recall_write_cost_window_1": "configs/plugin_minilm_fact_recall_write_cost.yaml",
+                 "plugin_minilm_fact_recall_write_cost_all_members":
+                     "configs/plugin_minilm_fact_recall_write_cost.yaml",
                  **SHORT_VARIANTS}
 
 
@@ -700,6 +703,21 @@ PLUGGED_EXPERIMENTS = [
     Experiment("the first stage alone with 4,000 training documents instead of 1,000 "
                "(`plugin_minilm_fact_recall_soft_reads_train_4000.yaml`), measured on 8 (below)",
                "plugin_minilm_fact_recall_soft_reads_train_4000", "segments_8.json", "accuracy", "12.5%", 0.9),
+    Experiment("those 4,000 documents with a write cost (`plugin_minilm_fact_recall_write_cost.yaml`), measured on 8 "
+               "(below)", "plugin_minilm_fact_recall_write_cost", "segments_8.json", "accuracy", "12.5%", 0.9),
+    Experiment("the same without `chunk_members: 4` and `interface_window: 3` "
+               "(`plugin_minilm_fact_recall_write_cost_plain.yaml`), measured on 8 (below)",
+               "plugin_minilm_fact_recall_write_cost_plain", "segments_8.json", "accuracy", "12.5%", 0.9),
+    Experiment("the same without `interface_window: 3` (below)", "plugin_minilm_fact_recall_write_cost_window_1",
+               "segments_8.json", "accuracy", "12.5%", 0.9),
+    Experiment("the same without `chunk_members: 4` (below)", "plugin_minilm_fact_recall_write_cost_all_members",
+               "segments_8.json", "accuracy", "12.5%", 0.9),
+    Experiment("the same without `chunk_members: 4`, with `interface_window: 8` "
+               "(`plugin_minilm_fact_recall_write_cost_window_8.yaml`, below)",
+               "plugin_minilm_fact_recall_write_cost_window_8", "segments_8.json", "accuracy", "12.5%", 0.9),
+    Experiment("the same with `chunk_members: 4`, `interface_window: 8` "
+               "(`plugin_minilm_fact_recall_write_cost_window_8_members_4.yaml`, below)",
+               "plugin_minilm_fact_recall_write_cost_window_8_members_4", "segments_8.json", "accuracy", "12.5%", 0.9),
     Experiment("frozen tiny random Llama (64-token window), MQAR over 512 tokens", "plugin_llama_mqar", None,
                "token_accuracy", "0.20%", 0.9),
     Experiment("the one-segment version (64 tokens), 5× longer (`plugin_llama_mqar_short_long.yaml`)",
@@ -886,6 +904,15 @@ SECTIONS: dict[str, Callable[[], str]] = {
         "accuracy"),
     "plugin_minilm_fact_recall_soft_reads_train_4000": ablations_section(
         "plugin_minilm_fact_recall_soft_reads_train_4000", "test/accuracy", ["segments_8.json"], "accuracy"),
+    "plugin_minilm_fact_recall_write_cost_runs": runs_section(
+        ["plugin_minilm_fact_recall_write_cost"], ["test/accuracy", "validation/accuracy"]),
+    "plugin_minilm_fact_recall_write_cost": ablations_section(
+        "plugin_minilm_fact_recall_write_cost", "test/accuracy", ["segments_8.json", "segments_8_zero_memory.json"],
+        "accuracy"),
+    "plugin_minilm_fact_recall_write_cost_variants_runs": runs_section(
+        [f"plugin_minilm_fact_recall_write_cost_{name}"
+         for name in ("plain", "window_1", "all_members", "window_8", "window_8_members_4")],
+        ["test/accuracy", "validation/accuracy"]),
     "multi_hop_runs": runs_section(["multi_hop_act", "multi_hop_act_long", "multi_hop_fixed"], TEST_METRICS),
     "multi_hop": hops_section({"multi_hop_act": "ACT (at most 5 reads), 1,500 steps",
                                "multi_hop_act_long": "ACT (at most 5 reads), 3,000 steps",
