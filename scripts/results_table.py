@@ -688,6 +688,18 @@ MULTI_HOP_EPSILON_RUNS = ["multi_hop_act_epsilon_curriculum_fresh_halting", "mul
                           "multi_hop_act_epsilon_curriculum_anneal", "multi_hop_fixed_curriculum_anneal"]
 # ACT's halting thresholds 1 − ε tried at evaluation on the validation split (the trained runs used 0.01).
 ACT_EPSILONS = ["0.01", "0.1", "0.2", "0.3", "0.5"]
+# The MiniLM write-cost recipe's variants (folder plugin_minilm_fact_recall_write_cost_NAME): what each changes.
+MINILM_WRITE_COST_VARIANTS = {
+    "train_1000": "with 1,000 training documents (`plugin_minilm_fact_recall_write_cost_train_1000.yaml`, below)",
+    "plain": "without `chunk_members: 4` and `interface_window: 3` (`plugin_minilm_fact_recall_write_cost_plain.yaml`, "
+             "below)",
+    "window_1": "without `interface_window: 3` (below)",
+    "all_members": "without `chunk_members: 4` (below)",
+    "window_8": "without `chunk_members: 4`, with `interface_window: 8` "
+                "(`plugin_minilm_fact_recall_write_cost_window_8.yaml`, below)",
+    "window_8_members_4": "with `interface_window: 8` (`plugin_minilm_fact_recall_write_cost_window_8_members_4.yaml`, "
+                          "below)",
+}
 PLUGGED_EXPERIMENTS = [
     Experiment("frozen all-MiniLM-L6-v2, fact recall over 8 × 128 tokens (8 classes)", "plugin_minilm_fact_recall",
                None, "accuracy", "12.5%", 0.9),
@@ -705,22 +717,8 @@ PLUGGED_EXPERIMENTS = [
                "plugin_minilm_fact_recall_soft_reads_train_4000", "segments_8.json", "accuracy", "12.5%", 0.9),
     Experiment("those 4,000 documents with a write cost (`plugin_minilm_fact_recall_write_cost.yaml`), measured on 8 "
                "(below)", "plugin_minilm_fact_recall_write_cost", "segments_8.json", "accuracy", "12.5%", 0.9),
-    Experiment("the write-cost recipe with 1,000 training documents "
-               "(`plugin_minilm_fact_recall_write_cost_train_1000.yaml`, below)",
-               "plugin_minilm_fact_recall_write_cost_train_1000", "segments_8.json", "accuracy", "12.5%", 0.9),
-    Experiment("the write-cost recipe without `chunk_members: 4` and `interface_window: 3` "
-               "(`plugin_minilm_fact_recall_write_cost_plain.yaml`), measured on 8 (below)",
-               "plugin_minilm_fact_recall_write_cost_plain", "segments_8.json", "accuracy", "12.5%", 0.9),
-    Experiment("the write-cost recipe without `interface_window: 3` (below)",
-               "plugin_minilm_fact_recall_write_cost_window_1", "segments_8.json", "accuracy", "12.5%", 0.9),
-    Experiment("the write-cost recipe without `chunk_members: 4` (below)",
-               "plugin_minilm_fact_recall_write_cost_all_members", "segments_8.json", "accuracy", "12.5%", 0.9),
-    Experiment("the write-cost recipe without `chunk_members: 4`, with `interface_window: 8` "
-               "(`plugin_minilm_fact_recall_write_cost_window_8.yaml`, below)",
-               "plugin_minilm_fact_recall_write_cost_window_8", "segments_8.json", "accuracy", "12.5%", 0.9),
-    Experiment("the write-cost recipe with `interface_window: 8` "
-               "(`plugin_minilm_fact_recall_write_cost_window_8_members_4.yaml`, below)",
-               "plugin_minilm_fact_recall_write_cost_window_8_members_4", "segments_8.json", "accuracy", "12.5%", 0.9),
+    *(Experiment(f"the write-cost recipe {what}", f"plugin_minilm_fact_recall_write_cost_{name}", "segments_8.json",
+                 "accuracy", "12.5%", 0.9) for name, what in MINILM_WRITE_COST_VARIANTS.items()),
     Experiment("frozen tiny random Llama (64-token window), MQAR over 512 tokens", "plugin_llama_mqar", None,
                "token_accuracy", "0.20%", 0.9),
     Experiment("the one-segment version (64 tokens), 5× longer (`plugin_llama_mqar_short_long.yaml`)",
@@ -913,8 +911,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
         "plugin_minilm_fact_recall_write_cost", "test/accuracy", ["segments_8.json", "segments_8_zero_memory.json"],
         "accuracy"),
     "plugin_minilm_fact_recall_write_cost_variants_runs": runs_section(
-        [f"plugin_minilm_fact_recall_write_cost_{name}"
-         for name in ("train_1000", "plain", "window_1", "all_members", "window_8", "window_8_members_4")],
+        [f"plugin_minilm_fact_recall_write_cost_{name}" for name in MINILM_WRITE_COST_VARIANTS],
         ["test/accuracy", "validation/accuracy"]),
     "multi_hop_runs": runs_section(["multi_hop_act", "multi_hop_act_long", "multi_hop_fixed"], TEST_METRICS),
     "multi_hop": hops_section({"multi_hop_act": "ACT (at most 5 reads), 1,500 steps",
