@@ -21,9 +21,11 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from .addressing import EMPTY_SCORE, content_weights, directional_weights, mix_read_modes, subspace_fit, top_k_weights
+from .addressing import (
+    EMPTY_SCORE, content_weights, directional_weights, mix_read_modes, subspace_fit, top_k_indices, top_k_weights,
+)
 from .sdapm_state import NORM_EPS, MemoryState, SDAPMSettings, check_state, check_tensor
-from .slot_tape import gather_rows
+from .slot_tape import flat_rows, gather_rows
 
 
 def read(
@@ -113,14 +115,16 @@ def _fit(x: torch.Tensor, state: MemoryState) -> tuple[torch.Tensor, torch.Tenso
 def gather_candidates(state: MemoryState, shortlist: torch.Tensor) -> dict[str, torch.Tensor]:
     """What the shortlisted read copies out of each candidate before it scores it: shortlist (B, R, C) → per field
     of ``ADDRESS_FIELDS``, ``mass`` and ``usage``, each head's candidates (B·R, C, ...)."""
-    return {name: _pick(getattr(state, name), shortlist) for name in (*ADDRESS_FIELDS, "mass", "usage")}
+    return _pick(state, (*ADDRESS_FIELDS, "mass", "usage"), shortlist)
 
 
-def _pick(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Each head's own slots: t (B, N, ...), idx (B, R, K) → (B·R, K, ...)."""
+def _pick(state: MemoryState, names: tuple[str, ...], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each head's own slots of the named fields: each (B, N, ...), idx (B, R, K) → (B·R, K, ...)."""
     b, heads, k = idx.shape
     rows = torch.arange(b, device=idx.device)[:, None, None].expand_as(idx)
-    return gather_rows(t, rows, idx).view(b * heads, k, *t.shape[2:])
+    flat = flat_rows(rows, idx, state.mass.shape[1])
+    fields = {name: getattr(state, name) for name in names}
+    return {name: gather_rows(t, rows, idx, flat).view(b * heads, k, *t.shape[2:]) for name, t in fields.items()}
 
 
 def _read_top_k(
@@ -179,8 +183,12 @@ def shortlist_slots(state: MemoryState, x: torch.Tensor, candidates: int) -> tor
         (B, R, C) slot indices, best first.
     """
     with torch.no_grad():  # a choice: nothing of the slots is kept for the backward
-        coarse = (x @ state.key.transpose(1, 2)) / state.key.norm(dim=-1).clamp_min(NORM_EPS)[:, None]
-        return torch.where(state.occupied[:, None], coarse, EMPTY_SCORE).topk(candidates, dim=-1).indices
+        # (B, N, R): with the keys as the left factor the product streams them at about twice the speed of x Kᵀ
+        coarse = state.key @ x.transpose(1, 2)
+        occupied = state.occupied
+        scale = torch.where(occupied, state.key.norm(dim=-1).clamp_min(NORM_EPS).reciprocal(), 0.0)  # (B, N)
+        coarse.mul_(scale[..., None]).add_(torch.where(occupied, 0.0, EMPTY_SCORE)[..., None])
+        return top_k_indices(coarse.transpose(1, 2).contiguous(), candidates)
 
 
 def _read_chosen(
@@ -190,7 +198,7 @@ def _read_chosen(
 
     Only the chosen slots' maps are gathered (each head reads from its own K slots as a batch of one head)."""
     b, heads, k = idx.shape
-    key, value, value_factors = (_pick(getattr(state, name), idx) for name in MAP_FIELDS)
+    key, value, value_factors = _pick(state, MAP_FIELDS, idx).values()
     flat = (b * heads, 1)
     out = _mixture(key, value, value_factors, x.reshape(*flat, -1), weights.reshape(*flat, k), q.reshape(*flat, k, -1))
     return out.view(b, heads, -1)

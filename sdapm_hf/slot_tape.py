@@ -66,13 +66,18 @@ class SlotTape:
         return grad
 
 
-def _gather(field: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def flat_rows(rows: torch.Tensor, idx: torch.Tensor, slots: int) -> torch.Tensor:
+    """The rows ``[rows, idx]`` of fields (B, N = slots, ...) as indices into their flattened (B·N) rows, flat."""
+    return (rows * slots + idx).flatten()
+
+
+def _gather(field: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor, flat: torch.Tensor | None) -> torch.Tensor:
     """``field[rows, idx]``, by ``index_select`` over the flattened (batch, slot) dimensions where they flatten
     without a copy (faster than advanced indexing on the CPU)."""
     if field.stride(0) != field.stride(1) * field.shape[1]:  # a transposed view (the read weights): no flat view
         return field[rows, idx]
-    flat = field.flatten(0, 1)
-    return flat.index_select(0, (rows * field.shape[1] + idx).flatten()).view(*idx.shape, *field.shape[2:])
+    flat = flat_rows(rows, idx, field.shape[1]) if flat is None else flat
+    return field.flatten(0, 1).index_select(0, flat).view(*idx.shape, *field.shape[2:])
 
 
 def tape_of(field: torch.Tensor) -> SlotTape | None:
@@ -83,17 +88,19 @@ def tape_of(field: torch.Tensor) -> SlotTape | None:
 
 class _Gather(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, field: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor, tape: SlotTape) -> torch.Tensor:
+    def forward(
+        ctx, field: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor, flat: torch.Tensor | None, tape: SlotTape
+    ) -> torch.Tensor:
         ctx.tape = tape
         ctx.save_for_backward(rows, idx)
-        return _gather(field, rows, idx)
+        return _gather(field, rows, idx, flat)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, None, None, None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, None, None, None, None]:
         rows, idx = ctx.saved_tensors
         ctx.tape.add_rows(rows, idx, grad)
-        return None, None, None, None
+        return None, None, None, None, None
 
 
 class _Put(torch.autograd.Function):
@@ -123,12 +130,15 @@ def _recorded(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def gather_rows(field: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``field[rows, idx]``: field (B, N, ...), rows and idx of one shape S (batch and slot indices) → S + (...)."""
+def gather_rows(
+    field: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor, flat: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``field[rows, idx]``: field (B, N, ...), rows and idx of one shape S (batch and slot indices) → S + (...);
+    ``flat``: ``flat_rows(rows, idx, N)`` where the caller gathers several fields at the same rows."""
     tape = tape_of(field) if _recorded(field) else None
     if tape is None:  # not written by ``put_rows_`` under autograd: autograd's own gather is as good
-        return _gather(field, rows, idx)
-    return _Gather.apply(field, rows, idx, tape)
+        return _gather(field, rows, idx, flat)
+    return _Gather.apply(field, rows, idx, flat, tape)
 
 
 def put_rows_(field: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

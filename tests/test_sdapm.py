@@ -443,6 +443,23 @@ def test_shortlisted_sparse_read_matches_exact_top_k_on_raw_slots():
         SDAPMSettings(slots=8, word_size=8, read_candidates=4)
 
 
+def test_top_k_indices_chooses_what_topk_chooses():
+    """The shortlist's top-k by block maxima: the same indices as ``topk`` on distinct scores, best first, at sizes
+    that take the blocks (N ≥ 8k, N a multiple of 4: recursing once or twice) and sizes that do not; the same
+    scores where many tie (empty slots)."""
+    from sdapm_hf.addressing import EMPTY_SCORE, top_k_indices
+
+    gen = torch.Generator().manual_seed(41)
+    for n, k in [(1024, 32), (4096, 32), (256, 32), (4096, 8), (520, 16), (130, 16), (64, 32), (512, 1)]:
+        scores = torch.randn(3, 5, n, generator=gen)
+        assert torch.equal(top_k_indices(scores, k), scores.topk(k).indices), (n, k)
+    scores = torch.randn(2, 3, 512, generator=gen)
+    scores[..., 40:] = EMPTY_SCORE
+    idx = top_k_indices(scores, 64)
+    assert torch.equal(scores.gather(-1, idx), scores.topk(64).values)
+    assert (idx.sort(-1).values.diff(dim=-1) > 0).all()  # distinct slots
+
+
 def test_least_used_slot_is_the_argmax_of_the_allocation_weights():
     from sdapm_hf.addressing import allocation_weighting, least_used_slot
 
