@@ -152,9 +152,9 @@ def top_k_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     Every one of the k largest scores lies in a block whose maximum is among the k largest block maxima (a block
     whose maximum ranks below k holds nothing above the k larger maxima), so with blocks of 4 the top k of N is the
     top k of the 4k scores of those blocks, and the top k blocks come the same way from the N / 4 maxima. A block
-    is 4 scores N / 4 apart, so its maxima are the elementwise maximum of four contiguous quarters. On CPU,
-    torch 2.13 chooses each row's k best by ``nth_element`` unless N ≥ 64 k (a heap), which for k = 32 of N = 1,024
-    scores takes 1.2 ms over 128 rows; this takes 0.4 ms.
+    is 4 scores N / 4 apart, so its maxima are the elementwise maximum of four contiguous quarters. On the CPU,
+    torch 2.13 selects each row's k best by ``nth_element`` over all N unless N ≥ 64 k; here the selections run
+    over at most 4k scores (the shortlist pass of ``scripts/bench_memory.py`` takes its top 32 of 1,024 so).
 
     Args:
         scores: (..., N).

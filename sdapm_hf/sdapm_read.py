@@ -183,7 +183,8 @@ def shortlist_slots(state: MemoryState, x: torch.Tensor, candidates: int) -> tor
         (B, R, C) slot indices, best first.
     """
     with torch.no_grad():  # a choice: nothing of the slots is kept for the backward
-        # (B, N, R): with the keys as the left factor the product streams them at about twice the speed of x Kᵀ
+        # (B, N, R): the keys as the left factor, which streams them faster than x Kᵀ (the two forms of attention in
+        # scripts/bench_memory.py compare it)
         dots = state.key @ x.transpose(1, 2)
         occupied = state.occupied
         scale = torch.where(occupied, state.key.norm(dim=-1).clamp_min(NORM_EPS).reciprocal(), 0.0)  # (B, N)

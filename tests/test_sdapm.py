@@ -460,6 +460,16 @@ def test_top_k_indices_chooses_what_topk_chooses():
     assert (idx.sort(-1).values.diff(dim=-1) > 0).all()  # distinct slots
 
 
+def test_the_shortlist_is_each_heads_best_occupied_slots_by_centroid_cosine():
+    settings = SDAPMSettings(slots=256, word_size=16, read_heads=3, read_top_k=4, read_candidates=16)
+    state = fill(settings, unit(2, 200, 16, seed=42), unit(2, 200, 16, seed=43))  # 56 slots stay empty
+    words = unit(2, 3, 16, seed=44)
+    cosine = F.cosine_similarity(words[:, :, None], state.key[:, None], dim=-1)  # (B, R, N)
+    expected = cosine.masked_fill(~state.occupied[:, None], -2.0).topk(16, dim=-1).indices
+    assert state.occupied.sum(-1).min() >= 16
+    assert torch.equal(sdapm.shortlist_slots(state, words, 16), expected)
+
+
 def test_least_used_slot_is_the_argmax_of_the_allocation_weights():
     from sdapm_hf.addressing import allocation_weighting, least_used_slot
 
