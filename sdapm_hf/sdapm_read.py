@@ -188,10 +188,8 @@ def shortlist_slots(state: MemoryState, x: torch.Tensor, candidates: int) -> tor
         dots = state.key @ x.transpose(1, 2)
         occupied = state.occupied
         scale = torch.where(occupied, state.key.norm(dim=-1).clamp_min(NORM_EPS).reciprocal(), 0.0)  # (B, N)
-        empty = torch.where(occupied, 0.0, EMPTY_SCORE)
-        coarse = x.new_empty(x.shape[0], x.shape[1], dots.shape[1])  # (B, R, N), written through its transpose
-        torch.addcmul(empty[..., None], dots, scale[..., None], out=coarse.transpose(1, 2))
-        return top_k_indices(coarse, candidates)
+        coarse = torch.addcmul(torch.where(occupied, 0.0, EMPTY_SCORE)[..., None], dots, scale[..., None])
+        return top_k_indices(coarse.transpose(1, 2).contiguous(), candidates)  # (B, R, N)
 
 
 def _read_chosen(
